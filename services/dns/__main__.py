@@ -1,0 +1,40 @@
+"""Run the stack's DNS server on UDP and TCP: python -m services.dns --zone-file FILE --bind HOST:PORT."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+
+from dnslib.server import DNSLogger, DNSServer
+
+from services.dns.server import Zone, ZoneResolver
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--zone-file", default=os.environ.get("DNS_ZONE_FILE", "zone.json"))
+    parser.add_argument("--bind", default=os.environ.get("DNS_BIND", "127.0.0.1:5353"))
+    args = parser.parse_args()
+    host, _, port = args.bind.rpartition(":")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(process)d %(message)s")
+    zone = Zone.load(args.zone_file)
+    resolver = ZoneResolver(zone)
+    # One line per query and per reply, like an access log.
+    logger = DNSLogger("request,reply,truncated,error", prefix=True)
+    servers = [DNSServer(resolver, address=host, port=int(port), tcp=tcp, logger=logger) for tcp in (False, True)]
+    for server in servers:
+        server.start_thread()
+    logging.getLogger("stack.dns").info("authoritative for %s on %s (udp+tcp)", zone.origin, args.bind)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    for server in servers:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

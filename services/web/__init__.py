@@ -1,0 +1,1 @@
+"""web: the Flask app, served by gunicorn (gevent workers by default)."""

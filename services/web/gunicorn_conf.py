@@ -1,0 +1,72 @@
+"""gunicorn settings for the web service, each one explained (in the spirit of gunicorn's example_config.py).
+
+Worker class and sizing come from the environment so comparisons switch them without editing files:
+  WEB_WORKER_CLASS   sync | gthread | gevent (default) | ...      -> worker_class
+  WEB_WORKERS        default 2 x cores + 1, capped at 8            -> workers
+  WEB_THREADS        threads per gthread worker (default 1)        -> threads
+  WEB_WORKER_CONNECTIONS  max concurrent clients per gevent worker (default 1000)
+  WEB_BIND           host:port to listen on (default 127.0.0.1:8001)
+"""
+
+import multiprocessing
+import os
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    return int(value) if value.strip() else default
+
+
+# Where to listen. nginx reaches it by this address (native: the service's own loopback address;
+# Compose: 0.0.0.0 inside the container, reachable only on the Compose network).
+bind = os.environ.get("WEB_BIND", "127.0.0.1:8001")
+
+# Pending connections the kernel queues before accept(); beyond it clients see SYN retries.
+backlog = 2048
+
+# The IO model. gevent: one process runs many greenlets, switching on every socket wait, so one worker
+# serves up to worker_connections requests at once. sync: one request per process at a time.
+worker_class = os.environ.get("WEB_WORKER_CLASS", "gevent")
+
+# Processes. The classic rule is 2 x cores + 1 for sync workers; capped because each worker costs memory
+# and, on a small machine, more processes than cores only add context switches for event-loop workers.
+workers = _env_int("WEB_WORKERS", min(2 * multiprocessing.cpu_count() + 1, 8))
+
+# Threads per worker (only the gthread class uses them).
+threads = _env_int("WEB_THREADS", 1)
+
+# Concurrent clients per gevent worker.
+worker_connections = _env_int("WEB_WORKER_CONNECTIONS", 1000)
+
+# Seconds a worker may be silent before the master kills and replaces it. Longer than the longest /io wait
+# (services/common/http.py: IO_MAX_MS) so a legitimate slow request is never killed.
+timeout = 30
+
+# Seconds workers get to finish in-flight requests after SIGTERM before they are killed.
+graceful_timeout = 20
+
+# Seconds an idle keep-alive connection stays open. Longer than nginx's upstream keepalive_timeout (60 s),
+# so nginx always closes an idle pooled connection first and never sends a request on one we are closing.
+# (The sync worker ignores this: it closes after every response.)
+keepalive = 75
+
+# Heartbeat files are touched on every loop iteration; on tmpfs that costs no disk I/O and cannot stall on
+# a slow disk (which would get healthy workers killed). /dev/shm exists on Linux and in containers.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+# gunicorn >= 25.1 opens a control socket under $HOME/.gunicorn by default; we do not use it, and a
+# container's non-root user may have no writable home.
+control_socket_disable = True
+
+# Trust X-Forwarded-Proto/-For from the proxy: the service is only reachable from nginx (loopback in
+# native mode, the private Compose network otherwise).
+forwarded_allow_ips = "*"
+
+# Access log on stdout with the request id (echoed in the response) and the request time in seconds (%(L)s).
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("WEB_LOG_LEVEL", "info")
+access_log_format = '%(h)s "%(r)s" %(s)s %(B)s rid=%({x-request-id}o)s rt=%(L)s pid=%(p)s'
+
+# Name in `ps` output.
+proc_name = "stack-web"
