@@ -41,13 +41,34 @@ def descendants(root: int) -> set[int]:
     return {pid for pid in found if alive(pid)}
 
 
+def ancestors(pid: int) -> set[int]:
+    parents = _parents()
+    found: set[int] = set()
+    while pid in parents and pid not in found:
+        found.add(pid)
+        pid = parents[pid]
+    return found
+
+
+# Only these programs are ever the stack's; a shell or `make` that merely has STACK_VAR set is not.
+STACK_PROGRAMS = (b"services.", b"gunicorn", b"nginx", b"supervisord")
+
+
 def marked(var: Path) -> set[int]:
-    """Live processes of the stack instance whose state lives in `var`: STACK_VAR=var in their environment
-    (every supervised program gets it) or a path inside var on their command line (nginx rewrites its own)."""
+    """Live processes of the stack instance whose state lives in `var`: one of the stack's programs with
+    STACK_VAR=var in its environment (every supervised program gets it) or a path inside var on its command
+    line (nginx rewrites its own). Never this process or its ancestors."""
     found: set[int] = set()
     needles = {"environ": f"STACK_VAR={var}\0".encode(), "cmdline": f"{var}/".encode()}
+    mine = ancestors(os.getpid())
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
+        if not entry.isdigit() or int(entry) in mine:
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if not any(program in cmdline for program in STACK_PROGRAMS):
             continue
         for part, needle in needles.items():
             try:

@@ -32,7 +32,8 @@ worker_class = os.environ.get("WEB_WORKER_CLASS", "gevent")
 # and, on a small machine, more processes than cores only add context switches for event-loop workers.
 workers = _env_int("WEB_WORKERS", min(2 * multiprocessing.cpu_count() + 1, 8))
 
-# Threads per worker (only the gthread class uses them).
+# Threads per worker, for the gthread class. Keep 1 for sync: gunicorn silently runs a "sync" worker with
+# threads > 1 as gthread, which would mislabel a comparison.
 threads = _env_int("WEB_THREADS", 1)
 
 # Concurrent clients per gevent worker.

@@ -1,0 +1,79 @@
+"""docker-compose.yml and the Dockerfiles: Compose's own validation, hadolint, and agreement with the topology."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deploy.stack import COMPOSE_FILE, compose_command
+from deploy.topology import DNS, HTTP_SERVICES, NGINX_PORT, ROOT
+
+DOCKERFILES = sorted(ROOT.glob("services/*/Dockerfile")) + [ROOT / "nginx" / "Dockerfile"]
+HADOLINT = Path(sys.executable).parent / "hadolint"
+
+
+def compose_config() -> dict:
+    result = subprocess.run(
+        [*compose_command(), "-f", str(COMPOSE_FILE), "config", "--format", "json"],
+        capture_output=True, text=True, cwd=ROOT, env={"PATH": "/usr/bin:/bin", "STACK_PORT": "8080"},
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_compose_file_is_valid():
+    result = subprocess.run([*compose_command(), "-f", str(COMPOSE_FILE), "config", "-q"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+
+
+def test_every_service_is_healthchecked_non_root_capable_and_init():
+    services = compose_config()["services"]
+    assert set(services) == {"nginx", "dns", *(s.name for s in HTTP_SERVICES)}
+    for name, service in services.items():
+        assert service.get("init") is True, name
+        assert service["healthcheck"]["test"][0] == "CMD", name
+        if name != "nginx":
+            assert service["healthcheck"]["test"][1] == "python", name
+    assert {dep: cond["condition"] for dep, cond in services["nginx"]["depends_on"].items()} == {
+        name: "service_healthy" for name in ("dns", *(s.name for s in HTTP_SERVICES))
+    }
+
+
+def test_published_ports_are_loopback_only_and_match_the_topology():
+    services = compose_config()["services"]
+    published = {
+        (name, port["target"], port.get("protocol", "tcp"), port["host_ip"])
+        for name, service in services.items() for port in service.get("ports", [])
+    }
+    assert published == {
+        ("nginx", NGINX_PORT, "tcp", "127.0.0.1"),
+        ("dns", DNS.port, "udp", "127.0.0.1"),
+        ("dns", DNS.port, "tcp", "127.0.0.1"),
+    }
+    for service in HTTP_SERVICES:  # each healthcheck probes the port the topology gives the service
+        assert f":{service.port}{service.prefix}healthz" in services[service.name]["healthcheck"]["test"][-1]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_dockerfile_passes_hadolint(dockerfile):
+    result = subprocess.run([str(HADOLINT), "--no-color", str(dockerfile)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_dockerfile_takes_its_base_from_a_build_arg_and_drops_root(dockerfile):
+    text = dockerfile.read_text()
+    assert "ARG PYTHON_IMAGE=python:3.12-slim" in text
+    assert "\nUSER 10001\n" in text  # numeric: runtimes can verify it is not root
+    if dockerfile.parent.name == "nginx":
+        assert "ARG NGINX_IMAGE=" in text and "FROM ${NGINX_IMAGE}" in text
+
+
+@pytest.mark.parametrize("service", HTTP_SERVICES, ids=lambda s: s.name)
+def test_each_dockerfile_exposes_its_topology_port(service):
+    assert f"EXPOSE {service.port}\n" in (ROOT / "services" / service.name / "Dockerfile").read_text()

@@ -1,0 +1,157 @@
+"""The rendered nginx configs: `nginx -t` in both modes, and their properties asserted on crossplane's parse."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import crossplane
+import pytest
+
+from deploy.render import nginx_conf
+from deploy.stack import docker_answers
+from deploy.topology import HTTP_SERVICES, Site
+from services.common.http import IO_MAX_MS
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+SITE = Site(net="127.0.31", public_host="127.0.31.1", public_port=18080, var=Path("/tmp/stack-config-test"))
+
+
+def parse(mode: str, tmp_path: Path) -> list[dict]:
+    path = tmp_path / f"{mode}.conf"
+    path.write_text(nginx_conf(mode, SITE))
+    payload = crossplane.parse(str(path), single=True, check_ctx=False, check_args=False, comments=False)
+    assert payload["status"] == "ok", payload["errors"]
+    return payload["config"][0]["parsed"]
+
+
+def find(block: list[dict], name: str) -> list[dict]:
+    return [d for d in block if d["directive"] == name]
+
+
+def one(block: list[dict], name: str) -> list[str]:
+    (directive,) = find(block, name)
+    return directive["args"]
+
+
+def seconds(value: str) -> float:
+    number, unit = re.fullmatch(r"(\d+)(ms|s|m)?", value).groups()
+    return int(number) * {"ms": 0.001, "s": 1, None: 1, "m": 60}[unit]
+
+
+@pytest.fixture(params=["native", "compose"])
+def mode(request):
+    return request.param
+
+
+@pytest.fixture
+def http_block(mode, tmp_path):
+    return find(parse(mode, tmp_path), "http")[0]["block"]
+
+
+def test_server_tokens_off_and_sane_limits(http_block):
+    assert one(http_block, "server_tokens") == ["off"]
+    assert one(http_block, "client_max_body_size") == ["1m"]
+    for timeout in ("client_header_timeout", "client_body_timeout", "send_timeout", "keepalive_timeout"):
+        assert seconds(one(http_block, timeout)[0]) > 0
+
+
+def test_proxy_read_timeout_outlasts_the_longest_io_wait(http_block):
+    assert seconds(one(http_block, "proxy_read_timeout")[0]) > IO_MAX_MS / 1000
+
+
+def test_upstreams_keep_connections_alive_over_http11(http_block, mode):
+    upstreams = {d["args"][0]: d["block"] for d in find(http_block, "upstream")}
+    assert set(upstreams) == {s.name for s in HTTP_SERVICES}
+    for service in HTTP_SERVICES:
+        block = upstreams[service.name]
+        assert int(one(block, "keepalive")[0]) > 0
+        # Shorter than the services' own idle timeouts (gunicorn keepalive, aiohttp/Tornado 75 s).
+        assert seconds(one(block, "keepalive_timeout")[0]) < 75
+        server = one(block, "server")
+        if mode == "native":
+            assert server == [f"{SITE.address(service)}:{service.port}"]
+        else:
+            assert server == [f"{service.name}:{service.port}", "resolve"]
+            assert find(http_block, "resolver")
+    assert one(http_block, "proxy_http_version") == ["1.1"]
+    headers = {d["args"][0]: d["args"][1] for d in find(http_block, "proxy_set_header")}
+    assert headers["Connection"] == ""
+    assert headers["X-Forwarded-For"] == "$remote_addr"
+    assert headers["X-Forwarded-Proto"] == "$scheme"
+    assert headers["X-Forwarded-Host"] == "$http_host"
+    assert headers["X-Request-ID"] == "$stack_request_id"
+
+
+def test_request_id_is_generated_when_absent(http_block):
+    (mapping,) = find(http_block, "map")
+    assert mapping["args"] == ["$http_x_request_id", "$stack_request_id"]
+    assert one(mapping["block"], "default") == ["$request_id"]
+
+
+def test_access_log_records_timings_and_the_request_id(http_block):
+    (log_format,) = find(http_block, "log_format")
+    line = "".join(log_format["args"][1:])
+    for variable in ("$request_time", "$upstream_connect_time", "$upstream_header_time",
+                     "$upstream_response_time", "$stack_request_id"):
+        assert variable in line
+    assert one(http_block, "access_log")[1] == "stack"
+
+
+def test_default_server_drops_unknown_hosts(http_block):
+    servers = [d["block"] for d in find(http_block, "server")]
+    default = [s for s in servers if "default_server" in one(s, "listen")]
+    assert len(default) == 1
+    assert one(default[0], "return") == ["444"]
+
+
+def test_each_prefix_is_proxied_to_its_upstream(http_block):
+    servers = [d["block"] for d in find(http_block, "server")]
+    (site_server,) = [s for s in servers if "default_server" not in one(s, "listen")]
+    locations = {d["args"][-1]: d["block"] for d in find(site_server, "location")}
+    for service in HTTP_SERVICES:
+        assert one(locations[service.prefix], "proxy_pass") == [f"http://{service.name}"]
+    assert "/" in locations and "/healthz" in locations
+
+
+def nginx_version(binary: str) -> tuple[int, ...]:
+    out = subprocess.run([binary, "-v"], capture_output=True, text=True).stderr
+    return tuple(int(x) for x in re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", out).groups())
+
+
+def image_available(image: str) -> bool:
+    if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode == 0:
+        return True
+    return subprocess.run(["docker", "pull", "-q", image], capture_output=True, timeout=120).returncode == 0
+
+
+def test_native_config_passes_nginx_t(tmp_path):
+    site = Site(net="127.0.31", public_host="127.0.31.1", public_port=18080, var=tmp_path)
+    for sub in ("run", "log", "nginx"):
+        (tmp_path / sub).mkdir()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(nginx_conf("native", site))
+    result = subprocess.run([NGINX, "-t", "-c", str(conf), "-e", str(tmp_path / "log" / "error.log")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+
+
+def test_compose_config_passes_nginx_t(tmp_path):
+    """Compose's config needs nginx >= 1.27.3 (`server ... resolve`): the host's when new enough, else the
+    Compose nginx base image under Docker."""
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(nginx_conf("compose", SITE))
+    if nginx_version(NGINX) >= (1, 27, 3):
+        command = [NGINX, "-t", "-c", str(conf), "-e", "stderr"]
+    elif docker_answers() and image_available(image := os.environ.get("NGINX_IMAGE", "nginx:1.29")):
+        command = ["docker", "run", "--rm", "-v", f"{conf}:/etc/stack/nginx.conf:ro", image,
+                   "nginx", "-t", "-c", "/etc/stack/nginx.conf", "-e", "stderr"]
+    else:
+        pytest.skip(f"host nginx {nginx_version(NGINX)} predates `resolve`, and no Docker engine has an nginx image")
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr

@@ -1,0 +1,87 @@
+"""The same apps under the other servers the comparisons use: catalog under `gunicorn -k tornado`, httpbin under
+`aiohttp.GunicornWebWorker`, web under every gunicorn worker class the config can select."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from deploy.topology import ROOT
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.e2e
+GUNICORN = [sys.executable, "-m", "gunicorn", "--no-control-socket", "--workers", "2"]
+
+
+def serve(command: list[str], port: int, prefix: str, env: dict[str, str] | None = None):
+    proc = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}{prefix}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            requests.get(url + "healthz", timeout=1)
+            return proc, url
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    proc.kill()
+    pytest.fail(f"{command} did not start:\n{proc.communicate()[0]}")
+
+
+def stop(proc: subprocess.Popen) -> str:
+    proc.terminate()
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out  # a graceful exit on SIGTERM
+    return out
+
+
+def check_app(url: str, service: str) -> requests.Response:
+    assert requests.get(url + "json", timeout=5).json() == {"message": "Hello, World!"}
+    assert requests.get(url + "healthz", timeout=5).json()["service"] == service
+    response = requests.get(url + "io?ms=x", headers={"X-Request-ID": "alt-1"}, timeout=5)
+    assert response.status_code == 400 and response.headers["X-Request-ID"] == "alt-1"
+    return requests.get(url + "plaintext", timeout=5)
+
+
+def test_catalog_under_gunicorn_tornado_worker():
+    port = free_port()
+    proc, url = serve([*GUNICORN, "-k", "tornado", "--bind", f"127.0.0.1:{port}", "services.catalog.app:make_app()"],
+                      port, "/catalog/")
+    try:
+        response = check_app(url, "catalog")
+        assert "Gunicorn" in response.headers["Server"]  # gunicorn's tornado worker tags the Server header
+    finally:
+        stop(proc)
+
+
+def test_httpbin_under_aiohttp_gunicorn_web_worker():
+    port = free_port()
+    proc, url = serve([*GUNICORN, "-k", "aiohttp.GunicornWebWorker", "--bind", f"127.0.0.1:{port}",
+                       "services.httpbin.app:app_factory"], port, "/httpbin/")
+    try:
+        assert "aiohttp" in check_app(url, "httpbin").headers["Server"]
+    finally:
+        stop(proc)
+
+
+@pytest.mark.parametrize("worker_class", ["sync", "gthread", "gevent"])
+def test_web_under_each_worker_class_from_the_environment(worker_class):
+    port = free_port()
+    # Threads only for gthread: gunicorn quietly turns a sync worker with threads > 1 into gthread.
+    threads = "4" if worker_class == "gthread" else "1"
+    env = {"WEB_WORKER_CLASS": worker_class, "WEB_WORKERS": "2", "WEB_THREADS": threads,
+           "WEB_BIND": f"127.0.0.1:{port}"}
+    proc, url = serve([sys.executable, "-m", "gunicorn", "-c", "services/web/gunicorn_conf.py",
+                       "services.web.wsgi:app"], port, "/web/", env)
+    try:
+        assert check_app(url, "web").headers["Server"] == "gunicorn"
+    finally:
+        log = stop(proc)
+    assert f"Using worker: {worker_class}" in log
+    assert "rid=alt-1" in log  # the access log carries the request id
+    assert "MonkeyPatchWarning" not in log

@@ -1,0 +1,79 @@
+"""End to end against the native stack (supervisor), on its own addresses and ports so it never collides
+with a stack the user left running."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+import pytest
+import requests
+
+from deploy import procs
+from deploy.topology import HTTP_SERVICES, ROOT, SERVICES, Site
+from tests.conftest import free_port
+from tests.e2e.contract import RunningStack, StackContract, ps_output
+
+pytestmark = pytest.mark.e2e
+NET = "127.0.21"
+
+
+@pytest.fixture(scope="module")
+def native_stack(tmp_path_factory):
+    var = tmp_path_factory.mktemp("native-var")
+    site = Site(net=NET, public_host=f"{NET}.1", public_port=free_port(f"{NET}.1"), var=var)
+    env = {**os.environ, "STACK_NET": site.net, "STACK_HOST": site.public_host,
+           "STACK_PORT": str(site.public_port), "STACK_VAR": str(var), "MODE": "native"}
+
+    def logs(service: str) -> str:
+        name = "nginx-access" if service == "nginx" else service
+        return (var / "log" / f"{name}.log").read_text(errors="replace")
+
+    by_name = {s.name: s for s in SERVICES}
+
+    def address_of(label: str) -> str:
+        return site.public_host if label in ("", "nginx") else site.address(by_name[label])
+
+    stack = RunningStack(site, "native", env, logs, address_of)
+    result = stack.deploy("up", "--mode", "native")
+    if result.returncode:
+        stack.deploy("down")
+        pytest.fail(f"native up failed:\n{result.stdout}\n{result.stderr}")
+    yield stack
+    stack.deploy("down")
+
+
+class TestNativeStack(StackContract):
+    @pytest.fixture
+    def stack(self, native_stack):
+        return native_stack
+
+    def test_ps_lists_every_supervised_program_running(self, stack):
+        out = ps_output(stack)
+        for name in ("nginx", "dns", *(s.name for s in HTTP_SERVICES)):
+            assert re.search(rf"^{name}\s+RUNNING\s+pid \d+", out, re.M), out
+
+    def test_each_service_answers_directly_on_its_own_loopback_address(self, stack):
+        for service in HTTP_SERVICES:
+            direct = f"http://{stack.site.address(service)}:{service.port}{service.prefix}json"
+            response = requests.get(direct, headers={"X-Request-ID": "direct-1"}, timeout=5)
+            assert response.status_code == 200 and response.json() == {"message": "Hello, World!"}
+            assert response.headers["X-Request-ID"] == "direct-1"
+            assert response.headers["Server"] != "nginx"  # the framework's own server answered
+
+
+class TestNativeShutdown:
+    """Runs after the tests above (pytest keeps file order): `make down` must leave no process behind."""
+
+    def test_make_down_stops_every_process(self, native_stack):
+        supervisord = int((native_stack.site.var / "run" / "supervisord.pid").read_text())
+        tree = procs.descendants(supervisord) | {supervisord}
+        assert len(tree) >= 1 + 5 + 5  # supervisord, its five programs, gunicorn's and nginx's workers
+        assert procs.marked(native_stack.site.var)
+        result = subprocess.run(["make", "--no-print-directory", "down"], cwd=ROOT, env=native_stack.env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert not {pid for pid in tree if procs.alive(pid)}
+        assert procs.marked(native_stack.site.var) == set()
+        assert not (native_stack.site.var / "mode").exists()

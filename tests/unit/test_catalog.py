@@ -1,0 +1,34 @@
+"""The Tornado app in-process, through tornado.testing (a real HTTP server on an ephemeral port)."""
+
+from tornado.testing import AsyncHTTPTestCase
+
+from services.catalog.app import make_app
+from tests.unit.cases import CASES
+
+
+class CatalogTest(AsyncHTTPTestCase):
+    def get_app(self):
+        return make_app()
+
+    def test_shared_endpoints(self):
+        for case in CASES:
+            with self.subTest(path=case.path):
+                response = self.fetch("/catalog" + case.path)
+                case.check(response.code, response.headers, response.body, "catalog")
+
+    def test_request_id_is_echoed_on_success_and_on_errors(self):
+        for path in ("/catalog/json", "/catalog/io?ms=x", "/catalog/nope"):
+            response = self.fetch(path, headers={"X-Request-ID": "rid-2"})
+            assert response.headers["X-Request-ID"] == "rid-2", path
+
+    def test_wrong_method_is_405_with_allow(self):
+        response = self.fetch("/catalog/json", method="POST", body=b"{}")
+        assert response.code == 405
+        assert response.headers["Content-Type"] == "application/problem+json"
+        assert response.headers["Allow"] == "GET"
+
+    def test_server_and_date_headers(self):
+        response = self.fetch("/catalog/plaintext")
+        assert response.headers["Server"].startswith("TornadoServer/")
+        assert response.headers["Date"].endswith("GMT")
+

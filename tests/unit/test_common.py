@@ -1,0 +1,48 @@
+import pytest
+
+from services.common import http
+
+
+def test_request_id_keeps_a_well_formed_client_id():
+    assert http.request_id("abc-123_x.y") == "abc-123_x.y"
+
+
+@pytest.mark.parametrize("bad", [None, "", "has space", "x" * 129, "new\nline", "semi;colon"])
+def test_request_id_replaces_missing_or_unsafe_ids(bad):
+    rid = http.request_id(bad)
+    assert rid != bad and len(rid) == 32 and int(rid, 16) >= 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [(None, 50), ("", 50), ("0", 0), ("10000", 10000), ("7", 7)]
+)
+def test_io_ms_accepts_values_within_bounds(raw, expected):
+    assert http.io_ms(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["-1", "10001", "abc", "1.5", "1e3"])
+def test_io_ms_rejects_everything_else_with_a_400_problem(raw):
+    with pytest.raises(http.Problem) as caught:
+        http.io_ms(raw)
+    assert caught.value.status == 400 and "ms" in caught.value.detail
+
+
+def test_cpu_n_bounds():
+    assert http.cpu_n("1") == 1
+    with pytest.raises(http.Problem):
+        http.cpu_n("0")
+    with pytest.raises(http.Problem):
+        http.cpu_n(str(http.CPU_MAX_N + 1))
+
+
+def test_cpu_work_is_deterministic_and_depends_on_n():
+    assert http.cpu_work(1000) == http.cpu_work(1000)
+    assert http.cpu_work(1000) != http.cpu_work(1001)
+    assert http.cpu_work(3) == (0 * 31 + 1) * 31 + 2
+
+
+def test_problem_document_has_rfc9457_members_and_the_request_id():
+    doc = http.Problem(400, "Bad", "why").document("rid1", "/x")
+    assert doc == {
+        "type": "about:blank", "title": "Bad", "status": 400, "detail": "why", "instance": "/x", "request_id": "rid1"
+    }

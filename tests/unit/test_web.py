@@ -1,0 +1,34 @@
+"""The Flask app in-process, through Flask's test client."""
+
+import pytest
+
+from services.web.app import create_app
+from tests.unit.cases import CASES, IDS
+
+
+@pytest.fixture
+def client():
+    return create_app({"TESTING": True}).test_client()
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_shared_endpoints(client, case):
+    response = client.get("/web" + case.path)
+    case.check(response.status_code, response.headers, response.data, "web")
+
+
+def test_request_id_is_echoed(client):
+    assert client.get("/web/json", headers={"X-Request-ID": "rid-1"}).headers["X-Request-ID"] == "rid-1"
+
+
+def test_wrong_method_is_405_with_allow(client):
+    response = client.post("/web/json")
+    assert response.status_code == 405
+    assert response.content_type == "application/problem+json"
+    assert {"GET", "HEAD", "OPTIONS"} <= {m.strip() for m in response.headers["Allow"].split(",")}
+
+
+def test_head_has_get_headers_and_no_body(client):
+    response = client.head("/web/json")
+    assert response.status_code == 200 and response.data == b""
+    assert response.headers["Content-Length"] == "27"
