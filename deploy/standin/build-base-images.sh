@@ -6,7 +6,7 @@
 # The mirror's sid snapshot may carry an expired Release date, hence Check-Valid-Until=false.
 # curl is in the nginx image because the official nginx image ships it (its healthcheck uses it).
 # The host's CA bundle is copied in so pip inside builds trusts the same TLS proxy the host does.
-# Usage: deploy/standin/build-base-images.sh  (as root; prints the two `export` lines at the end)
+# Usage: eval "$(deploy/standin/build-base-images.sh)"   (as root; stdout is one `export` line, progress on stderr)
 set -euo pipefail
 
 suite=${STANDIN_SUITE:-trixie}
@@ -29,7 +29,7 @@ if ! have "$base_tag"; then
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
   tar -C "$rootfs" -c . | "$docker" import - "$base_tag" >/dev/null
   rm -rf "$rootfs"
-  echo "built $base_tag"
+  echo "built $base_tag" >&2
 fi
 
 if ! have "$python_tag"; then
@@ -43,7 +43,7 @@ ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt SSL_CERT_FILE=/etc/ssl/certs/ca-
 CMD ["python3"]
 DOCKERFILE
   "$docker" build -q -t "$python_tag" "$ctx" >/dev/null
-  echo "built $python_tag"
+  echo "built $python_tag" >&2
 fi
 
 if ! have "$nginx_tag"; then
@@ -59,7 +59,7 @@ COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 CMD ["nginx", "-g", "daemon off;"]
 DOCKERFILE
   "$docker" build -q -t "$nginx_tag" "$ctx" >/dev/null
-  echo "built $nginx_tag"
+  echo "built $nginx_tag" >&2
 fi
 
 echo "export PYTHON_IMAGE=$python_tag NGINX_IMAGE=$nginx_tag"
