@@ -54,11 +54,12 @@ def assert_framing(response: requests.Response) -> None:
         assert headers["Transfer-Encoding"] == "chunked"
 
 
-def wait_for_log(stack: RunningStack, service: str, needle: str, timeout: float = 10) -> str:
+def wait_for_log(stack: RunningStack, service: str, needle: str, count: int = 1, timeout: float = 10) -> str:
+    """The service's log once it holds `needle` `count` times (logs are written after the response is sent)."""
     deadline = time.monotonic() + timeout
     while True:
         text = stack.logs(service)
-        if needle in text or time.monotonic() > deadline:
+        if text.count(needle) >= count or time.monotonic() > deadline:
             return text
         time.sleep(0.2)
 
@@ -116,7 +117,7 @@ class StackContract:
             response = requests.get(stack.url(f"{service.prefix}json"), headers={"X-Request-ID": rid}, timeout=5)
             assert response.headers["X-Request-ID"] == rid
             assert rid in wait_for_log(stack, service.name, rid), f"{service.name} did not log the request id"
-        nginx_log = wait_for_log(stack, "nginx", rid)
+        nginx_log = wait_for_log(stack, "nginx", f"rid={rid}", count=len(HTTP_SERVICES))
         lines = [line for line in nginx_log.splitlines() if f"rid={rid}" in line]
         assert len(lines) == len(HTTP_SERVICES)
         for line in lines:  # the timing fields the access log promises
@@ -138,7 +139,7 @@ class StackContract:
             assert response.status == 200 and response.read()
             assert response.getheader("Connection") == "keep-alive"
         conn.close()
-        log = wait_for_log(stack, "nginx", rids[1])
+        log = wait_for_log(stack, "nginx", f"rid={rids[1]}")
         conns = [re.search(rf"rid={rid} .* conn=(\d+)/(\d+)", log).groups() for rid in rids]
         assert conns[0][0] == conns[1][0]  # the same TCP connection ...
         assert int(conns[1][1]) == int(conns[0][1]) + 1  # ... its next request
