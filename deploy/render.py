@@ -105,7 +105,8 @@ def supervisord_conf(site: Site, python: str = sys.executable) -> str:
     addr = {s.name: f"{site.address(s)}:{s.port}" for s in (*HTTP_SERVICES, DNS)}
     programs = {
         "dns": f"{python} -m services.dns --zone-file {run / 'zone.json'} --bind {addr['dns']}",
-        "web": f"{python} -m gunicorn -c services/web/gunicorn_conf.py --bind {addr['web']} services.web.wsgi:app",
+        "web": f"{python} -m gunicorn -c services/web/gunicorn_conf.py --bind {addr['web']} --pid {run / 'web.pid'} "
+        "services.web.wsgi:app",
         "catalog": f"{python} -m services.catalog --bind {addr['catalog']}",
         "httpbin": f"{python} -m services.httpbin --bind {addr['httpbin']}",
         "nginx": f"{nginx} -c {run / 'nginx.conf'} -e {logs / 'nginx-error.log'} -g 'daemon off;'",
