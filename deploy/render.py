@@ -130,7 +130,8 @@ def supervisord_conf(site: Site, python: str = sys.executable) -> str:
             "command": command,
             "directory": str(ROOT),
             # STACK_VAR marks every process of this instance, so `down` can prove none is left behind.
-            "environment": f'PYTHONPATH="{ROOT}",PYTHONUNBUFFERED="1",STACK_VAR="{site.var}"',
+            "environment": f'PYTHONPATH="{ROOT}",PYTHONUNBUFFERED="1",STACK_VAR="{site.var}",'
+                           f'STACK_DATA="{site.var / "data"}"',
             "priority": str(priority * 10),  # dns first, nginx last
             "autostart": "true",
             "autorestart": "true",

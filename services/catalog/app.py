@@ -1,19 +1,29 @@
-"""The Tornado application factory and its route table (paths under PREFIX, as behind nginx)."""
+"""The Tornado application factory and its route table (paths under PREFIX, as behind nginx).
+
+catalog is the RESTful microservice: items at /catalog/items and /catalog/items/{id} with exact HTTP
+semantics (ETag, If-Match, Idempotency-Key, merge patch, pagination), plus the shared benchmark endpoints.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import weakref
 from typing import Any
 
 import tornado.web
 
-from services.common import http
+from services.catalog.store import Items, validate
+from services.common import db, http, semantics
+from services.common.idempotency import HEADER as IDEMPOTENCY_KEY
+from services.common.idempotency import StoredResponse, fingerprint, run_once
 
 SERVICE = "catalog"
 PREFIX = "/catalog"
 access_log = logging.getLogger("tornado.access")
+# Requests served per TCP connection (Tornado keeps one IOStream per connection across requests).
+_requests_per_stream: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -24,6 +34,9 @@ class BaseHandler(tornado.web.RequestHandler):
     def prepare(self) -> None:
         self.request_id = http.request_id(self.request.headers.get(http.REQUEST_ID_HEADER))
         self.set_header(http.REQUEST_ID_HEADER, self.request_id)
+        stream = getattr(self.request.connection, "stream", None)
+        if stream is not None:
+            _requests_per_stream[stream] = _requests_per_stream.get(stream, 0) + 1
 
     def query(self, name: str) -> str | None:
         return self.get_query_argument(name, None)
@@ -31,6 +44,17 @@ class BaseHandler(tornado.web.RequestHandler):
     def write_json(self, body: dict, content_type: str = http.JSON) -> None:
         self.set_header("Content-Type", content_type)
         self.finish(json.dumps(body, separators=(",", ":")))
+
+    def json_body(self, accepted: tuple[str, ...] = (http.JSON,)) -> object:
+        return semantics.json_body(self.request.headers.get("Content-Type"), self.request.body, accepted)
+
+    def allowed(self) -> list[str]:
+        return [m for m in self.SUPPORTED_METHODS if self._implements(m)]
+
+    def options(self, *args: str) -> None:
+        self.set_status(204)
+        self.set_header("Allow", semantics.allow_header(self.allowed()))
+        self.finish()
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, http.Problem):
@@ -47,13 +71,17 @@ class BaseHandler(tornado.web.RequestHandler):
             problem = http.Problem(status_code, reason, detail or reason)
         self.set_status(problem.status)
         if problem.status == 405:
-            self.set_header("Allow", ", ".join(m for m in self.SUPPORTED_METHODS if self._implements(m)))
+            self.set_header("Allow", semantics.allow_header(self.allowed()))
+        if problem.status == 415 and self.request.method == "PATCH":
+            self.set_header("Accept-Patch", semantics.MERGE_PATCH_JSON)
         if not self.request_id:  # the error happened before prepare() ran
             self.request_id = http.request_id(self.request.headers.get(http.REQUEST_ID_HEADER))
         self.set_header(http.REQUEST_ID_HEADER, self.request_id)  # send_error() cleared the headers
         self.write_json(problem.document(self.request_id, self.request.path), http.PROBLEM_JSON)
 
     def _implements(self, method: str) -> bool:
+        if method == "HEAD":
+            return self._implements("GET")
         return getattr(type(self), method.lower()) is not getattr(tornado.web.RequestHandler, method.lower())
 
 
@@ -85,6 +113,113 @@ class CpuHandler(BaseHandler):
         self.write_json(http.cpu_body(http.cpu_n(self.query("n"))))
 
 
+class ConnHandler(BaseHandler):
+    def get(self) -> None:
+        stream = getattr(self.request.connection, "stream", None)
+        peer = stream.socket.getpeername()[:2] if stream is not None and stream.socket else None
+        self.write_json(http.connection_info(
+            SERVICE, peer, _requests_per_stream.get(stream, 1) if stream else 1, self.request.version,
+            dict(self.request.headers),
+        ))
+
+    head = get
+
+
+# ---------------------------------------------------------------- items
+
+def item_response(item: dict, status: int = 200) -> StoredResponse:
+    """The exact bytes and headers of an item response, so an idempotent replay is byte-identical."""
+    headers = {"Content-Type": http.JSON, "ETag": semantics.strong_etag(item)}
+    if status == 201:
+        headers["Location"] = f"{PREFIX}/items/{item['id']}"
+    return StoredResponse(status, headers, json.dumps(item, separators=(",", ":")).encode())
+
+
+class ItemsBase(BaseHandler):
+    @property
+    def items(self) -> Items:
+        return self.application.settings["items"]
+
+    def send(self, response: StoredResponse, replayed: bool = False) -> None:
+        self.set_status(response.status)
+        for name, value in response.headers.items():
+            self.set_header(name, value)
+        if replayed:
+            self.set_header("Idempotent-Replayed", "true")
+        self.finish(response.body)
+
+
+class ItemsHandler(ItemsBase):
+    """The collection: GET pages through it (keyset cursor, RFC 8288 Link), POST creates (Idempotency-Key)."""
+
+    def get(self) -> None:
+        limit = http.int_param(self.query("limit"), "limit", 20, 1, 100)
+        after = http.int_param(self.query("cursor"), "cursor", 0, 0, 2**53 - 1)
+        page, more = self.items.page(limit, after)
+        next_cursor = str(page[-1]["id"]) if more else None
+        link = semantics.link_header(
+            self.request.path, {"limit": str(limit)},
+            {"first": {"cursor": ""}, "next": {"cursor": next_cursor} if next_cursor else None},
+        )
+        if link:
+            self.set_header("Link", link)
+        self.write_json({"items": page, "next_cursor": next_cursor})
+
+    def post(self) -> None:
+        def act(record: Any) -> StoredResponse:
+            fields = validate(self.json_body())
+            created: list[StoredResponse] = []
+
+            def then(item: dict) -> None:
+                created.append(item_response(item, 201))
+                record(created[0])
+
+            self.items.create(fields, then=then)
+            return created[0]
+
+        response, replayed = run_once(
+            self.items.keys, self.request.headers.get(IDEMPOTENCY_KEY), f"POST {self.request.path}",
+            fingerprint("POST", self.request.path, self.request.body), act,
+        )
+        self.send(response, replayed)
+
+
+class ItemHandler(ItemsBase):
+    """One item: GET/HEAD (If-None-Match → 304), PUT (full replace or create), PATCH (merge patch), DELETE.
+    Every change needs If-Match with the current ETag (428 without, 412 when stale)."""
+
+    def get(self, item_id: str) -> None:
+        item = self.items.get(int(item_id))
+        if item is None:
+            raise http.Problem(404, "Not Found", f"no item {item_id}")
+        response = item_response(item)
+        if semantics.if_none_match_hit(self.request.headers.get("If-None-Match"), response.headers["ETag"]):
+            self.set_status(304)
+            self.set_header("ETag", response.headers["ETag"])
+            self.finish()
+            return
+        self.send(response)
+
+    head = get
+
+    def put(self, item_id: str) -> None:
+        fields = validate(self.json_body())
+        item, created = self.items.put(
+            int(item_id), fields, self.request.headers.get("If-Match"), self.request.headers.get("If-None-Match")
+        )
+        self.send(item_response(item, 201 if created else 200))
+
+    def patch(self, item_id: str) -> None:
+        patch = self.json_body((semantics.MERGE_PATCH_JSON,))
+        item = self.items.patch(int(item_id), patch, self.request.headers.get("If-Match"))
+        self.send(item_response(item))
+
+    def delete(self, item_id: str) -> None:
+        self.items.delete(int(item_id), self.request.headers.get("If-Match"))
+        self.set_status(204)
+        self.finish()
+
+
 class NotFoundHandler(BaseHandler):
     def prepare(self) -> None:
         super().prepare()
@@ -97,6 +232,9 @@ ROUTES: list[tuple[str, type[BaseHandler]]] = [
     ("/json", JsonHandler),
     ("/io", IoHandler),
     ("/cpu", CpuHandler),
+    ("/conn", ConnHandler),
+    ("/items", ItemsHandler),
+    (r"/items/([0-9]{1,16})", ItemHandler),
 ]
 
 
@@ -115,12 +253,13 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     )
 
 
-def make_app(**settings: Any) -> tornado.web.Application:
+def make_app(db_path: str | None = None, **settings: Any) -> tornado.web.Application:
     routes = [(PREFIX + path, handler) for path, handler in ROUTES]
     return tornado.web.Application(
         routes,
         default_handler_class=NotFoundHandler,
         log_function=log_request,
         xheaders=True,  # trust X-Real-IP/X-Forwarded-For from nginx for remote_ip
+        items=Items(db_path or db.default_path(SERVICE)),
         **settings,
     )

@@ -94,3 +94,24 @@ def io_body(ms: int) -> dict:
 
 def cpu_body(n: int) -> dict:
     return {"n": n, "result": cpu_work(n)}
+
+
+FORWARDED_HEADERS = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Real-IP", "X-Request-ID")
+
+
+def connection_info(
+    service: str, peer: tuple[str, int] | None, requests_on_connection: int, http_version: str,
+    headers: dict[str, str],
+) -> dict:
+    """What the server saw of this TCP connection (GET <prefix>/conn): behind nginx the peer is nginx's pooled
+    upstream connection, and its request count grows as the pool reuses it."""
+    import os
+
+    return {
+        "service": service,
+        "peer": {"address": peer[0], "port": peer[1]} if peer else None,
+        "requests_on_this_connection": requests_on_connection,
+        "pid": os.getpid(),
+        "http_version": http_version,
+        "forwarded": {name: headers[name] for name in FORWARDED_HEADERS if name in headers},
+    }

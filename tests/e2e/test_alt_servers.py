@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -19,7 +20,9 @@ GUNICORN = [sys.executable, "-m", "gunicorn", "--no-control-socket", "--workers"
 
 
 def serve(command: list[str], port: int, prefix: str, env: dict[str, str] | None = None):
-    proc = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    data = tempfile.mkdtemp(prefix="stack-data-")  # the services' SQLite files, away from the checkout
+    proc = subprocess.Popen(command, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "STACK_DATA": data, **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}{prefix}"
     deadline = time.monotonic() + 30

@@ -1,5 +1,7 @@
 """The Tornado app in-process, through tornado.testing (a real HTTP server on an ephemeral port)."""
 
+import tempfile
+
 from tornado.testing import AsyncHTTPTestCase
 
 from services.catalog.app import make_app
@@ -8,7 +10,12 @@ from tests.unit.cases import CASES
 
 class CatalogTest(AsyncHTTPTestCase):
     def get_app(self):
-        return make_app()
+        self.tmp = tempfile.TemporaryDirectory()
+        return make_app(db_path=f"{self.tmp.name}/catalog.sqlite3")
+
+    def tearDown(self):
+        super().tearDown()
+        self.tmp.cleanup()
 
     def test_shared_endpoints(self):
         for case in CASES:
@@ -25,7 +32,7 @@ class CatalogTest(AsyncHTTPTestCase):
         response = self.fetch("/catalog/json", method="POST", body=b"{}")
         assert response.code == 405
         assert response.headers["Content-Type"] == "application/problem+json"
-        assert response.headers["Allow"] == "GET"
+        assert response.headers["Allow"] == "OPTIONS, GET, HEAD"
 
     def test_server_and_date_headers(self):
         response = self.fetch("/catalog/plaintext")

@@ -1,0 +1,127 @@
+"""HTTP semantics shared by every service (RFC 9110 methods and preconditions, RFC 7396 merge patch,
+RFC 8288 links), framework-free. Each service's adapter feeds it headers and bytes and turns the Problems it
+raises into responses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+from services.common.http import JSON, Problem
+
+MERGE_PATCH_JSON = "application/merge-patch+json"
+MAX_BODY_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class MethodTraits:
+    safe: bool
+    idempotent: bool
+
+
+# The seed's table: what a client (and nginx's retry logic) may assume about each method.
+METHODS: dict[str, MethodTraits] = {
+    "OPTIONS": MethodTraits(safe=True, idempotent=True),
+    "GET": MethodTraits(safe=True, idempotent=True),
+    "HEAD": MethodTraits(safe=True, idempotent=True),
+    "PUT": MethodTraits(safe=False, idempotent=True),
+    "DELETE": MethodTraits(safe=False, idempotent=True),
+    "POST": MethodTraits(safe=False, idempotent=False),
+    "PATCH": MethodTraits(safe=False, idempotent=False),
+}
+
+
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def json_body(content_type: str | None, body: bytes, accepted: tuple[str, ...] = (JSON,)) -> object:
+    """The request's JSON document, or the Problem a client should see: 413, 415 or 400."""
+    if len(body) > MAX_BODY_BYTES:
+        raise Problem(413, "Content Too Large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+    if media_type(content_type) not in accepted:
+        raise Problem(415, "Unsupported Media Type",
+                      f"send the body as {' or '.join(accepted)}, not {media_type(content_type) or 'nothing'}")
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, ValueError) as error:
+        raise Problem(400, "Malformed JSON", f"the body is not valid JSON: {error}") from None
+
+
+def strong_etag(representation: object) -> str:
+    """A strong validator: it changes whenever the representation's bytes would."""
+    canonical = json.dumps(representation, sort_keys=True, separators=(",", ":")).encode()
+    return '"' + hashlib.sha256(canonical).hexdigest()[:32] + '"'
+
+
+def _tags(header: str) -> list[str]:
+    return [tag.strip() for tag in header.split(",") if tag.strip()]
+
+
+def _weak_equal(a: str, b: str) -> bool:
+    return a.removeprefix("W/") == b.removeprefix("W/")
+
+
+def if_none_match_hit(header: str | None, current: str | None) -> bool:
+    """True when a GET/HEAD may answer 304 (weak comparison, RFC 9110 13.1.2)."""
+    if not header or current is None:
+        return False
+    return header.strip() == "*" or any(_weak_equal(tag, current) for tag in _tags(header))
+
+
+def check_if_match(header: str | None, current: str | None, required: bool) -> None:
+    """Guard a state-changing request against lost updates (strong comparison, RFC 9110 13.1.1).
+
+    Raises 428 when the resource demands a precondition and none was sent, 412 when it does not hold.
+    """
+    if header is None:
+        if required and current is not None:
+            raise Problem(428, "Precondition Required",
+                          "send If-Match with the ETag you last saw, so that no update is lost")
+        return
+    if header.strip() == "*":
+        if current is None:
+            raise Problem(412, "Precondition Failed", "If-Match: * but the resource does not exist")
+        return
+    if current is None or not any(tag == current and not tag.startswith("W/") for tag in _tags(header)):
+        raise Problem(412, "Precondition Failed", "the resource changed since that ETag: GET it again")
+
+
+def check_if_none_match_for_write(header: str | None, current: str | None) -> None:
+    """`If-None-Match: *` on PUT means "create only": 412 when something already exists."""
+    if header and current is not None and (header.strip() == "*" or current in _tags(header)):
+        raise Problem(412, "Precondition Failed", "the resource already exists")
+
+
+def merge_patch(target: object, patch: object) -> object:
+    """RFC 7396 JSON Merge Patch: null deletes a member, objects merge recursively, anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def link_header(path: str, query: Mapping[str, str], rels: Mapping[str, Mapping[str, str] | None]) -> str | None:
+    """An RFC 8288 Link header: one entry per relation whose query overrides are given (None: omitted)."""
+    links = []
+    for rel, overrides in rels.items():
+        if overrides is None:
+            continue
+        params = {k: v for k, v in {**query, **overrides}.items() if v not in (None, "")}
+        links.append(f'<{path}?{urlencode(params)}>; rel="{rel}"')
+    return ", ".join(links) or None
+
+
+def allow_header(methods: list[str]) -> str:
+    """The Allow value for a resource: what it implements, in the seed table's order, HEAD with GET."""
+    present = set(methods) | ({"HEAD"} if "GET" in methods else set()) | {"OPTIONS"}
+    return ", ".join(m for m in METHODS if m in present)
