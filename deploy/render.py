@@ -111,6 +111,12 @@ def supervisord_conf(site: Site, python: str = sys.executable) -> str:
         "httpbin": f"{python} -m services.httpbin --bind {addr['httpbin']}",
         "nginx": f"{nginx} -c {run / 'nginx.conf'} -e {logs / 'nginx-error.log'} -g 'daemon off;'",
     }
+    # web reaches the other services by name, resolved through the stack's DNS server.
+    extra_env = {
+        "web": f'STACK_DNS="{addr["dns"]}",'
+               + ",".join(f'WEB_{s.name.upper()}_URL="http://{s.name}.{ZONE}:{s.port}"'
+                          for s in HTTP_SERVICES if s.name != "web"),
+    }
     conf = configparser.ConfigParser(interpolation=None)
     conf["unix_http_server"] = {"file": str(run / "supervisor.sock"), "chmod": "0700"}
     conf["supervisord"] = {
@@ -130,8 +136,10 @@ def supervisord_conf(site: Site, python: str = sys.executable) -> str:
             "command": command,
             "directory": str(ROOT),
             # STACK_VAR marks every process of this instance, so `down` can prove none is left behind.
-            "environment": f'PYTHONPATH="{ROOT}",PYTHONUNBUFFERED="1",STACK_VAR="{site.var}",'
-                           f'STACK_DATA="{site.var / "data"}"',
+            "environment": ",".join(filter(None, [
+                f'PYTHONPATH="{ROOT}",PYTHONUNBUFFERED="1",STACK_VAR="{site.var}",STACK_DATA="{site.var / "data"}"',
+                extra_env.get(name),
+            ])),
             "priority": str(priority * 10),  # dns first, nginx last
             "autostart": "true",
             "autorestart": "true",

@@ -119,7 +119,7 @@ class ConnHandler(BaseHandler):
         peer = stream.socket.getpeername()[:2] if stream is not None and stream.socket else None
         self.write_json(http.connection_info(
             SERVICE, peer, _requests_per_stream.get(stream, 1) if stream else 1, self.request.version,
-            dict(self.request.headers),
+            self.request.headers,
         ))
 
     head = get

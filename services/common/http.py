@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -101,7 +102,7 @@ FORWARDED_HEADERS = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host",
 
 def connection_info(
     service: str, peer: tuple[str, int] | None, requests_on_connection: int, http_version: str,
-    headers: dict[str, str],
+    headers: Mapping[str, str],
 ) -> dict:
     """What the server saw of this TCP connection (GET <prefix>/conn): behind nginx the peer is nginx's pooled
     upstream connection, and its request count grows as the pool reuses it."""
@@ -113,5 +114,5 @@ def connection_info(
         "requests_on_this_connection": requests_on_connection,
         "pid": os.getpid(),
         "http_version": http_version,
-        "forwarded": {name: headers[name] for name in FORWARDED_HEADERS if name in headers},
+        "forwarded": {name: headers.get(name) for name in FORWARDED_HEADERS if headers.get(name) is not None},
     }

@@ -1,26 +1,59 @@
 """The Flask application factory and its route table.
 
 Every route lives under PREFIX so the app answers identically behind nginx (`/web/...`) and on its own port.
+web holds accounts (server-side sessions in SQLite, a random id in the cookie) and orders (priced and reserved
+in catalog over HTTP, concurrently with gevent).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
+import weakref
 from collections.abc import Callable
 
-from flask import Flask, Response, g, request
+import gevent
+from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
-from services.common import http
+from services.common import db, http, semantics
+from services.common.idempotency import HEADER as IDEMPOTENCY_KEY
+from services.common.idempotency import StoredResponse, fingerprint, run_once
+from services.web import orders, upstream
+from services.web.store import SESSION_TTL, Store
 
 SERVICE = "web"
 PREFIX = "/web"
+COOKIE = "sid"
+COOKIE_SECURE = os.environ.get("WEB_COOKIE_SECURE", "0") == "1"  # set 1 behind TLS
+WWW_AUTHENTICATE = f'Cookie realm="web", form-action="{PREFIX}/login", cookie-name="{COOKIE}"'
+FANOUT_MAX = 50
+# Requests served per client socket: gunicorn's async and threaded workers keep the socket across keep-alive
+# requests (the sync worker closes it after each response, so it always reports 1).
+_requests_per_socket: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _json(body: dict, status: int = 200, content_type: str = http.JSON) -> Response:
+def _json(body: object, status: int = 200, content_type: str = http.JSON) -> Response:
     return Response(json.dumps(body, separators=(",", ":")), status=status, content_type=content_type)
 
+
+def _send(stored: StoredResponse, replayed: bool = False) -> Response:
+    response = Response(stored.body, status=stored.status, headers=stored.headers)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def store() -> Store:
+    return current_app.extensions["store"]
+
+
+def body() -> object:
+    return semantics.json_body(request.content_type, request.get_data(cache=True))
+
+
+# ---------------------------------------------------------------- the benchmark endpoints
 
 def healthz() -> Response:
     return _json(http.health(SERVICE))
@@ -44,30 +77,197 @@ def cpu() -> Response:
     return _json(http.cpu_body(http.cpu_n(request.args.get("n"))))
 
 
+def conn() -> Response:
+    sock = request.environ.get("gunicorn.socket")
+    count = _requests_per_socket.get(sock, 1) if sock is not None else 1
+    port = request.environ.get("REMOTE_PORT")
+    peer = (request.environ.get("REMOTE_ADDR", ""), int(port)) if port else None
+    return _json(http.connection_info(SERVICE, peer, count, request.environ.get("SERVER_PROTOCOL", ""),
+                                      request.headers))
+
+
+def fanout() -> Response:
+    """The seed's gevent example, fixed and measured: N greenlets each fetch httpbin's /delay/D with requests;
+    all N wait at once, so the total is about D seconds, not N x D."""
+    n = http.int_param(request.args.get("n"), "n", 10, 1, FANOUT_MAX)
+    delay = http.int_param(request.args.get("delay"), "delay", 1, 0, 3)
+    path = f"/httpbin/delay/{delay}"
+
+    def fetch(i: int) -> dict:
+        started = time.perf_counter()
+        response = upstream.request("GET", upstream.HTTPBIN_URL, path, g.request_id)
+        return {"i": i, "status": response.status_code, "bytes": len(response.content),
+                "ms": round((time.perf_counter() - started) * 1000, 1)}
+
+    started = time.perf_counter()
+    jobs = [gevent.spawn(fetch, i) for i in range(n)]
+    gevent.joinall(jobs)
+    for job in jobs:
+        if not job.successful():
+            raise job.exception
+    fetches = [job.value for job in jobs]
+    return _json({
+        "model": "gevent greenlets + requests (monkey-patched sockets)", "url": upstream.HTTPBIN_URL + path,
+        "n": n, "total_ms": round((time.perf_counter() - started) * 1000, 1),
+        "sum_of_fetch_ms": round(sum(f["ms"] for f in fetches), 1), "fetches": fetches,
+    })
+
+
+# ---------------------------------------------------------------- accounts and sessions
+
+def _credentials() -> tuple[str, str]:
+    document = body()
+    if not isinstance(document, dict) or set(document) != {"email", "password"}:
+        raise http.Problem(422, "Invalid credentials document", 'send {"email": ..., "password": ...}')
+    email, password = document["email"], document["password"]
+    if not isinstance(email, str) or "@" not in email or not 3 <= len(email) <= 254:
+        raise http.Problem(422, "Invalid email", "email must look like name@domain")
+    if not isinstance(password, str) or not 8 <= len(password) <= 128:
+        raise http.Problem(422, "Invalid password", "password must be 8 to 128 characters")
+    return email.strip(), password
+
+
+def _unauthorized(detail: str) -> http.Problem:
+    return http.Problem(401, "Unauthorized", detail)
+
+
+def current_user() -> dict:
+    user = store().session_user(request.cookies.get(COOKIE))
+    if user is None:
+        raise _unauthorized("log in first: POST /web/login sets the session cookie" if COOKIE not in request.cookies
+                            else "the session expired or was closed; log in again")
+    return user
+
+
+def signup() -> Response:
+    user = store().signup(*_credentials())
+    response = _json(user, 201)
+    response.headers["Location"] = f"{PREFIX}/me"
+    return response
+
+
+def login() -> Response:
+    email, password = _credentials()
+    user = store().authenticate(email, password)
+    if user is None:
+        raise _unauthorized("wrong email or password")
+    token = store().open_session(user["id"], replacing=request.cookies.get(COOKIE))
+    response = _json(user)
+    # The cookie carries only a random id; the session itself is a server-side row.
+    response.set_cookie(COOKIE, token, max_age=int(SESSION_TTL), path=PREFIX, httponly=True, samesite="Lax",
+                        secure=COOKIE_SECURE)
+    return response
+
+
+def logout() -> Response:
+    store().close_session(request.cookies.get(COOKIE))
+    response = Response(status=204)
+    response.delete_cookie(COOKIE, path=PREFIX, httponly=True, samesite="Lax", secure=COOKIE_SECURE)
+    return response
+
+
+def me() -> Response:
+    return _json(current_user())
+
+
+# ---------------------------------------------------------------- orders
+
+def order_response(order: dict, status: int = 200) -> StoredResponse:
+    headers = {"Content-Type": http.JSON, "ETag": semantics.strong_etag(order)}
+    if status == 201:
+        headers["Location"] = f"{PREFIX}/orders/{order['id']}"
+    return StoredResponse(status, headers, json.dumps(order, separators=(",", ":")).encode())
+
+
+def place_order() -> Response:
+    user = current_user()
+    raw = request.get_data(cache=True)
+
+    def act(record: Callable[[StoredResponse], None]) -> StoredResponse:
+        lines = orders.validate_lines(body())
+        priced = orders.reserve(lines, g.request_id)
+        created: list[StoredResponse] = []
+
+        def then(order: dict) -> None:
+            created.append(order_response(order, 201))
+            record(created[0])
+
+        store().create_order(user["id"], priced, then=then)
+        return created[0]
+
+    stored, replayed = run_once(store().keys, request.headers.get(IDEMPOTENCY_KEY),
+                                f"user:{user['id']} POST {PREFIX}/orders",
+                                fingerprint("POST", f"{PREFIX}/orders", raw), act)
+    return _send(stored, replayed)
+
+
+def list_orders() -> Response:
+    user = current_user()
+    limit = http.int_param(request.args.get("limit"), "limit", 20, 1, 100)
+    after = http.int_param(request.args.get("cursor"), "cursor", 0, 0, 2**53 - 1)
+    page, more = store().orders_page(user["id"], limit, after)
+    next_cursor = str(page[-1]["id"]) if more else None
+    response = _json({"orders": page, "next_cursor": next_cursor})
+    link = semantics.link_header(request.path, {"limit": str(limit)},
+                                 {"first": {"cursor": ""}, "next": {"cursor": next_cursor} if next_cursor else None})
+    if link:
+        response.headers["Link"] = link
+    return response
+
+
+def get_order(order_id: int) -> Response:
+    user = current_user()
+    order = store().order(order_id)
+    if order is None:
+        raise http.Problem(404, "Not Found", f"no order {order_id}")
+    if order["user_id"] != user["id"]:
+        raise http.Problem(403, "Forbidden", "this order belongs to another account")
+    stored = order_response(order)
+    if semantics.if_none_match_hit(request.headers.get("If-None-Match"), stored.headers["ETag"]):
+        return Response(status=304, headers={"ETag": stored.headers["ETag"]})
+    return _send(stored)
+
+
 # (path under PREFIX, endpoint name, view, methods). GET routes answer HEAD and OPTIONS too (Flask adds them).
-ROUTES: list[tuple[str, str, Callable[[], Response], list[str]]] = [
+ROUTES: list[tuple[str, str, Callable[..., Response], list[str]]] = [
     ("/healthz", "healthz", healthz, ["GET"]),
     ("/plaintext", "plaintext", plaintext, ["GET"]),
     ("/json", "json", hello_json, ["GET"]),
     ("/io", "io", io_wait, ["GET"]),
     ("/cpu", "cpu", cpu, ["GET"]),
+    ("/conn", "conn", conn, ["GET"]),
+    ("/fanout", "fanout", fanout, ["GET"]),
+    ("/signup", "signup", signup, ["POST"]),
+    ("/login", "login", login, ["POST"]),
+    ("/logout", "logout", logout, ["POST"]),
+    ("/me", "me", me, ["GET"]),
+    ("/orders", "place_order", place_order, ["POST"]),
+    ("/orders", "list_orders", list_orders, ["GET"]),
+    ("/orders/<int:order_id>", "get_order", get_order, ["GET"]),
 ]
 
 
 def _problem_response(problem: http.Problem) -> Response:
     rid = g.get("request_id") or http.request_id(None)
-    return _json(problem.document(rid, request.path), problem.status, http.PROBLEM_JSON)
+    response = _json(problem.document(rid, request.path), problem.status, http.PROBLEM_JSON)
+    if problem.status == 401:
+        response.headers["WWW-Authenticate"] = WWW_AUTHENTICATE
+    return response
 
 
 def create_app(config: dict | None = None) -> Flask:
     app = Flask(__name__)
-    app.config.from_mapping(config or {})
+    app.config.from_mapping({"MAX_CONTENT_LENGTH": semantics.MAX_BODY_BYTES, "DATABASE": None, **(config or {})})
+    app.extensions["store"] = Store(app.config["DATABASE"] or db.default_path(SERVICE))
     for path, endpoint, view, methods in ROUTES:
         app.add_url_rule(PREFIX + path, endpoint, view, methods=methods)
 
     @app.before_request
     def assign_request_id() -> None:
         g.request_id = http.request_id(request.headers.get(http.REQUEST_ID_HEADER))
+        sock = request.environ.get("gunicorn.socket")
+        if sock is not None:
+            _requests_per_socket[sock] = _requests_per_socket.get(sock, 0) + 1
 
     @app.after_request
     def echo_request_id(response: Response) -> Response:
@@ -79,11 +279,16 @@ def create_app(config: dict | None = None) -> Flask:
     def on_problem(problem: http.Problem) -> Response:
         return _problem_response(problem)
 
+    @app.errorhandler(upstream.UpstreamError)
+    def on_upstream_error(error: upstream.UpstreamError) -> Response:
+        return _problem_response(http.Problem(502, "Bad Gateway", str(error)))
+
     @app.errorhandler(HTTPException)
     def on_http_error(error: HTTPException) -> Response:
-        response = _problem_response(http.Problem(error.code or 500, error.name, error.description or ""))
+        title = "Content Too Large" if error.code == 413 else error.name
+        response = _problem_response(http.Problem(error.code or 500, title, error.description or ""))
         if error.code == 405 and error.valid_methods:  # type: ignore[attr-defined]
-            response.headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
+            response.headers["Allow"] = semantics.allow_header(list(error.valid_methods))  # type: ignore[attr-defined]
         return response
 
     return app

@@ -7,8 +7,8 @@ from tests.unit.cases import CASES, IDS
 
 
 @pytest.fixture
-def client():
-    return create_app({"TESTING": True}).test_client()
+def client(tmp_path):
+    return create_app({"TESTING": True, "DATABASE": tmp_path / "web.sqlite3"}).test_client()
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)

@@ -1,0 +1,150 @@
+"""web's data in SQLite (WAL): accounts, server-side sessions, orders. Every gunicorn worker opens the same
+file, so a session created by one worker is seen by all."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from services.common import db
+from services.common.http import Problem
+from services.common.idempotency import IdempotencyKeys
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    id INTEGER PRIMARY KEY,
+    email TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    password_hash TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    token_hash TEXT PRIMARY KEY,      -- sha256 of the cookie's value: a leaked database holds no live session
+    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    expires REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS orders (
+    id INTEGER PRIMARY KEY,
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    total INTEGER NOT NULL,           -- integer cents
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS order_lines (
+    order_id INTEGER NOT NULL REFERENCES orders(id) ON DELETE CASCADE,
+    item_id INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    unit_price INTEGER NOT NULL,
+    quantity INTEGER NOT NULL,
+    PRIMARY KEY (order_id, item_id)
+);
+"""
+SESSION_TTL = float(os.environ.get("WEB_SESSION_TTL_SECONDS", str(7 * 24 * 3600)))
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Store:
+    def __init__(self, path: str | Path) -> None:
+        self.conn = db.connect(path)
+        self.conn.executescript(SCHEMA)
+        self.keys = IdempotencyKeys(self.conn)
+
+    # -------------------------------------------------------------- accounts
+
+    def signup(self, email: str, password: str) -> dict:
+        digest = generate_password_hash(password)  # scrypt with a random salt (Werkzeug's default KDF)
+        try:
+            with db.transaction(self.conn):
+                cursor = self.conn.execute(
+                    "INSERT INTO users (email, password_hash, created_at) VALUES (?, ?, ?)", (email, digest, now())
+                )
+        except sqlite3.IntegrityError:
+            raise Problem(409, "Email already registered", f"an account for {email} exists; log in instead") from None
+        return self.user(cursor.lastrowid)
+
+    def user(self, user_id: int) -> dict:
+        row = self.conn.execute("SELECT id, email, created_at FROM users WHERE id = ?", (user_id,)).fetchone()
+        return dict(row)
+
+    def authenticate(self, email: str, password: str) -> dict | None:
+        row = self.conn.execute("SELECT id, password_hash FROM users WHERE email = ?", (email,)).fetchone()
+        if row is None:
+            check_password_hash(generate_password_hash("timing"), password)  # same cost whether or not it exists
+            return None
+        return self.user(row["id"]) if check_password_hash(row["password_hash"], password) else None
+
+    # -------------------------------------------------------------- sessions
+
+    def open_session(self, user_id: int, replacing: str | None = None) -> str:
+        """A new random session id (rotated at every login: a fixated id is never promoted)."""
+        token = secrets.token_urlsafe(32)
+        with db.transaction(self.conn):
+            if replacing:
+                self.conn.execute("DELETE FROM sessions WHERE token_hash = ?", (_token_hash(replacing),))
+            self.conn.execute("DELETE FROM sessions WHERE expires < ?", (time.time(),))
+            self.conn.execute("INSERT INTO sessions (token_hash, user_id, expires) VALUES (?, ?, ?)",
+                              (_token_hash(token), user_id, time.time() + SESSION_TTL))
+        return token
+
+    def session_user(self, token: str | None) -> dict | None:
+        if not token:
+            return None
+        row = self.conn.execute("SELECT user_id, expires FROM sessions WHERE token_hash = ?",
+                                (_token_hash(token),)).fetchone()
+        if row is None or row["expires"] < time.time():
+            return None
+        return self.user(row["user_id"])
+
+    def close_session(self, token: str | None) -> None:
+        if token:
+            self.conn.execute("DELETE FROM sessions WHERE token_hash = ?", (_token_hash(token),))
+
+    def expire_session(self, token: str) -> None:
+        """For tests and admin: make a session expired without deleting it."""
+        self.conn.execute("UPDATE sessions SET expires = 0 WHERE token_hash = ?", (_token_hash(token),))
+
+    # -------------------------------------------------------------- orders
+
+    def create_order(self, user_id: int, lines: list[dict], then: Callable[[dict], None] | None = None) -> dict:
+        with db.transaction(self.conn):
+            total = sum(line["unit_price"] * line["quantity"] for line in lines)
+            cursor = self.conn.execute("INSERT INTO orders (user_id, total, created_at) VALUES (?, ?, ?)",
+                                       (user_id, total, now()))
+            self.conn.executemany(
+                "INSERT INTO order_lines (order_id, item_id, name, unit_price, quantity) VALUES (?, ?, ?, ?, ?)",
+                [(cursor.lastrowid, li["item_id"], li["name"], li["unit_price"], li["quantity"]) for li in lines],
+            )
+            order = self.order(cursor.lastrowid)
+            if then:
+                then(order)
+        return order
+
+    def order(self, order_id: int) -> dict | None:
+        row = self.conn.execute("SELECT * FROM orders WHERE id = ?", (order_id,)).fetchone()
+        if row is None:
+            return None
+        lines = self.conn.execute(
+            "SELECT item_id, name, unit_price, quantity FROM order_lines WHERE order_id = ? ORDER BY item_id",
+            (order_id,),
+        ).fetchall()
+        return {"id": row["id"], "user_id": row["user_id"], "total": row["total"], "created_at": row["created_at"],
+                "lines": [dict(line) for line in lines]}
+
+    def orders_page(self, user_id: int, limit: int, after: int) -> tuple[list[dict], bool]:
+        ids = [r["id"] for r in self.conn.execute(
+            "SELECT id FROM orders WHERE user_id = ? AND id > ? ORDER BY id LIMIT ?", (user_id, after, limit + 1)
+        )]
+        return [self.order(i) for i in ids[:limit]], len(ids) > limit
