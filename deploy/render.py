@@ -111,12 +111,10 @@ def supervisord_conf(site: Site, python: str = sys.executable) -> str:
         "httpbin": f"{python} -m services.httpbin --bind {addr['httpbin']}",
         "nginx": f"{nginx} -c {run / 'nginx.conf'} -e {logs / 'nginx-error.log'} -g 'daemon off;'",
     }
-    # web reaches the other services by name, resolved through the stack's DNS server.
-    extra_env = {
-        "web": f'STACK_DNS="{addr["dns"]}",'
-               + ",".join(f'WEB_{s.name.upper()}_URL="http://{s.name}.{ZONE}:{s.port}"'
-                          for s in HTTP_SERVICES if s.name != "web"),
-    }
+    # Services reach each other by name, resolved through the stack's DNS server.
+    by_name = f'STACK_DNS="{addr["dns"]}",' + ",".join(
+        f'STACK_{s.name.upper()}_URL="http://{s.name}.{ZONE}:{s.port}"' for s in HTTP_SERVICES
+    )
     conf = configparser.ConfigParser(interpolation=None)
     conf["unix_http_server"] = {"file": str(run / "supervisor.sock"), "chmod": "0700"}
     conf["supervisord"] = {
@@ -138,7 +136,7 @@ def supervisord_conf(site: Site, python: str = sys.executable) -> str:
             # STACK_VAR marks every process of this instance, so `down` can prove none is left behind.
             "environment": ",".join(filter(None, [
                 f'PYTHONPATH="{ROOT}",PYTHONUNBUFFERED="1",STACK_VAR="{site.var}",STACK_DATA="{site.var / "data"}"',
-                extra_env.get(name),
+                by_name if name in {s.name for s in HTTP_SERVICES} else None,
             ])),
             "priority": str(priority * 10),  # dns first, nginx last
             "autostart": "true",

@@ -9,18 +9,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import weakref
 from typing import Any
+from urllib.parse import urlsplit
 
 import tornado.web
+from tornado.httpclient import AsyncHTTPClient
 
 from services.catalog.store import Items, validate
-from services.common import db, http, semantics
+from services.common import db, http, semantics, stack_dns
 from services.common.idempotency import HEADER as IDEMPOTENCY_KEY
 from services.common.idempotency import StoredResponse, fingerprint, run_once
 
 SERVICE = "catalog"
 PREFIX = "/catalog"
+FANOUT_MAX = 50
 access_log = logging.getLogger("tornado.access")
 # Requests served per TCP connection (Tornado keeps one IOStream per connection across requests).
 _requests_per_stream: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
@@ -123,6 +127,45 @@ class ConnHandler(BaseHandler):
         ))
 
     head = get
+
+
+class FanoutHandler(BaseHandler):
+    """The seed's Tornado APIHandler, fixed and measured: N fetches of httpbin's /delay/D through
+    AsyncHTTPClient, all in flight at once on this IOLoop, so the total is about D seconds, not N x D."""
+
+    async def get(self) -> None:
+        n = http.int_param(self.query("n"), "n", 10, 1, FANOUT_MAX)
+        delay = http.int_param(self.query("delay"), "delay", 1, 0, 3)
+        base = stack_dns.HTTPBIN_URL
+        try:
+            address = await stack_dns.resolver.address_async(urlsplit(base).hostname or "")
+        except stack_dns.LookupError_ as error:
+            raise http.Problem(502, "Bad Gateway", str(error)) from None
+        prefix, host = stack_dns.by_address(base, address)
+        path = f"/httpbin/delay/{delay}"
+        # The shared AsyncHTTPClient runs at most 10 requests at once and queues the rest; a private one
+        # sized for the fan-out lets all N wait together.
+        client = AsyncHTTPClient(force_instance=True, max_clients=FANOUT_MAX)
+
+        async def fetch(i: int) -> dict:
+            started = time.perf_counter()
+            response = await client.fetch(prefix + path, raise_error=False, request_timeout=15,
+                                          headers={"Host": host, http.REQUEST_ID_HEADER: self.request_id})
+            if response.code >= 500 or response.code == 599:
+                raise http.Problem(502, "Bad Gateway", f"GET {base}{path}: {response.code} {response.reason}")
+            return {"i": i, "status": response.code, "bytes": len(response.body or b""),
+                    "ms": round((time.perf_counter() - started) * 1000, 1)}
+
+        started = time.perf_counter()
+        try:
+            fetches = await asyncio.gather(*(fetch(i) for i in range(n)))
+        finally:
+            client.close()
+        self.write_json({
+            "model": "Tornado IOLoop + AsyncHTTPClient", "url": base + path, "n": n,
+            "total_ms": round((time.perf_counter() - started) * 1000, 1),
+            "sum_of_fetch_ms": round(sum(f["ms"] for f in fetches), 1), "fetches": list(fetches),
+        })
 
 
 # ---------------------------------------------------------------- items
@@ -233,6 +276,7 @@ ROUTES: list[tuple[str, type[BaseHandler]]] = [
     ("/io", IoHandler),
     ("/cpu", CpuHandler),
     ("/conn", ConnHandler),
+    ("/fanout", FanoutHandler),
     ("/items", ItemsHandler),
     (r"/items/([0-9]{1,16})", ItemHandler),
 ]

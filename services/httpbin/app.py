@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+import weakref
 from collections.abc import Awaitable, Callable
 
+import aiohttp
 from aiohttp import web
 
-from services.common import http
+from services.common import http, semantics
+from services.httpbin import endpoints
 
 SERVICE = "httpbin"
 PREFIX = "/httpbin"
@@ -47,12 +51,51 @@ async def cpu(request: web.Request) -> web.Response:
     return _json(http.cpu_body(http.cpu_n(request.query.get("n"))))
 
 
+# Requests served per TCP connection: aiohttp keeps one transport per connection.
+_requests_per_connection: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+async def conn(request: web.Request) -> web.Response:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    version = f"HTTP/{request.version.major}.{request.version.minor}"
+    return _json(http.connection_info(SERVICE, peer[:2] if peer else None,
+                                      _requests_per_connection.get(request.transport, 1), version, request.headers))
+
+
+async def fanout(request: web.Request) -> web.Response:
+    """The seed's asyncio example, fixed (gather, not "gether") and measured: N coroutines share one
+    ClientSession and each fetch /httpbin/delay/D from this very server; they all wait at once."""
+    n = http.int_param(request.query.get("n"), "n", 10, 1, 50)
+    delay = http.int_param(request.query.get("delay"), "delay", 1, 0, 3)
+    host, port = request.transport.get_extra_info("sockname")[:2]
+    url = f"http://{host}:{port}{PREFIX}/delay/{delay}"
+
+    async def fetch(session: aiohttp.ClientSession, i: int) -> dict:
+        started = time.perf_counter()
+        async with session.get(url, headers={http.REQUEST_ID_HEADER: request[REQUEST_ID]}) as response:
+            body = await response.read()
+        return {"i": i, "status": response.status, "bytes": len(body),
+                "ms": round((time.perf_counter() - started) * 1000, 1)}
+
+    started = time.perf_counter()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+        fetches = await asyncio.gather(*(fetch(session, i) for i in range(n)))
+    return _json({
+        "model": "asyncio coroutines + aiohttp.ClientSession (asyncio.gather)", "url": url, "n": n,
+        "total_ms": round((time.perf_counter() - started) * 1000, 1),
+        "sum_of_fetch_ms": round(sum(f["ms"] for f in fetches), 1), "fetches": list(fetches),
+    })
+
+
 ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/healthz", healthz),
     ("GET", "/plaintext", plaintext),
     ("GET", "/json", hello_json),
     ("GET", "/io", io_wait),
     ("GET", "/cpu", cpu),
+    ("GET", "/conn", conn),
+    ("GET", "/fanout", fanout),
+    *endpoints.ROUTES,  # the httpbin clone
 ]
 
 
@@ -64,6 +107,15 @@ def _problem(request: web.Request, problem: http.Problem) -> web.Response:
 async def request_id_and_problems(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Assign the request id, echo it, and render every error as application/problem+json."""
     request[REQUEST_ID] = http.request_id(request.headers.get(http.REQUEST_ID_HEADER))
+    if request.transport is not None:
+        _requests_per_connection[request.transport] = _requests_per_connection.get(request.transport, 0) + 1
+    not_allowed = request.match_info.http_exception
+    if request.method == "OPTIONS" and isinstance(not_allowed, web.HTTPMethodNotAllowed):
+        # aiohttp has no automatic OPTIONS: answer it for every resource with the methods it has.
+        allow = semantics.allow_header(sorted(not_allowed.allowed_methods))
+        response = web.Response(status=204, headers={"Allow": allow})
+        response.headers[http.REQUEST_ID_HEADER] = request[REQUEST_ID]
+        return response
     try:
         response = await handler(request)
     except http.Problem as problem:
@@ -73,7 +125,7 @@ async def request_id_and_problems(request: web.Request, handler: Handler) -> web
             raise  # redirects and the like pass through untouched
         response = _problem(request, http.Problem(error.status, error.reason, error.text or error.reason))
         if isinstance(error, web.HTTPMethodNotAllowed):
-            response.headers["Allow"] = ", ".join(sorted(error.allowed_methods))
+            response.headers["Allow"] = semantics.allow_header(sorted(error.allowed_methods))
     response.headers[http.REQUEST_ID_HEADER] = request[REQUEST_ID]
     return response
 
@@ -81,7 +133,10 @@ async def request_id_and_problems(request: web.Request, handler: Handler) -> web
 def create_app() -> web.Application:
     app = web.Application(middlewares=[request_id_and_problems])
     for method, path, handler in ROUTES:
-        app.router.add_route(method, PREFIX + path, handler)
+        if method == "GET":
+            app.router.add_get(PREFIX + path, handler)  # answers HEAD too
+        else:
+            app.router.add_route(method, PREFIX + path, handler)
     return app
 
 

@@ -92,10 +92,11 @@ def fanout() -> Response:
     n = http.int_param(request.args.get("n"), "n", 10, 1, FANOUT_MAX)
     delay = http.int_param(request.args.get("delay"), "delay", 1, 0, 3)
     path = f"/httpbin/delay/{delay}"
+    request_id = g.request_id  # greenlets do not inherit Flask's request context
 
     def fetch(i: int) -> dict:
         started = time.perf_counter()
-        response = upstream.request("GET", upstream.HTTPBIN_URL, path, g.request_id)
+        response = upstream.request("GET", upstream.HTTPBIN_URL, path, request_id)
         return {"i": i, "status": response.status_code, "bytes": len(response.content),
                 "ms": round((time.perf_counter() - started) * 1000, 1)}
 

@@ -25,7 +25,7 @@ async def test_request_id_is_echoed_on_errors_too(client):
 async def test_wrong_method_is_405_with_allow(client):
     response = await client.post("/httpbin/json")
     assert response.status == 405
-    assert response.headers["Allow"] == "GET"
+    assert response.headers["Allow"] == "OPTIONS, GET, HEAD"
     assert response.headers["Content-Type"].startswith("application/problem+json")
 
 

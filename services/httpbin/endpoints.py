@@ -1,0 +1,425 @@
+"""A self-hosted httpbin (the seed's examples all call httpbin.org): the same endpoints and JSON shapes,
+under /httpbin/. Stateless: everything it reports comes from the request itself."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import gzip
+import json
+import random
+import re
+import uuid
+from email.utils import formatdate
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+from services.common import http
+
+PREFIX = "/httpbin"
+MAX_DELAY = 10
+MAX_STREAM = 100
+MAX_BYTES = 100 * 1024
+REDIRECT_CODES = {301, 302, 303, 307, 308}
+
+
+def dumps(body: object) -> str:
+    return json.dumps(body, indent=2, sort_keys=True) + "\n"  # httpbin's own pretty format
+
+
+def reply(body: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(text=dumps(body), status=status, content_type="application/json", headers=headers)
+
+
+def origin(request: web.Request) -> str:
+    """The client's address: behind nginx, the X-Forwarded-For nginx set (it overwrites any client value)."""
+    return request.headers.get("X-Forwarded-For", request.remote or "")
+
+
+def url_of(request: web.Request) -> str:
+    proto = request.headers.get("X-Forwarded-Proto", request.scheme)
+    host = request.headers.get("X-Forwarded-Host", request.host)
+    return f"{proto}://{host}{request.rel_url}"
+
+
+def headers_of(request: web.Request) -> dict[str, str]:
+    return {name.title(): value for name, value in request.headers.items()}
+
+
+def args_of(request: web.Request) -> dict[str, str | list[str]]:
+    args: dict[str, str | list[str]] = {}
+    for key in request.query:
+        values = request.query.getall(key)
+        args[key] = values[0] if len(values) == 1 else values
+    return args
+
+
+def basics(request: web.Request) -> dict:
+    return {"args": args_of(request), "headers": headers_of(request), "origin": origin(request),
+            "url": url_of(request)}
+
+
+async def with_body(request: web.Request) -> dict:
+    """httpbin's shape for requests with a body: data, form, files and json, as it decodes them."""
+    raw = await request.read()
+    kind = (request.content_type or "").lower()
+    form: dict[str, str] = {}
+    files: dict[str, str] = {}
+    parsed_json = None
+    data = ""
+    if kind == "application/x-www-form-urlencoded":
+        form = dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
+    elif kind.startswith("multipart/"):
+        post = await request.post()
+        for key, value in post.items():
+            if isinstance(value, web.FileField):
+                files[key] = value.file.read().decode("utf-8", "replace")
+            else:
+                form[key] = str(value)
+    else:
+        try:
+            data = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            data = "data:application/octet-stream;base64," + base64.b64encode(raw).decode()
+        if kind.endswith("json"):
+            try:
+                parsed_json = json.loads(raw) if raw else None
+            except ValueError:
+                parsed_json = None
+    return {**basics(request), "data": data, "files": files, "form": form, "json": parsed_json}
+
+
+# ---------------------------------------------------------------- request inspection
+
+async def get(request: web.Request) -> web.Response:
+    return reply(basics(request))
+
+
+async def body_method(request: web.Request) -> web.Response:
+    return reply(await with_body(request))
+
+
+async def anything(request: web.Request) -> web.Response:
+    return reply({**await with_body(request), "method": request.method})
+
+
+async def headers(request: web.Request) -> web.Response:
+    return reply({"headers": headers_of(request)})
+
+
+async def ip(request: web.Request) -> web.Response:
+    return reply({"origin": origin(request)})
+
+
+async def user_agent(request: web.Request) -> web.Response:
+    return reply({"user-agent": request.headers.get("User-Agent")})
+
+
+async def uuid4(request: web.Request) -> web.Response:
+    return reply({"uuid": str(uuid.uuid4())})
+
+
+# ---------------------------------------------------------------- status codes and redirects
+
+def _status_codes(spec: str) -> list[tuple[int, float]]:
+    """"200", "200,404" or weighted "200:0.8,500:0.2", as httpbin accepts."""
+    choices = []
+    for part in spec.split(","):
+        code, _, weight = part.partition(":")
+        try:
+            status, chance = int(code), float(weight or 1)
+        except ValueError:
+            raise http.Problem(400, "Invalid status code", f"{part!r} is not a status code") from None
+        if not 100 <= status <= 599 or chance < 0:
+            raise http.Problem(400, "Invalid status code", f"{part!r} is not a status code between 100 and 599")
+        choices.append((status, chance))
+    return choices
+
+
+async def status(request: web.Request) -> web.Response:
+    choices = _status_codes(request.match_info["codes"])
+    code = random.choices([c for c, _ in choices], weights=[w for _, w in choices] or None)[0]
+    if code < 200:
+        raise http.Problem(400, "Unsupported status code", "1xx are interim responses and cannot be final")
+    extra: dict[str, str] = {}
+    text = ""
+    if code in REDIRECT_CODES:
+        extra["Location"] = f"{PREFIX}/redirect/1"
+    elif code == 401:
+        extra["WWW-Authenticate"] = 'Basic realm="Fake Realm"'
+    elif code == 407:
+        extra["Proxy-Authenticate"] = 'Basic realm="Fake Realm"'
+    elif code == 418:
+        text = "I'm a teapot\n"
+    body_allowed = code not in (204, 304)
+    return web.Response(status=code, headers=extra, text=text if body_allowed else None,
+                        content_type="text/plain" if body_allowed else None)
+
+
+async def redirect(request: web.Request) -> web.Response:
+    n = http.int_param(request.match_info["n"], "n", 1, 1, 20)
+    target = f"{PREFIX}/redirect/{n - 1}" if n > 1 else f"{PREFIX}/get"
+    if request.query.get("absolute", "").lower() == "true":
+        target = f"{url_of(request).split(PREFIX, 1)[0]}{target}"
+    raise web.HTTPFound(target)
+
+
+async def redirect_to(request: web.Request) -> web.Response:
+    params = request.query if request.method == "GET" else await request.post()
+    target = params.get("url")
+    if not target:
+        raise http.Problem(400, "Missing url", "redirect-to needs ?url=")
+    code = http.int_param(params.get("status_code"), "status_code", 302, 300, 399)
+    return web.Response(status=code, headers={"Location": str(target)})
+
+
+# ---------------------------------------------------------------- response shaping
+
+async def response_headers(request: web.Request) -> web.Response:
+    args = args_of(request)
+    response = reply(args)
+    for key in request.query:
+        for value in request.query.getall(key):
+            response.headers.add(key, value)
+    return response
+
+
+async def delay(request: web.Request) -> web.Response:
+    seconds = min(float(_number(request.match_info["n"], "n")), MAX_DELAY)
+    await asyncio.sleep(max(seconds, 0))
+    return reply({**(await with_body(request)), "delayed_seconds": seconds})
+
+
+def _number(raw: str, name: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise http.Problem(400, "Invalid number", f"{name} must be a number, got {raw!r}") from None
+    if value != value or value < 0:  # NaN or negative
+        raise http.Problem(400, "Invalid number", f"{name} must be a non-negative number")
+    return value
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    """n JSON documents, one per line, in a chunked response (no Content-Length: the size is not known)."""
+    n = http.int_param(request.match_info["n"], "n", 1, 1, MAX_STREAM)
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    base = basics(request)
+    for i in range(n):
+        await response.write((json.dumps({**base, "id": i}) + "\n").encode())
+    await response.write_eof()
+    return response
+
+
+async def drip(request: web.Request) -> web.StreamResponse:
+    """numbytes bytes spread over duration seconds: Content-Length is known, the body arrives slowly."""
+    duration = min(_number(request.query.get("duration", "2"), "duration"), MAX_DELAY)
+    numbytes = http.int_param(request.query.get("numbytes"), "numbytes", 10, 1, 10 * 1024)
+    code = http.int_param(request.query.get("code"), "code", 200, 200, 599)
+    initial = min(_number(request.query.get("delay", "0"), "delay"), MAX_DELAY)
+    await asyncio.sleep(initial)
+    response = web.StreamResponse(status=code, headers={"Content-Type": "application/octet-stream"})
+    response.content_length = numbytes
+    await response.prepare(request)
+    pause = duration / numbytes
+    for _ in range(numbytes):
+        await response.write(b"*")
+        await asyncio.sleep(pause)
+    await response.write_eof()
+    return response
+
+
+async def random_bytes(request: web.Request) -> web.Response:
+    n = http.int_param(request.match_info["n"], "n", 1, 0, MAX_BYTES)
+    seed = request.query.get("seed")
+    rng = random.Random(int(seed)) if seed and seed.isdigit() else random.Random()
+    return web.Response(body=rng.randbytes(n), content_type="application/octet-stream")
+
+
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+async def byte_range(request: web.Request) -> web.Response:
+    """n bytes of a-z repeated, honouring a single Range: 206 with Content-Range, or 416."""
+    n = http.int_param(request.match_info["n"], "n", 1, 1, MAX_BYTES)
+    data = bytes(ord("a") + i % 26 for i in range(n))
+    common = {"Accept-Ranges": "bytes", "ETag": f'"range{n}"'}
+    header = request.headers.get("Range")
+    if not header:
+        return web.Response(body=data, content_type="application/octet-stream", headers=common)
+    match = _RANGE.fullmatch(header.strip())
+    if not match or match.groups() == ("", ""):
+        return web.Response(status=416, headers={**common, "Content-Range": f"bytes */{n}"})
+    first, last = match.groups()
+    if first == "":  # a suffix range: the last N bytes
+        start, end = max(n - int(last), 0), n - 1
+    else:
+        start, end = int(first), min(int(last), n - 1) if last else n - 1
+    if start >= n or start > end:
+        return web.Response(status=416, headers={**common, "Content-Range": f"bytes */{n}"})
+    return web.Response(status=206, body=data[start:end + 1], content_type="application/octet-stream",
+                        headers={**common, "Content-Range": f"bytes {start}-{end}/{n}"})
+
+
+# ---------------------------------------------------------------- cookies
+
+async def cookies(request: web.Request) -> web.Response:
+    return reply({"cookies": dict(request.cookies)})
+
+
+async def cookies_set(request: web.Request) -> web.Response:
+    response = web.HTTPFound(f"{PREFIX}/cookies")
+    for name, value in request.query.items():
+        response.set_cookie(name, value, path="/")
+    raise response
+
+
+async def cookies_delete(request: web.Request) -> web.Response:
+    response = web.HTTPFound(f"{PREFIX}/cookies")
+    for name in request.query:
+        response.del_cookie(name, path="/")
+    raise response
+
+
+# ---------------------------------------------------------------- caching and validators
+
+async def cache(request: web.Request) -> web.Response:
+    if request.headers.get("If-Modified-Since") or request.headers.get("If-None-Match"):
+        return web.Response(status=304)
+    response = reply(basics(request))
+    response.headers["Last-Modified"] = formatdate(usegmt=True)
+    response.headers["ETag"] = f'"{uuid.uuid4().hex}"'
+    return response
+
+
+async def cache_for(request: web.Request) -> web.Response:
+    seconds = http.int_param(request.match_info["n"], "n", 60, 0, 31_536_000)
+    return reply(basics(request), headers={"Cache-Control": f"public, max-age={seconds}"})
+
+
+async def etag(request: web.Request) -> web.Response:
+    """200 with ETag: <etag>; If-None-Match that matches: 304; If-Match that does not: 412."""
+    tag = f'"{request.match_info["etag"]}"'
+    if_none_match = request.headers.get("If-None-Match")
+    if_match = request.headers.get("If-Match")
+    tags = lambda header: [t.strip() for t in header.split(",")]  # noqa: E731
+    if if_none_match and (if_none_match.strip() == "*" or tag in tags(if_none_match)):
+        return web.Response(status=304, headers={"ETag": tag})
+    if if_match and not (if_match.strip() == "*" or tag in tags(if_match)):
+        raise http.Problem(412, "Precondition Failed", f"the ETag is {tag}")
+    return reply(basics(request), headers={"ETag": tag})
+
+
+# ---------------------------------------------------------------- auth
+
+async def basic_auth(request: web.Request) -> web.Response:
+    user, password = request.match_info["user"], request.match_info["passwd"]
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    try:
+        given = base64.b64decode(credentials, validate=True).decode() if scheme.lower() == "basic" else ""
+    except (binascii.Error, UnicodeDecodeError):
+        given = ""
+    if given != f"{user}:{password}":
+        return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="Fake Realm"'})
+    return reply({"authenticated": True, "user": user})
+
+
+async def bearer(request: web.Request) -> web.Response:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return web.Response(status=401, headers={"WWW-Authenticate": "Bearer"})
+    return reply({"authenticated": True, "token": token.strip()})
+
+
+# ---------------------------------------------------------------- formats
+
+async def gzipped(request: web.Request) -> web.Response:
+    document = {"gzipped": True, "headers": headers_of(request), "method": request.method,
+                "origin": origin(request)}
+    return web.Response(body=gzip.compress(dumps(document).encode()), content_type="application/json",
+                        headers={"Content-Encoding": "gzip"})
+
+
+UTF8_DEMO = """<!doctype html>
+<meta charset="utf-8"><title>UTF-8 demo</title>
+<h1>Unicode Demo</h1>
+<p>Greek: Σὲ γνωρίζω ἀπὸ τὴν κόψη · Chinese: 浏览器输入一个url中间经历的过程 · Arrows: → ⇒ ⟶ · Math: ∀x∈ℝ: ⌈x⌉ ≥ x</p>
+"""
+
+HTML = """<!doctype html>
+<html><head><meta charset="utf-8"><title>httpbin · html</title></head>
+<body><h1>Moby-Dick, chapter 1</h1>
+<p>Call me Ishmael. Some years ago—never mind how long precisely—having little or no money in my purse, and
+nothing particular to interest me on shore, I thought I would sail about a little and see the watery part of
+the world.</p></body></html>
+"""
+
+XML = """<?xml version='1.0' encoding='us-ascii'?>
+<!--  A SAMPLE set of slides  -->
+<slideshow title="Sample Slide Show" date="Date of publication" author="Yours Truly">
+  <slide type="all"><title>Wake up to WonderWidgets!</title></slide>
+  <slide type="all"><title>Overview</title>
+    <item>Why <em>WonderWidgets</em> are great</item>
+    <item>Who <em>buys</em> WonderWidgets</item>
+  </slide>
+</slideshow>
+"""
+
+ROBOTS = "User-agent: *\nDisallow: /deny\n"
+
+
+async def encoding_utf8(request: web.Request) -> web.Response:
+    return web.Response(text=UTF8_DEMO, content_type="text/html", charset="utf-8")
+
+
+async def html(request: web.Request) -> web.Response:
+    return web.Response(text=HTML, content_type="text/html", charset="utf-8")
+
+
+async def xml(request: web.Request) -> web.Response:
+    return web.Response(text=XML, content_type="application/xml")
+
+
+async def robots(request: web.Request) -> web.Response:
+    return web.Response(text=ROBOTS, content_type="text/plain")
+
+
+BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+ROUTES: list[tuple[str, str, object]] = [
+    ("GET", "/get", get),
+    *((m, f"/{m.lower()}", body_method) for m in BODY_METHODS),
+    ("*", "/anything", anything),
+    ("*", "/anything/{tail:.*}", anything),
+    ("GET", "/headers", headers),
+    ("GET", "/ip", ip),
+    ("GET", "/user-agent", user_agent),
+    ("GET", "/uuid", uuid4),
+    ("*", "/status/{codes}", status),
+    ("*", "/delay/{n}", delay),
+    ("GET", "/stream/{n}", stream),
+    ("GET", "/drip", drip),
+    ("GET", "/bytes/{n}", random_bytes),
+    ("GET", "/range/{n}", byte_range),
+    ("GET", "/cookies", cookies),
+    ("GET", "/cookies/set", cookies_set),
+    ("GET", "/cookies/delete", cookies_delete),
+    ("GET", "/redirect/{n}", redirect),
+    ("GET", "/redirect-to", redirect_to),
+    ("POST", "/redirect-to", redirect_to),
+    ("GET", "/response-headers", response_headers),
+    ("POST", "/response-headers", response_headers),
+    ("GET", "/cache", cache),
+    ("GET", "/cache/{n}", cache_for),
+    ("GET", "/etag/{etag}", etag),
+    ("GET", "/basic-auth/{user}/{passwd}", basic_auth),
+    ("GET", "/bearer", bearer),
+    ("GET", "/gzip", gzipped),
+    ("GET", "/encoding/utf8", encoding_utf8),
+    ("GET", "/html", html),
+    ("GET", "/xml", xml),
+    ("GET", "/robots.txt", robots),
+]

@@ -1,0 +1,198 @@
+"""The httpbin clone in-process: httpbin's JSON shapes and HTTP behaviours, table-driven where it fits."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+
+import pytest
+
+from services.httpbin.app import create_app
+
+
+@pytest.fixture
+async def client(aiohttp_client):
+    return await aiohttp_client(create_app())
+
+
+async def test_get_echoes_args_headers_origin_and_url(client):
+    response = await client.get("/httpbin/get?a=1&b=2&b=3", headers={"X-Demo": "yes"})
+    body = await response.json()
+    assert set(body) == {"args", "headers", "origin", "url"}
+    assert body["args"] == {"a": "1", "b": ["2", "3"]} and body["headers"]["X-Demo"] == "yes"
+    assert body["url"].endswith("/httpbin/get?a=1&b=2&b=3") and body["origin"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
+async def test_body_methods_decode_json(client, method):
+    response = await client.request(method, f"/httpbin/{method.lower()}", json={"k": [1, 2]})
+    body = await response.json()
+    assert response.status == 200
+    assert set(body) == {"args", "data", "files", "form", "headers", "json", "origin", "url"}
+    assert body["json"] == {"k": [1, 2]} and json.loads(body["data"]) == {"k": [1, 2]}
+
+
+async def test_post_decodes_forms(client):
+    body = await (await client.post("/httpbin/post", data={"name": "ada"})).json()
+    assert body["form"] == {"name": "ada"} and body["json"] is None
+
+
+async def test_wrong_method_on_a_method_endpoint_is_405(client):
+    response = await client.post("/httpbin/get")
+    assert response.status == 405 and response.headers["Allow"] == "OPTIONS, GET, HEAD"
+
+
+async def test_anything_accepts_every_method_and_reports_it(client):
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+        body = await (await client.request(method, "/httpbin/anything/x/y?q=1")).json()
+        assert body["method"] == method and body["url"].endswith("/httpbin/anything/x/y?q=1")
+
+
+@pytest.mark.parametrize(
+    ("path", "key"),
+    [("/httpbin/headers", "headers"), ("/httpbin/ip", "origin"), ("/httpbin/user-agent", "user-agent"),
+     ("/httpbin/uuid", "uuid")],
+)
+async def test_inspection_endpoints(client, path, key):
+    body = await (await client.get(path)).json()
+    assert list(body) == [key]
+
+
+@pytest.mark.parametrize(
+    ("codes", "status", "header"),
+    [("200", 200, None), ("201", 201, None), ("204", 204, None), ("302", 302, "Location"),
+     ("401", 401, "WWW-Authenticate"), ("404", 404, None), ("418", 418, None), ("500", 500, None),
+     ("503:1,500:0", 503, None)],
+)
+async def test_status_codes(client, codes, status, header):
+    response = await client.get(f"/httpbin/status/{codes}", allow_redirects=False)
+    assert response.status == status
+    if header:
+        assert header in response.headers
+
+
+@pytest.mark.parametrize("codes", ["abc", "99", "600", "100"])
+async def test_status_rejects_non_codes(client, codes):
+    response = await client.get(f"/httpbin/status/{codes}")
+    assert response.status == 400 and response.headers["Content-Type"].startswith("application/problem+json")
+
+
+async def test_delay_waits_and_reports(client):
+    body = await (await client.get("/httpbin/delay/0.05")).json()
+    assert body["delayed_seconds"] == 0.05
+    assert (await client.get("/httpbin/delay/soon")).status == 400
+
+
+async def test_stream_is_chunked_json_lines(client):
+    response = await client.get("/httpbin/stream/3")
+    assert response.headers["Transfer-Encoding"] == "chunked" and "Content-Length" not in response.headers
+    lines = (await response.text()).splitlines()
+    assert [json.loads(line)["id"] for line in lines] == [0, 1, 2]
+
+
+async def test_drip_has_content_length_and_a_slow_body(client):
+    response = await client.get("/httpbin/drip?duration=0.1&numbytes=5")
+    assert response.headers["Content-Length"] == "5" and await response.read() == b"*****"
+
+
+async def test_bytes_are_seedable(client):
+    first = await (await client.get("/httpbin/bytes/16?seed=7")).read()
+    again = await (await client.get("/httpbin/bytes/16?seed=7")).read()
+    assert len(first) == 16 and first == again
+
+
+@pytest.mark.parametrize(
+    ("range_header", "status", "body", "content_range"),
+    [(None, 200, b"abcdefghij", None), ("bytes=0-3", 206, b"abcd", "bytes 0-3/10"),
+     ("bytes=8-", 206, b"ij", "bytes 8-9/10"), ("bytes=-3", 206, b"hij", "bytes 7-9/10"),
+     ("bytes=20-30", 416, b"", "bytes */10"), ("lines=1-2", 416, b"", "bytes */10")],
+)
+async def test_range_requests(client, range_header, status, body, content_range):
+    headers = {"Range": range_header} if range_header else {}
+    response = await client.get("/httpbin/range/10", headers=headers)
+    assert response.status == status and response.headers["Accept-Ranges"] == "bytes"
+    assert await response.read() == body
+    assert response.headers.get("Content-Range") == content_range
+
+
+async def test_cookies_set_then_read_then_delete(client):
+    response = await client.get("/httpbin/cookies/set?flavour=oat", allow_redirects=False)
+    assert response.status == 302 and response.headers["Location"] == "/httpbin/cookies"
+    assert "flavour=oat" in response.headers["Set-Cookie"]
+    body = await (await client.get("/httpbin/cookies", cookies={"flavour": "oat"})).json()
+    assert body == {"cookies": {"flavour": "oat"}}
+    deleted = await client.get("/httpbin/cookies/delete?flavour", allow_redirects=False)
+    assert "Max-Age=0" in deleted.headers["Set-Cookie"] or "expires" in deleted.headers["Set-Cookie"].lower()
+
+
+async def test_redirect_chain_ends_at_get(client):
+    response = await client.get("/httpbin/redirect/2", allow_redirects=False)
+    assert response.status == 302 and response.headers["Location"] == "/httpbin/redirect/1"
+    final = await client.get("/httpbin/redirect/3")
+    assert final.status == 200 and len(final.history) == 3
+
+
+async def test_redirect_to(client):
+    response = await client.get("/httpbin/redirect-to?url=/httpbin/get&status_code=307", allow_redirects=False)
+    assert response.status == 307 and response.headers["Location"] == "/httpbin/get"
+
+
+async def test_response_headers_are_set_from_the_query(client):
+    response = await client.get("/httpbin/response-headers?X-Thing=1&X-Thing=2")
+    assert response.headers.getall("X-Thing") == ["1", "2"]
+
+
+async def test_cache_and_etag_validators(client):
+    first = await client.get("/httpbin/cache")
+    assert first.status == 200 and "Last-Modified" in first.headers and "ETag" in first.headers
+    assert (await client.get("/httpbin/cache", headers={"If-None-Match": first.headers["ETag"]})).status == 304
+    assert (await client.get("/httpbin/cache/30")).headers["Cache-Control"] == "public, max-age=30"
+    assert (await client.get("/httpbin/etag/abc")).headers["ETag"] == '"abc"'
+    assert (await client.get("/httpbin/etag/abc", headers={"If-None-Match": '"abc"'})).status == 304
+    assert (await client.get("/httpbin/etag/abc", headers={"If-Match": '"zzz"'})).status == 412
+
+
+async def test_basic_auth_and_bearer(client):
+    good = base64.b64encode(b"ada:secret").decode()
+    ok = await client.get("/httpbin/basic-auth/ada/secret", headers={"Authorization": f"Basic {good}"})
+    assert ok.status == 200 and await ok.json() == {"authenticated": True, "user": "ada"}
+    denied = await client.get("/httpbin/basic-auth/ada/secret")
+    assert denied.status == 401 and denied.headers["WWW-Authenticate"].startswith("Basic")
+    assert (await client.get("/httpbin/bearer")).headers["WWW-Authenticate"] == "Bearer"
+    authorized = await client.get("/httpbin/bearer", headers={"Authorization": "Bearer t0k"})
+    assert (await authorized.json())["token"] == "t0k"
+
+
+async def test_gzip_is_really_gzipped(client):
+    response = await client.get("/httpbin/gzip", auto_decompress=False)
+    assert response.headers["Content-Encoding"] == "gzip"
+    assert json.loads(gzip.decompress(await response.read()))["gzipped"] is True
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "needle"),
+    [("/httpbin/html", "text/html", "Moby-Dick"), ("/httpbin/xml", "application/xml", "<slideshow"),
+     ("/httpbin/encoding/utf8", "text/html", "浏览器"), ("/httpbin/robots.txt", "text/plain", "Disallow")],
+)
+async def test_formats(client, path, content_type, needle):
+    response = await client.get(path)
+    assert response.headers["Content-Type"].startswith(content_type) and needle in await response.text()
+
+
+async def test_options_lists_allow(client):
+    response = await client.options("/httpbin/post")
+    assert response.status == 204 and response.headers["Allow"] == "OPTIONS, POST"
+
+
+async def test_conn_counts_requests_on_one_connection(client):
+    first = await (await client.get("/httpbin/conn")).json()
+    second = await (await client.get("/httpbin/conn")).json()
+    assert second["requests_on_this_connection"] == first["requests_on_this_connection"] + 1
+    assert second["peer"] == first["peer"]  # the client's pool reused the connection
+
+
+async def test_fanout_runs_the_fetches_concurrently(client):
+    body = await (await client.get("/httpbin/fanout?n=5&delay=0")).json()
+    assert body["n"] == 5 and [f["status"] for f in body["fetches"]] == [200] * 5
+    assert "gather" in body["model"]
