@@ -198,6 +198,39 @@ def compose_command() -> list[str]:
     return [str(binary if binary.exists() else "docker-compose")]
 
 
+# The Dockerfiles' defaults, and the stand-ins deploy/standin/build-base-images.sh builds from Debian packages.
+BASE_IMAGES = {"PYTHON_IMAGE": "python:3.12-slim", "NGINX_IMAGE": "nginx:1.29"}
+STANDIN_IMAGES = {"PYTHON_IMAGE": "stack-standin/python:3", "NGINX_IMAGE": "stack-standin/nginx:1.30"}
+
+
+def image_available(image: str, pull: bool = True) -> bool:
+    docker = shutil.which("docker")
+    if docker is None:
+        return True  # no CLI to ask: let Compose try
+    if subprocess.run([docker, "image", "inspect", image], capture_output=True).returncode == 0:
+        return True
+    return pull and subprocess.run([docker, "pull", "-q", image], capture_output=True, timeout=300).returncode == 0
+
+
+def base_images(environ: dict[str, str]) -> dict[str, str]:
+    """PYTHON_IMAGE and NGINX_IMAGE for the build: as set, else the defaults when they can be had, else the
+    local stand-ins. Raises SystemExit with what to do when none is available."""
+    chosen = {}
+    for var, default in BASE_IMAGES.items():
+        image = environ.get(var) or default
+        if image_available(image):
+            chosen[var] = image
+        elif not environ.get(var) and image_available(STANDIN_IMAGES[var], pull=False):
+            log(f"{default} cannot be pulled here: using the local stand-in {STANDIN_IMAGES[var]}")
+            chosen[var] = STANDIN_IMAGES[var]
+        else:
+            raise SystemExit(
+                f"[stack] base image {image} is not available and cannot be pulled. Build stand-ins from Debian "
+                f'packages with: eval "$(deploy/standin/build-base-images.sh)" (as root), or use MODE=native'
+            )
+    return chosen
+
+
 class Compose:
     def __init__(self, site: Site) -> None:
         self.site = site
@@ -215,6 +248,7 @@ class Compose:
         if not docker_answers():
             log("no Docker engine answers: start dockerd, or use MODE=native")
             return 1
+        self.env.update(base_images(self.env))
         # --wait returns once every service's healthcheck passes (nginx's own waits on the others).
         return self.run("up", "--detach", "--build", "--wait", "--wait-timeout", "300", check=False).returncode
 

@@ -12,7 +12,7 @@ import crossplane
 import pytest
 
 from deploy.render import nginx_conf
-from deploy.stack import docker_answers
+from deploy.stack import base_images, docker_answers
 from deploy.topology import HTTP_SERVICES, Site
 from services.common.http import IO_MAX_MS
 
@@ -122,10 +122,11 @@ def nginx_version(binary: str) -> tuple[int, ...]:
     return tuple(int(x) for x in re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", out).groups())
 
 
-def image_available(image: str) -> bool:
-    if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode == 0:
-        return True
-    return subprocess.run(["docker", "pull", "-q", image], capture_output=True, timeout=120).returncode == 0
+def usable_nginx_image() -> str | None:
+    try:
+        return base_images(dict(os.environ))["NGINX_IMAGE"]
+    except SystemExit:
+        return None
 
 
 def test_native_config_passes_nginx_t(tmp_path):
@@ -147,7 +148,7 @@ def test_compose_config_passes_nginx_t(tmp_path):
     conf.write_text(nginx_conf("compose", SITE))
     if nginx_version(NGINX) >= (1, 27, 3):
         command = [NGINX, "-t", "-c", str(conf), "-e", "stderr"]
-    elif docker_answers() and image_available(image := os.environ.get("NGINX_IMAGE", "nginx:1.29")):
+    elif docker_answers() and (image := usable_nginx_image()):
         command = ["docker", "run", "--rm", "-v", f"{conf}:/etc/stack/nginx.conf:ro", image,
                    "nginx", "-t", "-c", "/etc/stack/nginx.conf", "-e", "stderr"]
     else:

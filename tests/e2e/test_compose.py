@@ -16,7 +16,7 @@ import uuid
 import pytest
 import requests
 
-from deploy.stack import COMPOSE_FILE, compose_command, docker_answers
+from deploy.stack import COMPOSE_FILE, base_images, compose_command, docker_answers
 from deploy.topology import ROOT, Site
 from tests.conftest import free_port, free_tcp_udp_port
 from tests.e2e.contract import RunningStack, StackContract, ps_output
@@ -51,6 +51,12 @@ def compose_stack(tmp_path_factory):
         if os.environ.get("STACK_REQUIRE_DOCKER") == "1":  # CI sets it: there the Compose tests must run
             pytest.fail("STACK_REQUIRE_DOCKER=1 but no Docker engine answers")
         pytest.skip("no Docker engine answers: start dockerd (as .ci/run does) to run the Compose tests")
+    try:
+        base_images(dict(os.environ))
+    except SystemExit as missing:
+        if os.environ.get("STACK_REQUIRE_DOCKER") == "1":
+            raise
+        pytest.skip(str(missing))
     var = tmp_path_factory.mktemp("compose-var")
     site = Site(public_port=free_port(), dns_port=free_tcp_udp_port(), var=var)
     env = {**os.environ, "COMPOSE_PROJECT_NAME": PROJECT, "STACK_PORT": str(site.public_port),
