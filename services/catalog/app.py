@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import tornado.web
 from tornado.httpclient import AsyncHTTPClient
 
+from services.catalog.openapi import OPENAPI
 from services.catalog.store import Items, validate
 from services.common import db, http, semantics, stack_dns
 from services.common.idempotency import HEADER as IDEMPOTENCY_KEY
@@ -263,6 +264,11 @@ class ItemHandler(ItemsBase):
         self.finish()
 
 
+class OpenApiHandler(BaseHandler):
+    def get(self) -> None:
+        self.write_json(OPENAPI)
+
+
 class NotFoundHandler(BaseHandler):
     def prepare(self) -> None:
         super().prepare()
@@ -277,6 +283,7 @@ ROUTES: list[tuple[str, type[BaseHandler]]] = [
     ("/cpu", CpuHandler),
     ("/conn", ConnHandler),
     ("/fanout", FanoutHandler),
+    ("/openapi.json", OpenApiHandler),
     ("/items", ItemsHandler),
     (r"/items/([0-9]{1,16})", ItemHandler),
 ]

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from services.common import http, semantics
 from services.httpbin import endpoints
+from services.httpbin.openapi import OPENAPI
 
 SERVICE = "httpbin"
 PREFIX = "/httpbin"
@@ -87,6 +88,10 @@ async def fanout(request: web.Request) -> web.Response:
     })
 
 
+async def openapi(request: web.Request) -> web.Response:
+    return _json(OPENAPI)
+
+
 ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/healthz", healthz),
     ("GET", "/plaintext", plaintext),
@@ -95,6 +100,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/cpu", cpu),
     ("GET", "/conn", conn),
     ("GET", "/fanout", fanout),
+    ("GET", "/openapi.json", openapi),
     *endpoints.ROUTES,  # the httpbin clone
 ]
 

@@ -12,7 +12,7 @@ import random
 import re
 import uuid
 from email.utils import formatdate
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote
 
 from aiohttp import web
 
@@ -23,6 +23,17 @@ MAX_DELAY = 10
 MAX_STREAM = 100
 MAX_BYTES = 100 * 1024
 REDIRECT_CODES = {301, 302, 303, 307, 308}
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field names
+
+
+def header_value(value: str, what: str) -> str:
+    """A value safe to put in a response header: no control characters (no header injection), non-ASCII
+    percent-encoded."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise http.Problem(400, "Invalid header value", f"{what} must not contain control characters")
+    return quote(value, safe="".join(chr(c) for c in range(0x20, 0x7F)))
 
 
 def dumps(body: object) -> str:
@@ -72,7 +83,11 @@ async def with_body(request: web.Request) -> dict:
     if kind == "application/x-www-form-urlencoded":
         form = dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
     elif kind.startswith("multipart/"):
-        post = await request.post()
+        try:
+            post = await request.post()
+        except (ValueError, AssertionError, KeyError) as error:  # e.g. no boundary: aiohttp cannot split it
+            detail = str(error) or "the multipart body cannot be parsed"
+            raise http.Problem(400, "Malformed multipart body", detail) from None
         for key, value in post.items():
             if isinstance(value, web.FileField):
                 files[key] = value.file.read().decode("utf-8", "replace")
@@ -172,7 +187,7 @@ async def redirect_to(request: web.Request) -> web.Response:
     if not target:
         raise http.Problem(400, "Missing url", "redirect-to needs ?url=")
     code = http.int_param(params.get("status_code"), "status_code", 302, 300, 399)
-    return web.Response(status=code, headers={"Location": str(target)})
+    return web.Response(status=code, headers={"Location": header_value(str(target), "url")})
 
 
 # ---------------------------------------------------------------- response shaping
@@ -181,8 +196,10 @@ async def response_headers(request: web.Request) -> web.Response:
     args = args_of(request)
     response = reply(args)
     for key in request.query:
+        if not _TOKEN.fullmatch(key):
+            raise http.Problem(400, "Invalid header name", f"{key!r} is not a valid header field name")
         for value in request.query.getall(key):
-            response.headers.add(key, value)
+            response.headers.add(key, header_value(value, key))
     return response
 
 
@@ -271,17 +288,23 @@ async def cookies(request: web.Request) -> web.Response:
     return reply({"cookies": dict(request.cookies)})
 
 
+def _cookie_name(name: str) -> str:
+    if not _TOKEN.fullmatch(name):
+        raise http.Problem(400, "Invalid cookie name", f"{name!r} is not a valid cookie name")
+    return name
+
+
 async def cookies_set(request: web.Request) -> web.Response:
     response = web.HTTPFound(f"{PREFIX}/cookies")
     for name, value in request.query.items():
-        response.set_cookie(name, value, path="/")
+        response.set_cookie(_cookie_name(name), header_value(value, name), path="/")
     raise response
 
 
 async def cookies_delete(request: web.Request) -> web.Response:
     response = web.HTTPFound(f"{PREFIX}/cookies")
     for name in request.query:
-        response.del_cookie(name, path="/")
+        response.del_cookie(_cookie_name(name), path="/")
     raise response
 
 
@@ -303,7 +326,10 @@ async def cache_for(request: web.Request) -> web.Response:
 
 async def etag(request: web.Request) -> web.Response:
     """200 with ETag: <etag>; If-None-Match that matches: 304; If-Match that does not: 412."""
-    tag = f'"{request.match_info["etag"]}"'
+    raw = request.match_info["etag"]
+    if not all(c == "!" or "#" <= c <= "~" for c in raw):  # RFC 9110 etagc: visible ASCII except DQUOTE
+        raise http.Problem(400, "Invalid entity tag", "an entity tag is visible ASCII without double quotes")
+    tag = f'"{raw}"'
     if_none_match = request.headers.get("If-None-Match")
     if_match = request.headers.get("If-Match")
     tags = lambda header: [t.strip() for t in header.split(",")]  # noqa: E731

@@ -21,6 +21,7 @@ from services.common import db, http, semantics
 from services.common.idempotency import HEADER as IDEMPOTENCY_KEY
 from services.common.idempotency import StoredResponse, fingerprint, run_once
 from services.web import orders, upstream
+from services.web.openapi import OPENAPI
 from services.web.store import SESSION_TTL, Store
 
 SERVICE = "web"
@@ -229,6 +230,10 @@ def get_order(order_id: int) -> Response:
     return _send(stored)
 
 
+def openapi() -> Response:
+    return _json(OPENAPI)
+
+
 # (path under PREFIX, endpoint name, view, methods). GET routes answer HEAD and OPTIONS too (Flask adds them).
 ROUTES: list[tuple[str, str, Callable[..., Response], list[str]]] = [
     ("/healthz", "healthz", healthz, ["GET"]),
@@ -238,6 +243,7 @@ ROUTES: list[tuple[str, str, Callable[..., Response], list[str]]] = [
     ("/cpu", "cpu", cpu, ["GET"]),
     ("/conn", "conn", conn, ["GET"]),
     ("/fanout", "fanout", fanout, ["GET"]),
+    ("/openapi.json", "openapi", openapi, ["GET"]),
     ("/signup", "signup", signup, ["POST"]),
     ("/login", "login", login, ["POST"]),
     ("/logout", "logout", logout, ["POST"]),

@@ -9,9 +9,15 @@ import subprocess
 
 import pytest
 import requests
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis import checks
 
 from deploy import procs
 from deploy.topology import HTTP_SERVICES, ROOT, SERVICES, Site
+from services.catalog.openapi import OPENAPI as CATALOG_OPENAPI
+from services.httpbin.openapi import OPENAPI as HTTPBIN_OPENAPI
+from services.web.openapi import OPENAPI as WEB_OPENAPI
 from tests.conftest import free_port
 from tests.e2e.contract import RunningStack, StackContract, ps_output
 
@@ -61,6 +67,45 @@ class TestNativeStack(StackContract):
             assert response.status_code == 200 and response.json() == {"message": "Hello, World!"}
             assert response.headers["X-Request-ID"] == "direct-1"
             assert response.headers["Server"] != "nginx"  # the framework's own server answered
+
+
+# ---------------------------------------------------------------- the OpenAPI documents, fuzzed
+
+# Left out of fuzzing, explicitly: endpoints whose whole point is to be slow (every example would wait
+# seconds) — their contracts are covered by the unit and end-to-end tests above.
+SLOW_BY_DESIGN = r"/(io|fanout|delay/\{n\}|drip|stream/\{n\})$"
+# Operations that answer 5xx on request (/status/500): the schema checks still run, the 5xx check does not.
+FIVE_XX_BY_DESIGN = {"/httpbin/status/{codes}"}
+CHECKS = [checks.not_a_server_error, checks.status_code_conformance, checks.content_type_conformance,
+          checks.response_schema_conformance, checks.response_headers_conformance]
+FUZZ = settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+
+
+def fuzz(document: dict):
+    return schemathesis.openapi.from_dict(document).exclude(path_regex=SLOW_BY_DESIGN)
+
+
+def validate(case, stack) -> None:
+    chosen = [c for c in CHECKS if not (case.path in FIVE_XX_BY_DESIGN and c is checks.not_a_server_error)]
+    case.call_and_validate(base_url=stack.site.base_url, checks=chosen)
+
+
+@fuzz(CATALOG_OPENAPI).parametrize()
+@FUZZ
+def test_catalog_conforms_to_its_openapi(case, native_stack):
+    validate(case, native_stack)
+
+
+@fuzz(WEB_OPENAPI).parametrize()
+@FUZZ
+def test_web_conforms_to_its_openapi(case, native_stack):
+    validate(case, native_stack)
+
+
+@fuzz(HTTPBIN_OPENAPI).parametrize()
+@FUZZ
+def test_httpbin_conforms_to_its_openapi(case, native_stack):
+    validate(case, native_stack)
 
 
 class TestNativeShutdown:
