@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import grp
 import io
 import json
+import os
+import pwd
 import re
 import shutil
 import sys
@@ -45,6 +48,16 @@ def _upstream(name: str, server: str) -> str:
     )
 
 
+def user_directive() -> str:
+    """Native nginx started as root runs its workers as the checkout's owner: they read the static files and
+    write request bodies under $STACK_VAR, which a checkout in a private (0700) directory would otherwise deny
+    to Debian's default worker user. Not root: nginx keeps the invoking user and needs no directive."""
+    if os.geteuid() != 0:
+        return ""
+    owner = ROOT.stat()
+    return f"user {pwd.getpwuid(owner.st_uid).pw_name} {grp.getgrgid(owner.st_gid).gr_name};\n"
+
+
 def nginx_conf(mode: str, site: Site | None = None) -> str:
     site = site or Site()
     if mode == "compose":
@@ -53,6 +66,7 @@ def nginx_conf(mode: str, site: Site | None = None) -> str:
         resolver = f"    resolver {DOCKER_DNS} valid=2s ipv6=off;\n    resolver_timeout 2s;\n"
         upstreams = "".join(_upstream(s.name, f"{s.name}:{s.port} resolve") for s in HTTP_SERVICES)
         values = {
+            "USER": "",  # the image runs nginx as a non-root user
             "LISTEN": str(NGINX_PORT),
             "PID_FILE": "/tmp/nginx.pid",
             "ERROR_LOG": "stderr",
@@ -65,6 +79,7 @@ def nginx_conf(mode: str, site: Site | None = None) -> str:
         resolver = ""
         upstreams = "".join(_upstream(s.name, f"{site.address(s)}:{s.port}") for s in HTTP_SERVICES)
         values = {
+            "USER": user_directive(),
             "LISTEN": f"{site.public_host}:{site.public_port}",
             "PID_FILE": str(site.var / "run" / "nginx.pid"),
             "ERROR_LOG": str(site.var / "log" / "nginx-error.log"),

@@ -102,3 +102,46 @@ def document(service: str, description: str, paths: dict) -> dict:
         "paths": paths,
         "components": {"schemas": {"Problem": PROBLEM}, "headers": {"X-Request-ID": REQUEST_ID}},
     }
+
+
+IF_MATCH = {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
+            "description": "The ETag last seen: a stale one gets 412 and changes nothing"}
+IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
+                   "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
+                   "description": "Retrying with the same key and body replays the first response"}
+ETAG = {"description": "Strong validator of the representation", "schema": {"type": "string"}}
+LOCATION = {"schema": {"type": "string"}}
+
+
+def document_paths(collection: str, item: str, key_param: dict, schema: dict, extra_params: list | None = None,
+                   tag: str = "documents", with_post: bool = True) -> dict:
+    """The operations of a services.common.documents collection (httpbin's bins, web's cart)."""
+    extra = extra_params or []
+    stored = {"type": "object", "required": ["key", "document", "created_at", "updated_at"], "properties": {
+        "key": {"type": "string"}, "document": schema, "created_at": {"type": "string"},
+        "updated_at": {"type": "string"}}}
+    listing_key = "items" if not with_post else "bins"
+    collection_ops: dict = {"get": operation("Every document", {"200": json_response("The documents", {
+        "type": "object", "required": [listing_key], "properties": {listing_key: {"type": "array",
+                                                                                  "items": stored}}})},
+        extra or None, tags=[tag])}
+    if with_post:
+        collection_ops["post"] = operation("Store a new document under a generated key", {
+            "201": json_response("Stored", stored, {"Location": LOCATION, "ETag": ETAG})},
+            [*extra, IDEMPOTENCY_KEY], json_body(schema), tags=[tag])
+    return {
+        collection: collection_ops,
+        item: {
+            "parameters": [key_param, *extra],
+            "get": operation("One document (If-None-Match: 304)", {
+                "200": json_response("The document", stored, {"ETag": ETAG}), "304": {"description": "Not modified"}},
+                tags=[tag]),
+            "put": operation("Store it at this key: 201 created, 200 replaced", {
+                "200": json_response("Replaced", stored, {"ETag": ETAG}),
+                "201": json_response("Created", stored, {"ETag": ETAG, "Location": LOCATION})},
+                [IF_MATCH], json_body(schema), tags=[tag]),
+            "patch": operation("JSON Merge Patch", {"200": json_response("Patched", stored, {"ETag": ETAG})},
+                               [IF_MATCH], json_body({"type": "object"}, "application/merge-patch+json"), tags=[tag]),
+            "delete": operation("Delete it", {"204": {"description": "Deleted"}}, [IF_MATCH], tags=[tag]),
+        },
+    }

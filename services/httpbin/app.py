@@ -11,7 +11,9 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
-from services.common import http, semantics
+from services.common import db, http, semantics
+from services.common.documents import Documents
+from services.common.idempotency import StoredResponse
 from services.httpbin import endpoints
 from services.httpbin.openapi import OPENAPI
 
@@ -88,6 +90,40 @@ async def fanout(request: web.Request) -> web.Response:
     })
 
 
+# ---------------------------------------------------------------- bins: JSON documents to PUT and read back
+
+DOCUMENTS = web.AppKey("documents", Documents)
+BIN_NAME = r"[A-Za-z0-9._-]{1,64}"
+
+
+def bin_document(document: object) -> dict:
+    if not isinstance(document, dict):
+        raise http.Problem(422, "Invalid bin document", "a bin holds a JSON object")
+    return document
+
+
+def _send(stored: StoredResponse, replayed: bool = False) -> web.Response:
+    response = web.Response(status=stored.status, headers=stored.headers, body=stored.body or None)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+async def bins(request: web.Request) -> web.Response:
+    documents = request.app[DOCUMENTS]
+    if request.method == "POST":
+        stored, replayed = documents.create("bins", lambda key: f"{PREFIX}/bins/{key}", request.headers,
+                                            await request.read(), request.path, bin_document)
+        return _send(stored, replayed)
+    return _json({"bins": documents.list("bins")})
+
+
+async def one_bin(request: web.Request) -> web.Response:
+    stored = request.app[DOCUMENTS].handle(request.method, "bins", request.match_info["name"], request.path,
+                                           request.headers, await request.read(), bin_document)
+    return _send(stored)
+
+
 async def openapi(request: web.Request) -> web.Response:
     return _json(OPENAPI)
 
@@ -101,6 +137,9 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/conn", conn),
     ("GET", "/fanout", fanout),
     ("GET", "/openapi.json", openapi),
+    ("GET", "/bins", bins),
+    ("POST", "/bins", bins),
+    *((method, f"/bins/{{name:{BIN_NAME}}}", one_bin) for method in ("GET", "PUT", "PATCH", "DELETE")),
     *endpoints.ROUTES,  # the httpbin clone
 ]
 
@@ -136,8 +175,9 @@ async def request_id_and_problems(request: web.Request, handler: Handler) -> web
     return response
 
 
-def create_app() -> web.Application:
-    app = web.Application(middlewares=[request_id_and_problems])
+def create_app(db_path: str | None = None) -> web.Application:
+    app = web.Application(middlewares=[request_id_and_problems], client_max_size=semantics.MAX_BODY_BYTES + 1024)
+    app[DOCUMENTS] = Documents(db.connect(db_path or db.default_path(SERVICE)))
     for method, path, handler in ROUTES:
         if method == "GET":
             app.router.add_get(PREFIX + path, handler)  # answers HEAD too

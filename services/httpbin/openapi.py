@@ -84,6 +84,9 @@ def build() -> dict:
         f"{h}/html": {"get": oa.operation("An HTML page", {"200": ANY}, tags=["httpbin"])},
         f"{h}/xml": {"get": oa.operation("An XML document", {"200": ANY}, tags=["httpbin"])},
         f"{h}/robots.txt": {"get": oa.operation("robots.txt", {"200": ANY}, tags=["httpbin"])},
+        **oa.document_paths(f"{h}/bins", f"{h}/bins/{{name}}",
+                            P("name", {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}),
+                            {"type": "object"}, tag="bins"),
     }
     return oa.document("httpbin", "A self-hosted httpbin on aiohttp (the seed's examples call httpbin.org).", paths)
 

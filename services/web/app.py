@@ -40,7 +40,9 @@ def _json(body: object, status: int = 200, content_type: str = http.JSON) -> Res
 
 
 def _send(stored: StoredResponse, replayed: bool = False) -> Response:
-    response = Response(stored.body, status=stored.status, headers=stored.headers)
+    response = Response(stored.body or None, status=stored.status, headers=stored.headers)
+    if stored.status in (204, 304):
+        del response.headers["Content-Type"]  # no content, so no content type
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return response
@@ -230,6 +232,28 @@ def get_order(order_id: int) -> Response:
     return _send(stored)
 
 
+# ---------------------------------------------------------------- the cart: PUT a quantity, idempotently
+
+def cart_line(document: object) -> dict:
+    if not isinstance(document, dict) or set(document) != {"quantity"}:
+        raise http.Problem(422, "Invalid cart line", 'send {"quantity": n}')
+    quantity = document["quantity"]
+    if not isinstance(quantity, int) or isinstance(quantity, bool) or not 1 <= quantity <= orders.MAX_QUANTITY:
+        raise http.Problem(422, "Invalid cart line", f"quantity must be an integer from 1 to {orders.MAX_QUANTITY}")
+    return document
+
+
+def cart() -> Response:
+    user = current_user()
+    return _json({"items": store().documents.list(f"cart:{user['id']}")})
+
+
+def cart_item(item_id: int) -> Response:
+    user = current_user()
+    return _send(store().documents.handle(request.method, f"cart:{user['id']}", str(item_id), request.path,
+                                          request.headers, request.get_data(cache=True), cart_line))
+
+
 def openapi() -> Response:
     return _json(OPENAPI)
 
@@ -251,6 +275,8 @@ ROUTES: list[tuple[str, str, Callable[..., Response], list[str]]] = [
     ("/orders", "place_order", place_order, ["POST"]),
     ("/orders", "list_orders", list_orders, ["GET"]),
     ("/orders/<int:order_id>", "get_order", get_order, ["GET"]),
+    ("/cart", "cart", cart, ["GET"]),
+    ("/cart/items/<int:item_id>", "cart_item", cart_item, ["GET", "PUT", "PATCH", "DELETE"]),
 ]
 
 

@@ -52,6 +52,11 @@ def build() -> dict:
             "200": oa.json_response("The order", ORDER, {"ETag": {"schema": {"type": "string"}}}),
             "304": {"description": "Not modified"}},
             [oa.path_param("order_id", {"type": "integer", "minimum": 0}), *SESSION], tags=["orders"])},
+        **oa.document_paths("/web/cart", "/web/cart/items/{item_id}",
+                            oa.path_param("item_id", {"type": "integer", "minimum": 0}),
+                            {"type": "object", "required": ["quantity"], "additionalProperties": False,
+                             "properties": {"quantity": {"type": "integer", "minimum": 1, "maximum": 1000}}},
+                            SESSION, tag="cart", with_post=False),
     }
     return oa.document("web", "Flask on gunicorn+gevent: accounts with server-side sessions, and orders.", paths)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from services.common import db
+from services.common.documents import Documents
 from services.common.http import Problem
 from services.common.idempotency import IdempotencyKeys
 
@@ -61,6 +62,7 @@ class Store:
         self.conn = db.connect(path)
         self.conn.executescript(SCHEMA)
         self.keys = IdempotencyKeys(self.conn)
+        self.documents = Documents(self.conn)  # the carts
 
     # -------------------------------------------------------------- accounts
 

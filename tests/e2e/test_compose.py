@@ -20,6 +20,7 @@ from deploy.stack import COMPOSE_FILE, base_images, compose_command, docker_answ
 from deploy.topology import ROOT, Site
 from tests.conftest import free_port, free_tcp_udp_port
 from tests.e2e.contract import RunningStack, StackContract, ps_output
+from tests.e2e.http_contract import HttpSemanticsContract
 
 pytestmark = [pytest.mark.e2e, pytest.mark.compose]
 PROJECT = "pystack-e2e"
@@ -87,7 +88,7 @@ def compose_stack(tmp_path_factory):
     compose("down", "--volumes", "--remove-orphans")
 
 
-class TestComposeStack(StackContract):
+class TestComposeStack(StackContract, HttpSemanticsContract):
     @pytest.fixture
     def stack(self, compose_stack):
         return compose_stack

@@ -20,6 +20,7 @@ from services.httpbin.openapi import OPENAPI as HTTPBIN_OPENAPI
 from services.web.openapi import OPENAPI as WEB_OPENAPI
 from tests.conftest import free_port
 from tests.e2e.contract import RunningStack, StackContract, ps_output
+from tests.e2e.http_contract import HttpSemanticsContract
 
 pytestmark = pytest.mark.e2e
 NET = "127.0.21"
@@ -50,7 +51,7 @@ def native_stack(tmp_path_factory):
     stack.deploy("down")
 
 
-class TestNativeStack(StackContract):
+class TestNativeStack(StackContract, HttpSemanticsContract):
     @pytest.fixture
     def stack(self, native_stack):
         return native_stack

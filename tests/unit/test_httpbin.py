@@ -7,8 +7,8 @@ from tests.unit.cases import CASES, IDS
 
 
 @pytest.fixture
-async def client(aiohttp_client):
-    return await aiohttp_client(create_app())
+async def client(aiohttp_client, tmp_path):
+    return await aiohttp_client(create_app(str(tmp_path / "httpbin.sqlite3")))
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)

@@ -12,8 +12,8 @@ from services.httpbin.app import create_app
 
 
 @pytest.fixture
-async def client(aiohttp_client):
-    return await aiohttp_client(create_app())
+async def client(aiohttp_client, tmp_path):
+    return await aiohttp_client(create_app(str(tmp_path / "httpbin.sqlite3")))
 
 
 async def test_get_echoes_args_headers_origin_and_url(client):

@@ -1,0 +1,157 @@
+"""A collection of JSON documents with exact HTTP semantics, written once and served by thin adapters
+(httpbin's bins, web's cart): GET/HEAD with If-None-Match, PUT (create or full replace, If-Match,
+If-None-Match: *), PATCH (JSON Merge Patch), DELETE, and POST with Idempotency-Key.
+
+The adapter passes the method, headers and body bytes in, and sends the StoredResponse it gets back.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+
+from services.common import db, semantics
+from services.common.http import JSON, Problem
+from services.common.idempotency import IdempotencyKeys, StoredResponse, fingerprint, run_once
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS documents (
+    collection TEXT NOT NULL,
+    key TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (collection, key)
+)
+"""
+Validator = Callable[[object], dict]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Documents:
+    def __init__(self, conn: sqlite3.Connection, require_if_match: bool = False) -> None:
+        self.conn = conn
+        self.require_if_match = require_if_match
+        conn.execute(SCHEMA)
+        self.keys = IdempotencyKeys(conn)
+
+    # ------------------------------------------------------------ representation
+
+    def _row(self, collection: str, key: str) -> sqlite3.Row | None:
+        return self.conn.execute("SELECT * FROM documents WHERE collection = ? AND key = ?",
+                                 (collection, key)).fetchone()
+
+    @staticmethod
+    def representation(row: sqlite3.Row) -> dict:
+        return {"key": row["key"], "document": json.loads(row["body"]), "created_at": row["created_at"],
+                "updated_at": row["updated_at"]}
+
+    def response(self, row: sqlite3.Row, status: int, location: str) -> StoredResponse:
+        body = self.representation(row)
+        headers = {"Content-Type": JSON, "ETag": semantics.strong_etag(body)}
+        if status == 201:
+            headers["Location"] = location
+        return StoredResponse(status, headers, json.dumps(body, separators=(",", ":")).encode())
+
+    def etag(self, row: sqlite3.Row | None) -> str | None:
+        return semantics.strong_etag(self.representation(row)) if row else None
+
+    # ------------------------------------------------------------ the collection
+
+    def list(self, collection: str) -> list[dict]:
+        rows = self.conn.execute("SELECT * FROM documents WHERE collection = ? ORDER BY created_at, key",
+                                 (collection,)).fetchall()
+        return [self.representation(row) for row in rows]
+
+    def create(self, collection: str, location_of: Callable[[str], str], headers: Mapping[str, str],
+               body: bytes, path: str, validate: Validator) -> tuple[StoredResponse, bool]:
+        """POST: a new document under a generated key (Idempotency-Key honoured). Returns (response, replayed)."""
+
+        def act(record: Callable[[StoredResponse], None]) -> StoredResponse:
+            document = validate(semantics.json_body(headers.get("Content-Type"), body))
+            key = secrets.token_hex(8)
+            with db.transaction(self.conn):
+                self._insert(collection, key, document)
+                response = self.response(self._row(collection, key), 201, location_of(key))
+                record(response)
+            return response
+
+        return run_once(self.keys, headers.get("Idempotency-Key"), f"{collection} POST {path}",
+                        fingerprint("POST", path, body), act)
+
+    # ------------------------------------------------------------ one document
+
+    def handle(self, method: str, collection: str, key: str, location: str, headers: Mapping[str, str],
+               body: bytes, validate: Validator) -> StoredResponse:
+        """GET, HEAD, PUT, PATCH or DELETE on one document."""
+        if method in ("GET", "HEAD"):
+            row = self._row(collection, key)
+            if row is None:
+                raise Problem(404, "Not Found", f"nothing stored at {location}")
+            response = self.response(row, 200, location)
+            if semantics.if_none_match_hit(headers.get("If-None-Match"), response.headers["ETag"]):
+                return StoredResponse(304, {"ETag": response.headers["ETag"]}, b"")
+            return response
+        if method == "PUT":
+            document = validate(semantics.json_body(headers.get("Content-Type"), body))
+            return self._put(collection, key, location, headers, document)
+        if method == "PATCH":
+            patch = semantics.json_body(headers.get("Content-Type"), body, (semantics.MERGE_PATCH_JSON,))
+            return self._patch(collection, key, location, headers, patch, validate)
+        if method == "DELETE":
+            with db.transaction(self.conn):
+                row = self._row(collection, key)
+                if row is None:
+                    raise Problem(404, "Not Found", f"nothing stored at {location}")
+                semantics.check_if_match(headers.get("If-Match"), self.etag(row), self.require_if_match)
+                self.conn.execute("DELETE FROM documents WHERE collection = ? AND key = ?", (collection, key))
+            return StoredResponse(204, {}, b"")
+        raise Problem(405, "Method Not Allowed", f"{method} is not supported here")
+
+    def _put(self, collection: str, key: str, location: str, headers: Mapping[str, str],
+             document: dict) -> StoredResponse:
+        with db.transaction(self.conn):
+            row = self._row(collection, key)
+            semantics.check_if_none_match_for_write(headers.get("If-None-Match"), self.etag(row))
+            try:
+                semantics.check_if_match(headers.get("If-Match"), self.etag(row), self.require_if_match)
+            except Problem as failed:
+                # A retry whose first attempt already applied finds its state: success, not 412 (RFC 9110 13.1.1).
+                if failed.status == 412 and row is not None and json.loads(row["body"]) == document:
+                    return self.response(row, 200, location)
+                raise
+            if row is None:
+                self._insert(collection, key, document)
+                return self.response(self._row(collection, key), 201, location)
+            self._update(row, document)
+            return self.response(self._row(collection, key), 200, location)
+
+    def _patch(self, collection: str, key: str, location: str, headers: Mapping[str, str], patch: object,
+               validate: Validator) -> StoredResponse:
+        with db.transaction(self.conn):
+            row = self._row(collection, key)
+            if row is None:
+                raise Problem(404, "Not Found", f"nothing stored at {location}")
+            semantics.check_if_match(headers.get("If-Match"), self.etag(row), self.require_if_match)
+            self._update(row, validate(semantics.merge_patch(json.loads(row["body"]), patch)))
+            return self.response(self._row(collection, key), 200, location)
+
+    def _insert(self, collection: str, key: str, document: dict) -> None:
+        stamp = _now()
+        self.conn.execute(
+            "INSERT INTO documents (collection, key, body, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+            (collection, key, json.dumps(document, sort_keys=True), stamp, stamp),
+        )
+
+    def _update(self, row: sqlite3.Row, document: dict) -> None:
+        body = json.dumps(document, sort_keys=True)
+        if body == row["body"]:
+            return  # the same state again: nothing changes, not even updated_at (a repeated PUT is a no-op)
+        self.conn.execute("UPDATE documents SET body = ?, updated_at = ? WHERE collection = ? AND key = ?",
+                          (body, _now(), row["collection"], row["key"]))
