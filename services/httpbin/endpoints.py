@@ -222,7 +222,8 @@ def _number(raw: str, name: str) -> float:
 async def stream(request: web.Request) -> web.StreamResponse:
     """n JSON documents, one per line, in a chunked response (no Content-Length: the size is not known)."""
     n = http.int_param(request.match_info["n"], "n", 1, 1, MAX_STREAM)
-    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    # X-Accel-Buffering: no asks nginx to pass each chunk on as it comes instead of buffering the whole body.
+    response = web.StreamResponse(headers={"Content-Type": "application/json", "X-Accel-Buffering": "no"})
     response.enable_chunked_encoding()
     await response.prepare(request)
     base = basics(request)
@@ -239,7 +240,8 @@ async def drip(request: web.Request) -> web.StreamResponse:
     code = http.int_param(request.query.get("code"), "code", 200, 200, 599)
     initial = min(_number(request.query.get("delay", "0"), "delay"), MAX_DELAY)
     await asyncio.sleep(initial)
-    response = web.StreamResponse(status=code, headers={"Content-Type": "application/octet-stream"})
+    response = web.StreamResponse(status=code, headers={"Content-Type": "application/octet-stream",
+                                                        "X-Accel-Buffering": "no"})
     response.content_length = numbytes
     await response.prepare(request)
     pause = duration / numbytes

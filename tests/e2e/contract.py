@@ -144,6 +144,21 @@ class StackContract:
         assert conns[0][0] == conns[1][0]  # the same TCP connection ...
         assert int(conns[1][1]) == int(conns[0][1]) + 1  # ... its next request
 
+    def test_nginx_reuses_its_pooled_upstream_connections(self, stack):
+        """/conn reports the TCP connection the service saw: nginx's pooled upstream connection, reused."""
+        with requests.Session() as client:  # one client connection, so one nginx worker and its pool
+            for service in HTTP_SERVICES:
+                seen = [client.get(stack.url(f"{service.prefix}conn"), timeout=5).json() for _ in range(6)]
+                assert max(s["requests_on_this_connection"] for s in seen) >= 2, (service.name, seen)
+                assert all(s["forwarded"]["X-Forwarded-Proto"] == "http" for s in seen)
+
+    def test_fanout_waits_concurrently_in_each_concurrency_model(self, stack):
+        """The seed's three examples: 5 fetches of /delay/1 overlap, so the whole takes far less than their sum."""
+        for service in HTTP_SERVICES:
+            report = requests.get(stack.url(f"{service.prefix}fanout?n=5&delay=1"), timeout=30).json()
+            assert [f["status"] for f in report["fetches"]] == [200] * 5, report
+            assert report["total_ms"] < report["sum_of_fetch_ms"] / 2, report
+
     def test_unknown_host_header_gets_no_response(self, stack):
         with socket.create_connection((stack.site.public_host, stack.site.public_port), timeout=5) as sock:
             sock.sendall(b"GET / HTTP/1.1\r\nHost: not-ours.example\r\n\r\n")
