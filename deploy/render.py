@@ -25,6 +25,8 @@ from deploy.topology import DNS, HTTP_SERVICES, NGINX_PORT, ROOT, ZONE, Site
 
 NGINX_TEMPLATE = ROOT / "nginx" / "nginx.conf.template"
 MODES = ("native", "compose")
+# Paths nginx rate-limits per client (the `credentials` zone in the template), with the upstream serving them.
+RATE_LIMITED = {"/web/login": "web", "/web/signup": "web"}
 # Docker's embedded DNS server, reachable from every container on a user-defined network.
 DOCKER_DNS = "127.0.0.11"
 
@@ -96,6 +98,11 @@ def nginx_conf(mode: str, site: Site | None = None) -> str:
     locations = "".join(
         f"\n        location {s.prefix} {{\n            proxy_pass http://{s.name};\n        }}\n"
         for s in HTTP_SERVICES
+    )
+    locations += "".join(
+        f"\n        location = {path} {{\n            limit_req zone=credentials burst=20 nodelay;\n"
+        f"            proxy_pass http://{upstream};\n        }}\n"
+        for path, upstream in RATE_LIMITED.items()
     )
     values.update(RESOLVER=resolver, UPSTREAMS=upstreams, LOCATIONS=locations)
     return _fill(NGINX_TEMPLATE.read_text(), values)

@@ -180,6 +180,10 @@ def item_response(item: dict, status: int = 200) -> StoredResponse:
 
 
 class ItemsBase(BaseHandler):
+    def prepare(self) -> None:
+        super().prepare()
+        semantics.require_acceptable(self.request.headers.get("Accept"))
+
     @property
     def items(self) -> Items:
         return self.application.settings["items"]

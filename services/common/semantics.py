@@ -52,6 +52,26 @@ def json_body(content_type: str | None, body: bytes, accepted: tuple[str, ...] =
         raise Problem(400, "Malformed JSON", f"the body is not valid JSON: {error}") from None
 
 
+def require_acceptable(accept: str | None, offered: str = JSON) -> None:
+    """406 when the client's Accept rules out the one media type this resource speaks (RFC 9110 12.5.1)."""
+    if not accept or not accept.strip():
+        return
+    kind, _, _ = offered.partition("/")
+    for media_range in accept.split(","):
+        name, *params = [part.strip() for part in media_range.split(";")]
+        quality = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if quality > 0 and name.lower() in ("*/*", f"{kind}/*", offered):
+            return
+    raise Problem(406, "Not Acceptable", f"this resource is only available as {offered}; your Accept: {accept}")
+
+
 def strong_etag(representation: object) -> str:
     """A strong validator: it changes whenever the representation's bytes would."""
     canonical = json.dumps(representation, sort_keys=True, separators=(",", ":")).encode()

@@ -110,6 +110,7 @@ def _send(stored: StoredResponse, replayed: bool = False) -> web.Response:
 
 
 async def bins(request: web.Request) -> web.Response:
+    semantics.require_acceptable(request.headers.get("Accept"))
     documents = request.app[DOCUMENTS]
     if request.method == "POST":
         stored, replayed = documents.create("bins", lambda key: f"{PREFIX}/bins/{key}", request.headers,
@@ -119,6 +120,7 @@ async def bins(request: web.Request) -> web.Response:
 
 
 async def one_bin(request: web.Request) -> web.Response:
+    semantics.require_acceptable(request.headers.get("Accept"))
     stored = request.app[DOCUMENTS].handle(request.method, "bins", request.match_info["name"], request.path,
                                            request.headers, await request.read(), bin_document)
     return _send(stored)

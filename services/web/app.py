@@ -280,6 +280,10 @@ ROUTES: list[tuple[str, str, Callable[..., Response], list[str]]] = [
 ]
 
 
+# Endpoints whose representations exist only as JSON: an Accept that excludes it gets 406.
+JSON_RESOURCES = {"me", "place_order", "list_orders", "get_order", "cart", "cart_item", "signup", "login"}
+
+
 def _problem_response(problem: http.Problem) -> Response:
     rid = g.get("request_id") or http.request_id(None)
     response = _json(problem.document(rid, request.path), problem.status, http.PROBLEM_JSON)
@@ -301,6 +305,11 @@ def create_app(config: dict | None = None) -> Flask:
         sock = request.environ.get("gunicorn.socket")
         if sock is not None:
             _requests_per_socket[sock] = _requests_per_socket.get(sock, 0) + 1
+
+    @app.before_request
+    def negotiate() -> None:
+        if request.endpoint in JSON_RESOURCES:
+            semantics.require_acceptable(request.headers.get("Accept"))
 
     @app.after_request
     def echo_request_id(response: Response) -> Response:

@@ -11,7 +11,7 @@ from pathlib import Path
 import crossplane
 import pytest
 
-from deploy.render import nginx_conf
+from deploy.render import RATE_LIMITED, nginx_conf
 from deploy.stack import base_images, docker_answers
 from deploy.topology import HTTP_SERVICES, Site
 from services.common.http import IO_MAX_MS
@@ -84,6 +84,18 @@ def test_upstreams_keep_connections_alive_over_http11(http_block, mode):
     assert headers["X-Forwarded-Proto"] == "$scheme"
     assert headers["X-Forwarded-Host"] == "$http_host"
     assert headers["X-Request-ID"] == "$stack_request_id"
+
+
+def test_credentials_are_rate_limited_with_429(http_block):
+    assert one(http_block, "limit_req_status") == ["429"]
+    (zone,) = find(http_block, "limit_req_zone")
+    assert "zone=credentials:1m" in zone["args"]
+    servers = [d["block"] for d in find(http_block, "server")]
+    (site_server,) = [s for s in servers if "default_server" not in one(s, "listen")]
+    locations = {tuple(d["args"]): d["block"] for d in find(site_server, "location")}
+    for path in RATE_LIMITED:
+        assert one(locations[("=", path)], "limit_req")[0] == "zone=credentials"
+    assert one(site_server, "error_page") == ["429", "=", "@too_many_requests"]
 
 
 def test_request_id_is_generated_when_absent(http_block):

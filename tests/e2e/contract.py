@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -158,6 +159,24 @@ class StackContract:
             report = requests.get(stack.url(f"{service.prefix}fanout?n=5&delay=1"), timeout=30).json()
             assert [f["status"] for f in report["fetches"]] == [200] * 5, report
             assert report["total_ms"] < report["sum_of_fetch_ms"] / 2, report
+
+    def test_login_attempts_are_rate_limited_with_a_429_problem(self, stack):
+        bad = {"email": "nobody"}  # rejected (422) before any password hashing, so 40 arrive quickly
+
+        def attempt(_: int) -> requests.Response:
+            return requests.post(stack.url("/web/login"), json=bad, timeout=10)
+
+        with ThreadPoolExecutor(8) as pool:  # 40 attempts, bounded: more than the burst of 20 allows
+            responses = list(pool.map(attempt, range(40)))
+        assert {r.status_code for r in responses} <= {422, 429}
+        limited = [r for r in responses if r.status_code == 429]
+        assert limited, "nginx let 40 rapid attempts through"
+        assert limited[0].headers["Content-Type"] == "application/problem+json"
+        assert limited[0].headers["Retry-After"] == "1"
+        assert limited[0].json()["request_id"] == limited[0].headers["X-Request-ID"]
+        deadline = time.monotonic() + 15  # let the bucket drain so later tests can log in
+        while attempt(0).status_code == 429 and time.monotonic() < deadline:
+            time.sleep(0.5)
 
     def test_unknown_host_header_gets_no_response(self, stack):
         with socket.create_connection((stack.site.public_host, stack.site.public_port), timeout=5) as sock:

@@ -197,6 +197,11 @@ class HttpSemanticsContract:
         response = subject.request("POST", subject.collection, raw=b"{}", headers={"Content-Type": "text/plain"})
         assert_problem(response, 415)
 
+    def test_accept_that_excludes_json_is_406(self, subject):
+        path, _ = self.create(subject)
+        assert_problem(subject.request("GET", path, headers={"Accept": "text/html"}), 406)
+        assert subject.request("GET", path, headers={"Accept": "text/html, application/*;q=0.5"}).status_code == 200
+
     def test_body_too_large_is_413(self, subject):
         response = subject.request("POST", subject.collection, raw=b'{"x": "' + b"a" * 70_000 + b'"}')
         assert response.status_code == 413, (response.status_code, response.text[:300])

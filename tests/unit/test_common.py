@@ -1,6 +1,7 @@
 import pytest
 
-from services.common import http
+from services.common import db, http, semantics
+from services.common.idempotency import IdempotencyKeys, StoredResponse
 
 
 def test_request_id_keeps_a_well_formed_client_id():
@@ -46,3 +47,42 @@ def test_problem_document_has_rfc9457_members_and_the_request_id():
     assert doc == {
         "type": "about:blank", "title": "Bad", "status": 400, "detail": "why", "instance": "/x", "request_id": "rid1"
     }
+
+
+@pytest.mark.parametrize("accept", [None, "", "*/*", "application/json", "application/*", "text/html, */*;q=0.1"])
+def test_acceptable(accept):
+    semantics.require_acceptable(accept)
+
+
+@pytest.mark.parametrize("accept", ["text/html", "application/xml", "application/json;q=0", "image/*"])
+def test_not_acceptable_is_406(accept):
+    with pytest.raises(http.Problem) as caught:
+        semantics.require_acceptable(accept)
+    assert caught.value.status == 406
+
+
+def test_merge_patch_follows_rfc7396():
+    target = {"a": "b", "c": {"d": "e", "f": "g"}}
+    assert semantics.merge_patch(target, {"a": "z", "c": {"f": None}}) == {"a": "z", "c": {"d": "e"}}
+    assert semantics.merge_patch({"a": [1]}, {"a": [2]}) == {"a": [2]}
+    assert semantics.merge_patch({"a": 1}, ["x"]) == ["x"]
+
+
+def test_if_match_rules():
+    semantics.check_if_match(None, '"a"', required=False)
+    semantics.check_if_match('"a"', '"a"', required=True)
+    semantics.check_if_match("*", '"a"', required=True)
+    for header, current, required, status in [(None, '"a"', True, 428), ('"b"', '"a"', True, 412),
+                                              ('W/"a"', '"a"', False, 412), ("*", None, False, 412)]:
+        with pytest.raises(http.Problem) as caught:
+            semantics.check_if_match(header, current, required)
+        assert caught.value.status == status
+
+
+def test_idempotency_keys_expire(tmp_path):
+    keys = IdempotencyKeys(db.connect(tmp_path / "k.sqlite3"), ttl=3600)
+    assert keys.claim("s", "k", "print-1") is None
+    keys.finish("s", "k", StoredResponse(201, {"Location": "/x/1"}, b"{}"))
+    assert keys.claim("s", "k", "print-1").headers == {"Location": "/x/1"}
+    expired = IdempotencyKeys(keys.conn, ttl=0)  # the same table, read with a zero lifetime
+    assert expired.claim("s", "k", "print-2") is None  # expired: the key is free for a new request
