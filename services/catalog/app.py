@@ -25,7 +25,6 @@ from services.common.idempotency import StoredResponse, fingerprint, run_once
 
 SERVICE = "catalog"
 PREFIX = "/catalog"
-FANOUT_MAX = 50
 access_log = logging.getLogger("tornado.access")
 # Requests served per TCP connection (Tornado keeps one IOStream per connection across requests).
 _requests_per_stream: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
@@ -135,7 +134,7 @@ class FanoutHandler(BaseHandler):
     AsyncHTTPClient, all in flight at once on this IOLoop, so the total is about D seconds, not N x D."""
 
     async def get(self) -> None:
-        n = http.int_param(self.query("n"), "n", 10, 1, FANOUT_MAX)
+        n = http.int_param(self.query("n"), "n", 10, 1, http.FANOUT_MAX)
         delay = http.int_param(self.query("delay"), "delay", 1, 0, 3)
         base = stack_dns.HTTPBIN_URL
         try:
@@ -146,7 +145,7 @@ class FanoutHandler(BaseHandler):
         path = f"/httpbin/delay/{delay}"
         # The shared AsyncHTTPClient runs at most 10 requests at once and queues the rest; a private one
         # sized for the fan-out lets all N wait together.
-        client = AsyncHTTPClient(force_instance=True, max_clients=FANOUT_MAX)
+        client = AsyncHTTPClient(force_instance=True, max_clients=http.FANOUT_MAX)
 
         async def fetch(i: int) -> dict:
             started = time.perf_counter()
@@ -154,19 +153,14 @@ class FanoutHandler(BaseHandler):
                                           headers={"Host": host, http.REQUEST_ID_HEADER: self.request_id})
             if response.code >= 500 or response.code == 599:
                 raise http.Problem(502, "Bad Gateway", f"GET {base}{path}: {response.code} {response.reason}")
-            return {"i": i, "status": response.code, "bytes": len(response.body or b""),
-                    "ms": round((time.perf_counter() - started) * 1000, 1)}
+            return http.fetch_record(i, response.code, len(response.body or b""), started)
 
         started = time.perf_counter()
         try:
             fetches = await asyncio.gather(*(fetch(i) for i in range(n)))
         finally:
             client.close()
-        self.write_json({
-            "model": "Tornado IOLoop + AsyncHTTPClient", "url": base + path, "n": n,
-            "total_ms": round((time.perf_counter() - started) * 1000, 1),
-            "sum_of_fetch_ms": round(sum(f["ms"] for f in fetches), 1), "fetches": list(fetches),
-        })
+        self.write_json(http.fanout_report("Tornado IOLoop + AsyncHTTPClient", base + path, started, list(fetches)))
 
 
 # ---------------------------------------------------------------- items

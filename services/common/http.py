@@ -5,7 +5,9 @@ Nothing here imports a web framework: each service maps these plain functions on
 
 from __future__ import annotations
 
+import os
 import re
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -106,8 +108,6 @@ def connection_info(
 ) -> dict:
     """What the server saw of this TCP connection (GET <prefix>/conn): behind nginx the peer is nginx's pooled
     upstream connection, and its request count grows as the pool reuses it."""
-    import os
-
     return {
         "service": service,
         "peer": {"address": peer[0], "port": peer[1]} if peer else None,
@@ -115,4 +115,22 @@ def connection_info(
         "pid": os.getpid(),
         "http_version": http_version,
         "forwarded": {name: headers.get(name) for name in FORWARDED_HEADERS if headers.get(name) is not None},
+    }
+
+
+FANOUT_MAX = 50
+
+
+def fetch_record(i: int, status: int, size: int, started: float) -> dict:
+    """One fetch of a fan-out: its index, status, body size and how long it took."""
+    return {"i": i, "status": status, "bytes": size, "ms": round((time.perf_counter() - started) * 1000, 1)}
+
+
+def fanout_report(model: str, url: str, started: float, fetches: list[dict]) -> dict:
+    """The fan-out's answer: when total_ms is close to one fetch and far below sum_of_fetch_ms, the waits
+    overlapped."""
+    return {
+        "model": model, "url": url, "n": len(fetches),
+        "total_ms": round((time.perf_counter() - started) * 1000, 1),
+        "sum_of_fetch_ms": round(sum(f["ms"] for f in fetches), 1), "fetches": fetches,
     }

@@ -68,7 +68,7 @@ async def conn(request: web.Request) -> web.Response:
 async def fanout(request: web.Request) -> web.Response:
     """The seed's asyncio example, fixed (gather, not "gether") and measured: N coroutines share one
     ClientSession and each fetch /httpbin/delay/D from this very server; they all wait at once."""
-    n = http.int_param(request.query.get("n"), "n", 10, 1, 50)
+    n = http.int_param(request.query.get("n"), "n", 10, 1, http.FANOUT_MAX)
     delay = http.int_param(request.query.get("delay"), "delay", 1, 0, 3)
     host, port = request.transport.get_extra_info("sockname")[:2]
     url = f"http://{host}:{port}{PREFIX}/delay/{delay}"
@@ -77,17 +77,13 @@ async def fanout(request: web.Request) -> web.Response:
         started = time.perf_counter()
         async with session.get(url, headers={http.REQUEST_ID_HEADER: request[REQUEST_ID]}) as response:
             body = await response.read()
-        return {"i": i, "status": response.status, "bytes": len(body),
-                "ms": round((time.perf_counter() - started) * 1000, 1)}
+        return http.fetch_record(i, response.status, len(body), started)
 
     started = time.perf_counter()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
         fetches = await asyncio.gather(*(fetch(session, i) for i in range(n)))
-    return _json({
-        "model": "asyncio coroutines + aiohttp.ClientSession (asyncio.gather)", "url": url, "n": n,
-        "total_ms": round((time.perf_counter() - started) * 1000, 1),
-        "sum_of_fetch_ms": round(sum(f["ms"] for f in fetches), 1), "fetches": list(fetches),
-    })
+    return _json(http.fanout_report("asyncio coroutines + aiohttp.ClientSession (asyncio.gather)", url, started,
+                                    list(fetches)))
 
 
 # ---------------------------------------------------------------- bins: JSON documents to PUT and read back

@@ -29,7 +29,6 @@ PREFIX = "/web"
 COOKIE = "sid"
 COOKIE_SECURE = os.environ.get("WEB_COOKIE_SECURE", "0") == "1"  # set 1 behind TLS
 WWW_AUTHENTICATE = f'Cookie realm="web", form-action="{PREFIX}/login", cookie-name="{COOKIE}"'
-FANOUT_MAX = 50
 # Requests served per client socket: gunicorn's async and threaded workers keep the socket across keep-alive
 # requests (the sync worker closes it after each response, so it always reports 1).
 _requests_per_socket: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -92,7 +91,7 @@ def conn() -> Response:
 def fanout() -> Response:
     """The seed's gevent example, fixed and measured: N greenlets each fetch httpbin's /delay/D with requests;
     all N wait at once, so the total is about D seconds, not N x D."""
-    n = http.int_param(request.args.get("n"), "n", 10, 1, FANOUT_MAX)
+    n = http.int_param(request.args.get("n"), "n", 10, 1, http.FANOUT_MAX)
     delay = http.int_param(request.args.get("delay"), "delay", 1, 0, 3)
     path = f"/httpbin/delay/{delay}"
     request_id = g.request_id  # greenlets do not inherit Flask's request context
@@ -100,8 +99,7 @@ def fanout() -> Response:
     def fetch(i: int) -> dict:
         started = time.perf_counter()
         response = upstream.request("GET", upstream.HTTPBIN_URL, path, request_id)
-        return {"i": i, "status": response.status_code, "bytes": len(response.content),
-                "ms": round((time.perf_counter() - started) * 1000, 1)}
+        return http.fetch_record(i, response.status_code, len(response.content), started)
 
     started = time.perf_counter()
     jobs = [gevent.spawn(fetch, i) for i in range(n)]
@@ -109,12 +107,8 @@ def fanout() -> Response:
     for job in jobs:
         if not job.successful():
             raise job.exception
-    fetches = [job.value for job in jobs]
-    return _json({
-        "model": "gevent greenlets + requests (monkey-patched sockets)", "url": upstream.HTTPBIN_URL + path,
-        "n": n, "total_ms": round((time.perf_counter() - started) * 1000, 1),
-        "sum_of_fetch_ms": round(sum(f["ms"] for f in fetches), 1), "fetches": fetches,
-    })
+    return _json(http.fanout_report("gevent greenlets + requests (monkey-patched sockets)",
+                                    upstream.HTTPBIN_URL + path, started, [job.value for job in jobs]))
 
 
 # ---------------------------------------------------------------- accounts and sessions

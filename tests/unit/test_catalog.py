@@ -8,7 +8,9 @@ from services.catalog.app import make_app
 from tests.unit.cases import CASES
 
 
-class CatalogTest(AsyncHTTPTestCase):
+class CatalogAppTest(AsyncHTTPTestCase):
+    """The catalog app on a real HTTP server, with its own throwaway database."""
+
     def get_app(self):
         self.tmp = tempfile.TemporaryDirectory()
         return make_app(db_path=f"{self.tmp.name}/catalog.sqlite3")
@@ -17,6 +19,8 @@ class CatalogTest(AsyncHTTPTestCase):
         super().tearDown()
         self.tmp.cleanup()
 
+
+class CatalogTest(CatalogAppTest):
     def test_shared_endpoints(self):
         for case in CASES:
             with self.subTest(path=case.path):

@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import json
-import tempfile
 
-from tornado.testing import AsyncHTTPTestCase
-
-from services.catalog.app import make_app
+from tests.unit.test_catalog import CatalogAppTest
 
 ITEM = {"name": "Teapot", "price": 1250, "stock": 3}
 
 
-class ItemsTest(AsyncHTTPTestCase):
-    def get_app(self):
-        self.tmp = tempfile.TemporaryDirectory()
-        return make_app(db_path=f"{self.tmp.name}/catalog.sqlite3")
-
-    def tearDown(self):
-        super().tearDown()
-        self.tmp.cleanup()
-
+class ItemsTest(CatalogAppTest):
     def call(self, method, path, body=None, content_type="application/json", **headers):
         if body is not None and not isinstance(body, bytes):
             body = json.dumps(body).encode()
