@@ -108,3 +108,23 @@ def test_order_lines_are_validated_before_any_call_to_catalog(client):
     for lines in ([], [{"item_id": 1}], [{"item_id": 1, "quantity": 0}], [{"item_id": 1, "quantity": 1}] * 2):
         response = client.post("/web/orders", json={"lines": lines})
         assert response.status_code == 422, (lines, response.json)
+
+
+def test_someone_elses_order_is_403_and_a_missing_one_404(app, client):
+    login(client)
+    owner = Store(app.config["DATABASE"]).signup("grace@example.com", "another password")
+    order = Store(app.config["DATABASE"]).create_order(
+        owner["id"], [{"item_id": 1, "name": "Teapot", "unit_price": 1250, "quantity": 1}])
+    assert client.get(f"/web/orders/{order['id']}").status_code == 403
+    assert client.get("/web/orders/999999").status_code == 404
+
+
+def test_cart_lines_put_is_idempotent_and_patch_merges(client):
+    login(client)
+    first = client.put("/web/cart/items/7", json={"quantity": 2})
+    again = client.put("/web/cart/items/7", json={"quantity": 2}, headers={"If-Match": first.headers["ETag"]})
+    assert first.status_code == 201 and again.status_code == 200 and again.data == first.data
+    patched = client.patch("/web/cart/items/7", data='{"quantity": 4}', content_type="application/merge-patch+json")
+    assert patched.status_code == 200 and patched.json["document"] == {"quantity": 4}
+    assert [line["key"] for line in client.get("/web/cart").json["items"]] == ["7"]
+    assert client.put("/web/cart/items/7", json={"quantity": 0}).status_code == 422
