@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-deps up down ps logs urls test lint fmt lock clean
+.PHONY: help setup system-deps up down ps logs urls test lint fmt lock clean loadtest loadtest-headless compare
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -40,6 +40,15 @@ logs:  ## follow every service's log
 
 urls:  ## print the stack's URLs
 	@$(PY) -m deploy urls
+
+loadtest: setup  ## Locust's web UI on http://127.0.0.1:8089 against the running stack (WORKERS=2)
+	@$(PY) -m loadtest ui
+
+loadtest-headless: setup  ## a bounded Locust run: USERS=50 RATE=10 TIME=30s CLASSES=...; report in reports/
+	@$(PY) -m loadtest headless
+
+compare: setup  ## worker classes and frameworks side by side: reports/compare-<time>/ (QUICK=1: ~2 min)
+	@$(PY) -m loadtest compare
 
 lint: $(SETUP_STAMP)  ## ruff
 	@$(VENV)/bin/ruff check .

@@ -255,7 +255,8 @@ class Compose:
     def down(self) -> int:
         if not docker_answers():
             return 0
-        return self.run("down", "--remove-orphans", "--timeout", "20", check=False).returncode
+        # --profile load: also the Locust containers `make loadtest` may have started.
+        return self.run("--profile", "load", "down", "--remove-orphans", "--timeout", "20", check=False).returncode
 
     def ps(self) -> int:
         return self.run("ps", check=False).returncode

@@ -12,13 +12,15 @@ import pytest
 from deploy.stack import COMPOSE_FILE, compose_command
 from deploy.topology import DNS, HTTP_SERVICES, NGINX_PORT, ROOT
 
-DOCKERFILES = sorted(ROOT.glob("services/*/Dockerfile")) + [ROOT / "nginx" / "Dockerfile"]
+DOCKERFILES = [*sorted(ROOT.glob("services/*/Dockerfile")), ROOT / "nginx" / "Dockerfile",
+               ROOT / "loadtest" / "Dockerfile"]
 HADOLINT = Path(sys.executable).parent / "hadolint"
 
 
-def compose_config() -> dict:
+def compose_config(*profiles: str) -> dict:
     result = subprocess.run(
-        [*compose_command(), "-f", str(COMPOSE_FILE), "config", "--format", "json"],
+        [*compose_command(), "-f", str(COMPOSE_FILE), *(f"--profile={p}" for p in profiles), "config", "--format",
+         "json"],
         capture_output=True, text=True, cwd=ROOT, env={"PATH": "/usr/bin:/bin", "STACK_PORT": "8080"},
     )
     assert result.returncode == 0, result.stderr
@@ -29,6 +31,15 @@ def test_compose_file_is_valid():
     result = subprocess.run([*compose_command(), "-f", str(COMPOSE_FILE), "config", "-q"],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
+
+
+def test_locust_runs_only_in_the_load_profile_with_its_ui_on_loopback():
+    services = compose_config("load")["services"]
+    assert {"locust-master", "locust-worker"} <= set(services)
+    assert "locust-master" not in compose_config()["services"]
+    (port,) = services["locust-master"]["ports"]
+    assert (port["host_ip"], port["target"]) == ("127.0.0.1", 8089)
+    assert "--worker" in services["locust-worker"]["command"]
 
 
 def test_every_service_is_healthchecked_non_root_capable_and_init():

@@ -1,0 +1,105 @@
+"""Run Locust against the running stack.
+
+    python -m loadtest ui [--workers N]                      the web UI on http://127.0.0.1:8089 (Ctrl-C stops)
+    python -m loadtest headless --users U --rate R --time T  a bounded run; CSV and HTML report in reports/
+    python -m loadtest compare [--quick]                     worker classes and frameworks side by side
+
+The stack's address comes from deploy/topology.py (STACK_HOST, STACK_PORT). In Compose mode the UI runs as
+the `load` profile's containers (a master and N workers) instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from deploy.stack import COMPOSE_FILE, Compose, choose_mode, compose_command
+from deploy.topology import ROOT, Site
+
+LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
+UI_HOST, UI_PORT = "127.0.0.1", 8089
+REPORTS = ROOT / "reports"
+
+
+def locust() -> list[str]:
+    return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
+
+
+def ui(site: Site, workers: int) -> int:
+    url = f"http://{UI_HOST}:{UI_PORT}"
+    if choose_mode(None, site) == "compose":
+        compose = Compose(site)
+        command = [*compose_command(), "-f", str(COMPOSE_FILE), "--profile", "load", "up", "--detach", "--build",
+                   "--scale", f"locust-worker={workers}", "locust-master", "locust-worker"]
+        code = subprocess.run(command, env=compose.env, cwd=ROOT).returncode
+        if code == 0:
+            print(f"\nLocust's web UI: {url}  (target: http://nginx:8080 inside Compose; `make down` stops it)\n")
+        return code
+    master = subprocess.Popen([*locust(), "--master", "--class-picker", "--host", site.base_url,
+                               "--web-host", UI_HOST, "--web-port", str(UI_PORT), "--expect-workers", str(workers)],
+                              cwd=ROOT, start_new_session=True)
+    time.sleep(1.0)
+    children = [master] + [
+        subprocess.Popen([*locust(), "--worker", "--master-host", "127.0.0.1"], cwd=ROOT, start_new_session=True)
+        for _ in range(workers)
+    ]
+    print(f"\nLocust's web UI: {url}  (target {site.base_url}, {workers} workers; Ctrl-C stops them)\n", flush=True)
+    try:
+        return master.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for child in children:
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)
+
+
+def headless(site: Site, users: int, rate: float, duration: str, classes: list[str], out: Path) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    command = [*locust(), "--headless", "--users", str(users), "--spawn-rate", str(rate), "--run-time", duration,
+               "--host", site.base_url, "--csv", str(out / "locust"), "--html", str(out / "report.html"),
+               "--only-summary", "--stop-timeout", "10", *classes]
+    print("$", " ".join(command[2:]), flush=True)
+    code = subprocess.run(command, cwd=ROOT).returncode
+    print(f"\nreport: {out / 'report.html'}  CSV: {out}/locust_*.csv  exit code: {code}")
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    ui_args = commands.add_parser("ui")
+    ui_args.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", "2")))
+    run = commands.add_parser("headless")
+    run.add_argument("--users", type=int, default=int(os.environ.get("USERS", "50")))
+    run.add_argument("--rate", type=float, default=float(os.environ.get("RATE", "10")))
+    run.add_argument("--time", default=os.environ.get("TIME", "30s"))
+    run.add_argument("--classes", default=os.environ.get("CLASSES", "CatalogBrowser Shopper HttpbinCaller"))
+    run.add_argument("--out", type=Path)
+    compare = commands.add_parser("compare")
+    compare.add_argument("--quick", action="store_true", default=os.environ.get("QUICK") == "1")
+    args = parser.parse_args(argv)
+    site = Site.from_env()
+    if args.command == "ui":
+        return ui(site, args.workers)
+    if args.command == "headless":
+        out = args.out or REPORTS / f"load-{datetime.now():%Y%m%d-%H%M%S}"
+        return headless(site, args.users, args.rate, args.time, args.classes.split(), out)
+    from loadtest.compare.run import main as compare_main
+
+    return compare_main(quick=args.quick)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

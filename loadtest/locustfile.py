@@ -1,0 +1,252 @@
+"""Locust scenarios for the stack. Every check is a Locust failure when it does not hold, so a load test
+also proves correctness under load.
+
+User classes (pick them in the UI with --class-picker, on the command line by name, or by tag):
+  CatalogBrowser  lists items, re-reads one with If-None-Match (expects 304), HEADs it       tag: catalog
+  Shopper         signs up, logs in, places orders with an Idempotency-Key, reads them back  tag: web
+  HttpbinCaller   get, post, a chunked stream and a short delay on the httpbin clone         tag: httpbin
+  BenchUser       one benchmark endpoint on one service:                                     tag: bench
+                  LOAD_SERVICE=web|catalog|httpbin, LOAD_ENDPOINT=plaintext|json|io|cpu,
+                  LOAD_PREFIX (default /<service>), LOAD_IO_MS (50), LOAD_CPU_N (10000)
+Weights: LOAD_WEIGHT_<CLASS> (e.g. LOAD_WEIGHT_SHOPPER=3). Objectives checked when the run ends (the exit
+code is 1 if any fails): LOAD_MAX_FAIL_RATIO (default 0), LOAD_MAX_P99_MS (unset: not checked).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import uuid
+
+import gevent
+from locust import FastHttpUser, between, events, tag, task
+
+log = logging.getLogger("loadtest")
+JSON = {"Content-Type": "application/json"}
+
+
+def weight(name: str, default: int = 1) -> int:
+    return int(os.environ.get(f"LOAD_WEIGHT_{name.upper()}", default))
+
+
+def post_with_backoff(user: FastHttpUser, path: str, body: dict, status: int, header: str | None = None,
+                      attempts: int = 10) -> object | None:
+    """POST as a polite client: on 429 wait Retry-After and try again (nginx rate-limits the credential
+    endpoints per client address, and a load test is one address). The response when it met `status`."""
+    for attempt in range(attempts):
+        with user.client.post(path, json=body, catch_response=True, name=path) as response:
+            if response.status_code != 429:
+                return response if expect(response, status, header) else None
+            if attempt == attempts - 1:
+                response.failure(f"still rate-limited after {attempts} attempts")
+                return None
+            response.success()  # being told to slow down is correct behaviour, not a failure
+            pause = float(response.headers.get("Retry-After", "1"))
+        gevent.sleep(pause * (1 + random.random()))
+    return None
+
+
+def expect(response, status: int, header: str | None = None, check=None) -> bool:  # noqa: ANN001
+    """Mark the response failed unless it has the status, the header and passes `check(body)`."""
+    if response.status_code != status:
+        response.failure(f"expected {status}, got {response.status_code}: {response.text[:200]!r}")
+        return False
+    if header and not response.headers.get(header):
+        response.failure(f"missing {header} header")
+        return False
+    if check is not None:
+        try:
+            ok = check(response)
+        except (ValueError, KeyError, TypeError) as error:
+            ok, _ = False, error
+        if not ok:
+            response.failure(f"unexpected body: {response.text[:200]!r}")
+            return False
+    response.success()
+    return True
+
+
+class CatalogBrowser(FastHttpUser):
+    """Reads the catalog like a client with a cache: list, conditional re-reads, HEAD."""
+
+    weight = weight("CatalogBrowser")
+    wait_time = between(0.1, 0.5)
+    item_ids: list[int]
+
+    def on_start(self) -> None:
+        self.item_ids = []
+        self.etags: dict[int, str] = {}
+        with self.client.post("/catalog/items", json={"name": f"load {uuid.uuid4().hex[:8]}", "price": 100,
+                                                       "stock": 1000}, catch_response=True,
+                              name="/catalog/items [POST]") as response:
+            if expect(response, 201, "Location"):
+                self.item_ids.append(response.json()["id"])
+
+    @tag("catalog")
+    @task(3)
+    def list_items(self) -> None:
+        with self.client.get("/catalog/items?limit=20", catch_response=True, name="/catalog/items") as response:
+            if expect(response, 200, check=lambda r: isinstance(r.json()["items"], list)):
+                self.item_ids += [item["id"] for item in response.json()["items"][:5]]
+                self.item_ids = self.item_ids[-50:]
+
+    @tag("catalog")
+    @task(3)
+    def get_item_conditionally(self) -> None:
+        if not self.item_ids:
+            return
+        item_id = random.choice(self.item_ids)
+        headers = {"If-None-Match": self.etags[item_id]} if item_id in self.etags else {}
+        with self.client.get(f"/catalog/items/{item_id}", headers=headers, catch_response=True,
+                             name="/catalog/items/{id}") as response:
+            if response.status_code == 404:  # deleted by someone else: forget it
+                response.success()
+                self.item_ids.remove(item_id)
+            elif headers and response.status_code == 304:
+                response.success()
+            elif expect(response, 200, "ETag", lambda r: r.json()["id"] == item_id):
+                self.etags[item_id] = response.headers["ETag"]
+
+    @tag("catalog")
+    @task(1)
+    def head_item(self) -> None:
+        if self.item_ids:
+            with self.client.head(f"/catalog/items/{self.item_ids[0]}", catch_response=True,
+                                  name="/catalog/items/{id} [HEAD]") as response:
+                expect(response, 200, "ETag", lambda r: r.content == b"")
+
+
+class Shopper(FastHttpUser):
+    """An account, a session cookie, and orders placed with Idempotency-Key (retried once, as a client would
+    after a timeout: the retry must replay, not order twice)."""
+
+    weight = weight("Shopper")
+    wait_time = between(0.2, 1.0)
+
+    def on_start(self) -> None:
+        self.orders: list[str] = []
+        credentials = {"email": f"{uuid.uuid4().hex[:16]}@load.example", "password": "load-test-pass"}
+        post_with_backoff(self, "/web/signup", credentials, 201)
+        post_with_backoff(self, "/web/login", credentials, 200, "Set-Cookie")
+        with self.client.post("/catalog/items", json={"name": "stock for shoppers", "price": 250,
+                                                       "stock": 10**9}, catch_response=True,
+                              name="/catalog/items [POST]") as r:
+            self.item_id = r.json()["id"] if expect(r, 201) else None
+
+    @tag("web")
+    @task(2)
+    def place_order(self) -> None:
+        if self.item_id is None:
+            return
+        body = json.dumps({"lines": [{"item_id": self.item_id, "quantity": random.randint(1, 3)}]})
+        headers = {**JSON, "Idempotency-Key": uuid.uuid4().hex}
+        with self.client.post("/web/orders", data=body, headers=headers, catch_response=True,
+                              name="/web/orders [POST]") as first:
+            if not expect(first, 201, "Location"):
+                return
+        with self.client.post("/web/orders", data=body, headers=headers, catch_response=True,
+                              name="/web/orders [POST retry]") as retry:
+            expect(retry, 201, "Idempotent-Replayed",
+                   lambda r: r.headers["Location"] == first.headers["Location"])
+        self.orders.append(first.headers["Location"])
+
+    @tag("web")
+    @task(2)
+    def read_orders(self) -> None:
+        with self.client.get("/web/orders", catch_response=True, name="/web/orders") as response:
+            expect(response, 200, check=lambda r: isinstance(r.json()["orders"], list))
+        if self.orders:
+            with self.client.get(random.choice(self.orders), catch_response=True, name="/web/orders/{id}") as r:
+                expect(r, 200, "ETag")
+
+    @tag("web")
+    @task(1)
+    def me(self) -> None:
+        with self.client.get("/web/me", catch_response=True, name="/web/me") as response:
+            expect(response, 200, check=lambda r: r.json()["email"].endswith("@load.example"))
+
+
+class HttpbinCaller(FastHttpUser):
+    """The httpbin clone as the seed's examples use httpbin.org."""
+
+    weight = weight("HttpbinCaller")
+    wait_time = between(0.1, 0.5)
+
+    @tag("httpbin")
+    @task(3)
+    def get(self) -> None:
+        with self.client.get("/httpbin/get?load=1", catch_response=True, name="/httpbin/get") as r:
+            expect(r, 200, check=lambda r: r.json()["args"] == {"load": "1"})
+
+    @tag("httpbin")
+    @task(2)
+    def post(self) -> None:
+        with self.client.post("/httpbin/post", json={"k": 1}, catch_response=True, name="/httpbin/post") as r:
+            expect(r, 200, check=lambda r: r.json()["json"] == {"k": 1})
+
+    @tag("httpbin")
+    @task(1)
+    def stream(self) -> None:
+        with self.client.get("/httpbin/stream/3", catch_response=True, name="/httpbin/stream/3") as r:
+            expect(r, 200, check=lambda r: len(r.text.splitlines()) == 3)
+
+    @tag("httpbin")
+    @task(1)
+    def delay(self) -> None:
+        with self.client.get("/httpbin/delay/0.1", catch_response=True, name="/httpbin/delay") as r:
+            expect(r, 200, check=lambda r: r.json()["delayed_seconds"] == 0.1)
+
+
+def bench_target() -> tuple[str, str, object]:
+    """(path, request name, check) for BenchUser, from the environment."""
+    service = os.environ.get("LOAD_SERVICE", "catalog")
+    prefix = os.environ.get("LOAD_PREFIX", f"/{service}")
+    endpoint = os.environ.get("LOAD_ENDPOINT", "json")
+    if endpoint == "plaintext":
+        return f"{prefix}/plaintext", endpoint, lambda r: r.text == "Hello, World!"
+    if endpoint == "json":
+        return f"{prefix}/json", endpoint, lambda r: r.json() == {"message": "Hello, World!"}
+    if endpoint == "io":
+        ms = int(os.environ.get("LOAD_IO_MS", "50"))
+        return f"{prefix}/io?ms={ms}", endpoint, lambda r: r.json()["waited_ms"] == ms
+    if endpoint == "cpu":
+        n = int(os.environ.get("LOAD_CPU_N", "10000"))
+        return f"{prefix}/cpu?n={n}", endpoint, lambda r: r.json()["n"] == n
+    raise ValueError(f"LOAD_ENDPOINT must be plaintext, json, io or cpu, not {endpoint!r}")
+
+
+class BenchUser(FastHttpUser):
+    """Back-to-back requests to one benchmark endpoint (no think time): the comparisons' workload."""
+
+    weight = weight("BenchUser")
+
+    def on_start(self) -> None:
+        self.path, self.name, self.check = bench_target()
+
+    @tag("bench")
+    @task
+    def hit(self) -> None:
+        with self.client.get(self.path, catch_response=True, name=self.name) as response:
+            expect(response, 200, "Date", self.check)
+
+
+@events.quitting.add_listener
+def check_objectives(environment, **_kwargs) -> None:  # noqa: ANN001
+    """Exit non-zero when a service-level objective is broken (failures, p99)."""
+    total = environment.stats.total
+    max_fail_ratio = float(os.environ.get("LOAD_MAX_FAIL_RATIO", "0"))
+    max_p99 = os.environ.get("LOAD_MAX_P99_MS")
+    broken = []
+    if total.num_requests and total.fail_ratio > max_fail_ratio:
+        broken.append(f"failure ratio {total.fail_ratio:.4f} > {max_fail_ratio}")
+    if max_p99 and total.num_requests and total.get_response_time_percentile(0.99) > float(max_p99):
+        broken.append(f"p99 {total.get_response_time_percentile(0.99):.0f} ms > {max_p99} ms")
+    if not total.num_requests:
+        broken.append("no request was made")
+    if broken:
+        log.error("objectives broken: %s", "; ".join(broken))
+        environment.process_exit_code = 1
+    else:
+        environment.process_exit_code = 0
