@@ -7,14 +7,7 @@ import os
 
 from locust import LoadTestShape
 
-
-def steps(start: int, step: int, maximum: int) -> list[int]:
-    """User counts of each step: start, start+step, ..., maximum."""
-    counts, users = [], start
-    while users < maximum:
-        counts.append(users)
-        users += step
-    return [*counts, maximum]
+from loadtest.stepping import steps
 
 
 class StepLoadShape(LoadTestShape):

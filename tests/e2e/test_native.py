@@ -3,9 +3,11 @@ with a stack the user left running."""
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import subprocess
+import sys
 
 import pytest
 import requests
@@ -68,6 +70,24 @@ class TestNativeStack(StackContract, HttpSemanticsContract):
             assert response.status_code == 200 and response.json() == {"message": "Hello, World!"}
             assert response.headers["X-Request-ID"] == "direct-1"
             assert response.headers["Server"] != "nginx"  # the framework's own server answered
+
+    def test_the_locustfile_runs_headless_without_a_failure(self, stack, tmp_path):
+        """Every scenario checks status, headers and bodies: zero failures means correct under load."""
+        out = tmp_path / "load"
+        result = subprocess.run(
+            [sys.executable, "-m", "loadtest", "headless", "--users", "20", "--rate", "20", "--time", "6s",
+             "--classes", "CatalogBrowser Shopper HttpbinCaller BenchUser", "--out", str(out)],
+            cwd=ROOT, env={**stack.env, "LOAD_SERVICE": "httpbin", "LOAD_ENDPOINT": "io", "LOAD_IO_MS": "20"},
+            capture_output=True, text=True, timeout=120,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        with (out / "locust_stats.csv").open() as stats:
+            rows = {row["Name"]: row for row in csv.DictReader(stats)}
+        assert int(rows["Aggregated"]["Request Count"]) > 100
+        assert int(rows["Aggregated"]["Failure Count"]) == 0
+        for name in ("/catalog/items", "/web/orders [POST retry]", "/httpbin/get", "io"):
+            assert int(rows[name]["Request Count"]) > 0, name
+        assert (out / "report.html").stat().st_size > 10_000
 
 
 # ---------------------------------------------------------------- the OpenAPI documents, fuzzed

@@ -1,0 +1,1 @@
+"""`make compare`: worker classes and frameworks side by side on identical work, with numbers and charts."""

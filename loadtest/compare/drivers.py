@@ -1,0 +1,103 @@
+"""The two load drivers: Locust (FastHttpUser, in this process: the driver users see) and wrk (when
+installed: a C driver that needs far less CPU per request, so it shows when Locust is the bottleneck).
+
+This module imports Locust, which monkey-patches the process with gevent: import it only in the harness
+process, never beside code that already imported ssl (tests import loadtest.compare.wrk instead)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+
+import gevent
+import psutil
+from locust import FastHttpUser, constant, task
+from locust.env import Environment
+
+from loadtest.compare.servers import Running
+from loadtest.compare.wrk import WRK, parse_wrk
+
+
+@dataclass
+class Measurement:
+    driver: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    failures: int
+    driver_cpu: float  # cores the driver kept busy
+    server_cpu: float  # cores the server's processes kept busy
+    nginx_cpu: float | None
+    server_rss_mb: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _bench_user(path: str) -> type[FastHttpUser]:
+    class Bench(FastHttpUser):
+        wait_time = constant(0)
+
+        @task
+        def hit(self) -> None:
+            with self.client.get(path, catch_response=True, name="bench") as response:
+                if response.status_code != 200:
+                    response.failure(f"status {response.status_code}")
+
+    return Bench
+
+
+def _measure_window(seconds: float, server: Running, nginx: Running | None) -> tuple[float, float, float | None]:
+    """Sleep through the window; returns (driver cores, server cores, nginx cores)."""
+    me = psutil.Process()
+    before = sum(me.cpu_times()[:2])
+    server.mark()
+    if nginx:
+        nginx.mark()
+    gevent.sleep(seconds)
+    driver = (sum(me.cpu_times()[:2]) - before) / seconds
+    return driver, server.cpu_since_mark(seconds), nginx.cpu_since_mark(seconds) if nginx else None
+
+
+def locust_run(url: str, path: str, users: int, warmup: float, seconds: float, server: Running,
+               nginx: Running | None) -> Measurement:
+    """`users` FastHttpUsers hitting `path` back to back: a warm-up, then a measured window."""
+    env = Environment(user_classes=[_bench_user(path)], host=url)
+    runner = env.create_local_runner()
+    runner.start(users, spawn_rate=users)
+    gevent.sleep(warmup)
+    env.stats.reset_all()
+    started = time.monotonic()
+    driver, server_cpu, nginx_cpu = _measure_window(seconds, server, nginx)
+    elapsed = time.monotonic() - started
+    total = env.stats.total
+    measurement = Measurement(
+        "locust", total.num_requests / elapsed, total.get_response_time_percentile(0.5) or 0.0,
+        total.get_response_time_percentile(0.99) or 0.0, total.num_requests, total.num_failures, driver,
+        server_cpu, nginx_cpu, server.rss_mb(),
+    )
+    runner.quit()
+    runner.greenlet.join(timeout=10)
+    return measurement
+
+
+def wrk_run(url: str, connections: int, seconds: float, server: Running, nginx: Running | None) -> Measurement:
+    threads = min(2, connections)
+    server.mark()
+    if nginx:
+        nginx.mark()
+    process = subprocess.Popen([WRK, "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s", "--latency",
+                                url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        raise RuntimeError(f"wrk failed: {output[-500:]}")
+    parsed = parse_wrk(output)
+    return Measurement("wrk", parsed["rps"], parsed["p50_ms"], parsed["p99_ms"], parsed["requests"],
+                       parsed["failures"], (usage.ru_utime + usage.ru_stime) / seconds,
+                       server.cpu_since_mark(seconds), nginx.cpu_since_mark(seconds) if nginx else None,
+                       server.rss_mb())

@@ -1,0 +1,100 @@
+"""What `make compare` measures: configurations x workloads x routes (direct, through nginx)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+CORES = os.cpu_count() or 1
+IO_MS = 50
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    family: str  # web | catalog | httpbin | reference
+    label: str  # what runs, for the report
+    prefix: str  # where its benchmark endpoints live
+    kind: str  # how servers.py starts it
+    env: dict[str, str] = field(default_factory=dict)
+    slots: int | None = None  # requests it can hold at once on blocking I/O; None: an event loop (users)
+    processes: int = 1
+    endpoints: tuple[str, ...] = ("plaintext", "json", "io", "cpu")
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str  # plaintext | json | io | cpu | mixed
+    users: int
+
+    def path(self, prefix: str) -> str:
+        return {"plaintext": f"{prefix}/plaintext", "json": f"{prefix}/json", "io": f"{prefix}/io?ms={IO_MS}",
+                "cpu": f"{prefix}/cpu?n=10000"}[self.name]
+
+
+@dataclass(frozen=True)
+class Cell:
+    config: Config
+    workload: Workload
+    route: str  # direct | nginx
+
+    @property
+    def key(self) -> str:
+        return f"{self.config.name}/{self.workload.name}/{self.route}"
+
+
+SYNC_WORKERS = 2 * CORES + 1
+CONFIGS: tuple[Config, ...] = (
+    Config("web-sync", "web", f"Flask, gunicorn sync x{SYNC_WORKERS}", "/web", "gunicorn-web",
+           {"WEB_WORKER_CLASS": "sync", "WEB_WORKERS": str(SYNC_WORKERS), "WEB_THREADS": "1"},
+           slots=SYNC_WORKERS, processes=SYNC_WORKERS),
+    Config("web-gthread", "web", "Flask, gunicorn gthread 2x8", "/web", "gunicorn-web",
+           {"WEB_WORKER_CLASS": "gthread", "WEB_WORKERS": "2", "WEB_THREADS": "8"}, slots=16, processes=2),
+    Config("web-gevent", "web", "Flask, gunicorn gevent x2", "/web", "gunicorn-web",
+           {"WEB_WORKER_CLASS": "gevent", "WEB_WORKERS": "2"}, processes=2),
+    Config("catalog-tornado", "catalog", f"Tornado, own IOLoop x{CORES}", "/catalog", "tornado",
+           processes=CORES),
+    Config("catalog-gunicorn", "catalog", f"Tornado, gunicorn -k tornado x{CORES}", "/catalog",
+           "gunicorn-tornado", processes=CORES),
+    Config("httpbin-aiohttp", "httpbin", "aiohttp, web.run_app x1", "/httpbin", "aiohttp"),
+    Config("httpbin-gunicorn", "httpbin", f"aiohttp, gunicorn GunicornWebWorker x{CORES}", "/httpbin",
+           "gunicorn-aiohttp", processes=CORES),
+    # References: the ceiling of anything behind the proxy, and each framework bare under the same settings.
+    Config("nginx-static", "reference", "nginx, a static 200", "/static", "nginx-static",
+           endpoints=("plaintext", "json")),
+    Config("bare-flask", "reference", "bare Flask, gunicorn gevent x2", "/bare", "gunicorn-bare-flask",
+           {"WEB_WORKER_CLASS": "gevent", "WEB_WORKERS": "2"}, processes=2, endpoints=("plaintext", "json")),
+    Config("bare-tornado", "reference", f"bare Tornado, own IOLoop x{CORES}", "/bare", "bare-tornado",
+           processes=CORES, endpoints=("plaintext", "json")),
+    Config("bare-aiohttp", "reference", "bare aiohttp, web.run_app x1", "/bare", "bare-aiohttp",
+           endpoints=("plaintext", "json")),
+)
+BY_NAME = {config.name: config for config in CONFIGS}
+
+WORKLOADS = (Workload("plaintext", 64), Workload("json", 64), Workload("io", 200), Workload("cpu", 64))
+QUICK_CONFIGS = ("web-sync", "web-gevent", "catalog-tornado", "httpbin-aiohttp", "nginx-static")
+QUICK_WORKLOADS = ("json", "io")
+
+
+def expand(quick: bool = False) -> list[Cell]:
+    """Every cell to measure, grouped by configuration (each configuration's servers start once)."""
+    configs = [BY_NAME[name] for name in QUICK_CONFIGS] if quick else list(CONFIGS)
+    workloads = [w for w in WORKLOADS if not quick or w.name in QUICK_WORKLOADS]
+    cells = []
+    for config in configs:
+        for workload in workloads:
+            if workload.name not in config.endpoints:
+                continue
+            routes = ["direct"] if config.kind == "nginx-static" else ["direct", "nginx"]
+            if quick and workload.name == "io":
+                routes = ["direct"]
+            cells += [Cell(config, workload, route) for route in routes]
+    return cells
+
+
+def io_ceiling(config: Config, users: int, wait_ms: int = IO_MS) -> float:
+    """Requests per second a configuration can at best serve when each request waits `wait_ms`:
+    concurrency slots / wait. Blocking workers have a fixed number of slots (processes x threads); an
+    event loop holds as many waits as there are users."""
+    slots = config.slots if config.slots is not None else users
+    return min(slots, users) / (wait_ms / 1000)

@@ -1,0 +1,141 @@
+"""Render results.json into report.md (tables) and PNG charts (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+SATURATED = 0.9  # driver cores: above this the figure measures the driver, not the server
+
+
+def median_of(runs: list[dict], field: str) -> float | None:
+    values = [run[field] for run in runs if run.get(field) is not None]
+    return statistics.median(values) if values else None
+
+
+def summarize(cell: dict) -> dict:
+    """The medians of a cell's Locust repetitions, and its wrk figure."""
+    runs = cell["runs"]
+    summary = {field: median_of(runs, field) for field in
+               ("rps", "p50_ms", "p99_ms", "driver_cpu", "server_cpu", "nginx_cpu", "server_rss_mb")}
+    summary["failures"] = sum(run["failures"] for run in runs)
+    summary["wrk_rps"] = cell["wrk"]["rps"] if cell.get("wrk") else None
+    summary["saturated"] = bool(summary["driver_cpu"] and summary["driver_cpu"] >= SATURATED)
+    if cell.get("ceiling_rps"):
+        summary["ceiling_fraction"] = (summary["rps"] or 0) / cell["ceiling_rps"]
+    return summary
+
+
+def _fmt(value: float | None, digits: int = 0) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def tables(results: dict) -> str:
+    lines = []
+    for workload in results["settings"]["workloads"]:
+        cells = [c for c in results["cells"] if c["workload"] == workload]
+        if not cells:
+            continue
+        users = cells[0]["users"]
+        lines += [f"### {workload} ({users} users)", ""]
+        header = ["configuration", "route", "Locust req/s", "wrk req/s", "p50 ms", "p99 ms", "failures",
+                  "server CPU", "nginx CPU", "driver CPU", "RSS MB"]
+        if workload == "io":
+            header[4:4] = ["ceiling req/s", "of ceiling"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for cell in cells:
+            s = summarize(cell)
+            row = [cell["label"], cell["route"], _fmt(s["rps"]) + (" ⚠" if s["saturated"] else ""),
+                   _fmt(s["wrk_rps"]), _fmt(s["p50_ms"], 1), _fmt(s["p99_ms"], 1), str(s["failures"]),
+                   _fmt(s["server_cpu"], 2), _fmt(s["nginx_cpu"], 2), _fmt(s["driver_cpu"], 2),
+                   _fmt(s["server_rss_mb"])]
+            if workload == "io":
+                row[4:4] = [_fmt(cell["ceiling_rps"]), f"{s['ceiling_fraction']:.0%}"]
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def charts(results: dict, out: Path) -> list[Path]:
+    written = []
+    workloads = [w for w in results["settings"]["workloads"] if any(c["workload"] == w for c in results["cells"])]
+    fig, axes = plt.subplots(len(workloads), 1, figsize=(11, 3.2 * len(workloads)), squeeze=False)
+    for ax, workload in zip(axes[:, 0], workloads, strict=True):
+        cells = [c for c in results["cells"] if c["workload"] == workload]
+        labels = sorted({c["config"] for c in cells}, key=[c["config"] for c in cells].index)
+        for offset, route in ((-0.2, "direct"), (0.2, "nginx")):
+            values = [next((summarize(c)["rps"] for c in cells if c["config"] == name and c["route"] == route), 0)
+                      for name in labels]
+            ax.bar([i + offset for i in range(len(labels))], values, width=0.4, label=route)
+        if workload == "io":
+            ceilings = [next(c["ceiling_rps"] for c in cells if c["config"] == name) for name in labels]
+            ax.scatter(range(len(labels)), ceilings, marker="_", s=400, color="black", label="ceiling", zorder=3)
+        ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel("req/s (Locust)")
+        ax.set_title(f"throughput: {workload}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    written.append(out / "throughput.png")
+    fig.savefig(written[-1], dpi=90)
+    plt.close(fig)
+
+    fig, (lat, res) = plt.subplots(1, 2, figsize=(12, 4))
+    direct = [c for c in results["cells"] if c["route"] == "direct"]
+    names = [f"{c['config']}\n{c['workload']}" for c in direct]
+    sums = [summarize(c) for c in direct]
+    xs = range(len(direct))
+    lat.bar(xs, [s["p99_ms"] or 0 for s in sums], label="p99", color="tab:red")
+    lat.bar(xs, [s["p50_ms"] or 0 for s in sums], label="p50", color="tab:blue")
+    lat.set_yscale("log")
+    lat.set_xticks(xs, names, rotation=90, fontsize=6)
+    lat.set_ylabel("ms (log)")
+    lat.set_title("latency, direct")
+    lat.legend(fontsize=8)
+    res.bar([x - 0.2 for x in xs], [s["server_cpu"] or 0 for s in sums], width=0.4, label="server CPU (cores)")
+    res.bar([x + 0.2 for x in xs], [s["driver_cpu"] or 0 for s in sums], width=0.4, label="driver CPU (cores)")
+    twin = res.twinx()
+    twin.plot(list(xs), [s["server_rss_mb"] or 0 for s in sums], "k.", label="RSS MB")
+    twin.set_ylabel("RSS MB")
+    res.set_xticks(xs, names, rotation=90, fontsize=6)
+    res.set_title("CPU and memory, direct")
+    res.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    written.append(out / "latency-cpu-rss.png")
+    fig.savefig(written[-1], dpi=90)
+    plt.close(fig)
+    return written
+
+
+def render(results_path: Path) -> Path:
+    """Write report.md and the charts beside results.json; returns report.md's path."""
+    results = json.loads(results_path.read_text())
+    out = results_path.parent
+    images = charts(results, out)
+    machine, settings = results["machine"], results["settings"]
+    wrk = f"; wrk with {settings['wrk_connections']} connections, one run" if settings["wrk"] else ""
+    text = [
+        f"# Comparison, {results['started']}",
+        "",
+        f"`{results['command']}` on {machine['cores']} cores ({machine['cpu_model']}), load average "
+        f"{machine['loadavg_start'][0]:.2f} before and {machine['loadavg_end'][0]:.2f} after. Every cell: "
+        f"{settings['warmup_s']} s warm-up, {settings['measure_s']} s measured, {settings['repetitions']} "
+        f"repetition(s), the median quoted; Locust {results['versions'].get('locust')} FastHttpUser "
+        f"in one process{wrk}.",
+        "",
+        "The driver shares the machine with the server: its CPU use is beside every figure, and ⚠ marks a "
+        f"cell where Locust kept ≥ {SATURATED} core busy — there the number measures Locust, not the server "
+        "(the wrk column is the better guide).",
+        "",
+        tables(results),
+        *[f"![{image.stem}]({image.name})" for image in images],
+        "",
+    ]
+    report = out / "report.md"
+    report.write_text("\n".join(text))
+    return report

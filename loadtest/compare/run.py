@@ -1,0 +1,126 @@
+"""`make compare`: run the matrix on this machine, write reports/compare-<time>/ (results.json, report.md,
+charts), and show progress while it runs. QUICK=1 runs a small subset in about two minutes."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from deploy.topology import ROOT
+from loadtest.compare import drivers, report, servers
+from loadtest.compare.matrix import CORES, Cell, expand, io_ceiling
+from loadtest.compare.wrk import WRK
+
+REPORTS = ROOT / "reports"
+
+
+@dataclass(frozen=True)
+class Settings:
+    warmup_s: float
+    measure_s: float
+    repetitions: int
+    wrk: bool
+    wrk_connections: int = 64
+
+
+FULL = Settings(warmup_s=1.0, measure_s=4.0, repetitions=3, wrk=WRK is not None)
+QUICK = Settings(warmup_s=1.0, measure_s=3.0, repetitions=1, wrk=WRK is not None)
+
+
+def versions() -> dict[str, str]:
+    found = {name: metadata.version(name) for name in ("gunicorn", "gevent", "flask", "tornado", "aiohttp", "locust")}
+    found["python"] = platform.python_version()
+    found["nginx"] = subprocess.run([servers.NGINX, "-v"], capture_output=True, text=True).stderr.strip()
+    if WRK:
+        found["wrk"] = subprocess.run([WRK, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    return found
+
+
+def machine() -> dict:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    return {"cores": CORES, "cpu_model": model, "loadavg_start": list(os.getloadavg()),
+            "platform": platform.platform()}
+
+
+def measure(cell: Cell, server: servers.Running, nginx: servers.Running | None, settings: Settings,
+            progress: Progress, task: object) -> dict:
+    target = nginx if cell.route == "nginx" else server
+    url = f"http://127.0.0.1:{target.port}"
+    path = cell.workload.path(cell.config.prefix)
+    users = cell.workload.users
+    behind = nginx if cell.route == "nginx" else None
+    runs = []
+    for _ in range(settings.repetitions):
+        runs.append(drivers.locust_run(url, path, users, settings.warmup_s, settings.measure_s, server, behind)
+                    .as_dict())
+        progress.advance(task)
+    wrk = None
+    if settings.wrk:
+        connections = users if cell.workload.name == "io" else settings.wrk_connections
+        wrk = drivers.wrk_run(url + path, connections, settings.measure_s, server, behind).as_dict()
+        progress.advance(task)
+    ceiling = io_ceiling(cell.config, users) if cell.workload.name == "io" else None
+    return {"config": cell.config.name, "label": cell.config.label, "family": cell.config.family,
+            "workload": cell.workload.name, "route": cell.route, "users": users, "path": path,
+            "ceiling_rps": ceiling, "runs": runs, "wrk": wrk}
+
+
+def main(quick: bool = False) -> int:
+    # Locust warns about spawning every user at once: that is deliberate here (the warm-up absorbs it).
+    logging.getLogger("locust").setLevel(logging.ERROR)
+    settings = QUICK if quick else FULL
+    cells = expand(quick)
+    started = datetime.now()
+    out = REPORTS / f"compare-{started:%Y%m%d-%H%M%S}"
+    out.mkdir(parents=True, exist_ok=True)
+    results = {
+        "started": started.isoformat(timespec="seconds"),
+        "command": "make compare" + (" QUICK=1" if quick else ""),
+        "machine": machine(), "versions": versions(),
+        "settings": {**settings.__dict__, "workloads": list(dict.fromkeys(c.workload.name for c in cells))},
+        "cells": [],
+    }
+    console = Console()
+    steps = len(cells) * (settings.repetitions + (1 if settings.wrk else 0))
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("starting", total=steps)
+        for config, group in itertools.groupby(cells, key=lambda cell: cell.config):
+            group = list(group)
+            data = Path(tempfile.mkdtemp(prefix="compare-"))
+            server = servers.start(config, data)
+            nginx = servers.start_nginx(config.name, server.port, data) if any(
+                c.route == "nginx" for c in group) else None
+            try:
+                for cell in group:
+                    progress.update(task, description=cell.key)
+                    results["cells"].append(measure(cell, server, nginx, settings, progress, task))
+                    (out / "results.json").write_text(json.dumps(results, indent=2))
+            finally:
+                for running in (nginx, server):
+                    if running:
+                        running.stop()
+                shutil.rmtree(data, ignore_errors=True)
+    results["machine"]["loadavg_end"] = list(os.getloadavg())
+    results["finished"] = datetime.now().isoformat(timespec="seconds")
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    path = report.render(out / "results.json")
+    console.print(f"\n[bold]report[/bold] {path}\n[bold]data[/bold]   {out / 'results.json'}")
+    failures = sum(run["failures"] for cell in results["cells"] for run in cell["runs"])
+    if failures:
+        console.print(f"[red]{failures} failed requests[/red]")
+    return 1 if failures else 0

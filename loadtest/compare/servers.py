@@ -1,0 +1,184 @@
+"""Start one configuration's server (and an nginx in front of it) on loopback ports, measure its processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from deploy.topology import ROOT
+from loadtest.compare.matrix import CORES, Config
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+GUNICORN = [sys.executable, "-m", "gunicorn", "--no-control-socket", "--keep-alive", "75", "--log-level", "warning"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def command_for(config: Config, port: int) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment that serve `config` on 127.0.0.1:port."""
+    bind = f"127.0.0.1:{port}"
+    web_conf = ["-c", "services/web/gunicorn_conf.py"]
+    env = {"WEB_BIND": bind, **config.env}
+    commands = {
+        "gunicorn-web": [sys.executable, "-m", "gunicorn", *web_conf, "services.web.wsgi:app"],
+        "gunicorn-bare-flask": [sys.executable, "-m", "gunicorn", *web_conf, "loadtest.bare.flask_app:app"],
+        "tornado": [sys.executable, "-m", "services.catalog", "--bind", bind, "--processes", str(CORES)],
+        "gunicorn-tornado": [*GUNICORN, "-k", "tornado", "-w", str(CORES), "--bind", bind,
+                             "services.catalog.app:make_app()"],
+        "aiohttp": [sys.executable, "-m", "services.httpbin", "--bind", bind],
+        "gunicorn-aiohttp": [*GUNICORN, "-k", "aiohttp.GunicornWebWorker", "-w", str(CORES), "--reuse-port",
+                             "--bind", bind, "services.httpbin.app:app_factory"],
+        "bare-tornado": [sys.executable, "-m", "loadtest.bare.tornado_app", str(port), str(CORES)],
+        "bare-aiohttp": [sys.executable, "-m", "loadtest.bare.aiohttp_app", str(port)],
+    }
+    return commands[config.kind], env
+
+
+def nginx_conf(listen: int, upstream: int | None, workdir: Path) -> str:
+    """A minimal edge: a keep-alive upstream pool (like the stack's), or a static 200 when upstream is None."""
+    if upstream is None:
+        locations = ('location /static/plaintext { default_type text/plain; return 200 "Hello, World!"; }\n'
+                     '        location /static/json { default_type application/json; '
+                     'return 200 \'{"message":"Hello, World!"}\'; }')
+        upstream_block = ""
+    else:
+        upstream_block = f"upstream app {{ server 127.0.0.1:{upstream}; keepalive 64; keepalive_timeout 60s; }}"
+        locations = ('location / { proxy_pass http://app; proxy_http_version 1.1; '
+                     'proxy_set_header Connection ""; proxy_set_header Host $host; }')
+    user = "user root root;" if os.geteuid() == 0 else ""
+    return f"""{user}
+worker_processes auto;
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 100000;
+    client_body_temp_path {workdir}/body; proxy_temp_path {workdir}/proxy;
+    fastcgi_temp_path {workdir}/fcgi; uwsgi_temp_path {workdir}/uwsgi; scgi_temp_path {workdir}/scgi;
+    {upstream_block}
+    server {{
+        listen 127.0.0.1:{listen};
+        {locations}
+    }}
+}}
+"""
+
+
+@dataclass
+class Running:
+    """A started process tree, with CPU accounting across all its processes."""
+
+    name: str
+    process: subprocess.Popen
+    port: int
+    _cpu_mark: float = field(default=0.0)
+
+    def tree(self) -> list[psutil.Process]:
+        try:
+            root = psutil.Process(self.process.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for proc in self.tree():
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                continue
+        return total
+
+    def rss_mb(self) -> float:
+        total = 0
+        for proc in self.tree():
+            try:
+                total += proc.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+        return total / 2**20
+
+    def mark(self) -> None:
+        self._cpu_mark = self.cpu_seconds()
+
+    def cpu_since_mark(self, seconds: float) -> float:
+        """Cores busy on average since mark()."""
+        return (self.cpu_seconds() - self._cpu_mark) / seconds
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def wait_until_serving(port: int, path: str, process: subprocess.Popen, timeout: float = 30) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"nothing answered http://127.0.0.1:{port}{path} within {timeout} s")
+
+
+def start(config: Config, data_dir: Path) -> Running:
+    """The configuration's server, ready to serve (its SQLite files in data_dir)."""
+    port = free_port()
+    if config.kind == "nginx-static":
+        return start_nginx(config.name, None, data_dir)
+    command, env = command_for(config, port)
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "STACK_DATA": str(data_dir), **env},
+    )
+    running = Running(config.name, process, port)
+    try:
+        wait_until_serving(port, f"{config.prefix}/json", process)
+    except RuntimeError:
+        running.stop()
+        raise
+    return running
+
+
+def start_nginx(name: str, upstream: int | None, data_dir: Path) -> Running:
+    workdir = Path(tempfile.mkdtemp(prefix="nginx-", dir=data_dir))
+    port = free_port()
+    (workdir / "nginx.conf").write_text(nginx_conf(port, upstream, workdir))
+    process = subprocess.Popen([NGINX, "-c", str(workdir / "nginx.conf"), "-e", str(workdir / "error.log"),
+                                "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    running = Running(f"nginx for {name}", process, port)
+    probe = "/static/json" if upstream is None else None
+    if probe:
+        wait_until_serving(port, probe, process)
+    else:
+        time.sleep(0.5)
+        if process.poll() is not None:
+            raise RuntimeError(f"nginx exited: {(workdir / 'error.log').read_text()[-500:]}")
+    return running

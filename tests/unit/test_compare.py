@@ -1,0 +1,111 @@
+"""The comparison harness: matrix expansion, the I/O ceiling arithmetic, wrk parsing, report rendering."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loadtest.compare import matrix, report
+from loadtest.compare.wrk import parse_wrk
+from loadtest.stepping import steps
+
+
+def test_full_matrix_covers_every_configuration_workload_and_route():
+    cells = matrix.expand()
+    keys = {cell.key for cell in cells}
+    assert len(keys) == len(cells)  # no duplicates
+    for config in matrix.CONFIGS:
+        for workload in config.endpoints:
+            routes = ("direct",) if config.kind == "nginx-static" else ("direct", "nginx")
+            for route in routes:
+                assert f"{config.name}/{workload}/{route}" in keys
+    assert {cell.workload.name for cell in cells} == {"plaintext", "json", "io", "cpu"}
+    assert not any(cell.config.family == "reference" and cell.workload.name in ("io", "cpu") for cell in cells)
+
+
+def test_cells_are_grouped_by_configuration_so_each_server_starts_once():
+    names = [cell.config.name for cell in matrix.expand()]
+    seen_groups = [name for i, name in enumerate(names) if i == 0 or names[i - 1] != name]
+    assert len(seen_groups) == len(set(seen_groups))
+
+
+def test_quick_matrix_is_a_small_subset():
+    quick = matrix.expand(quick=True)
+    assert {c.config.name for c in quick} == set(matrix.QUICK_CONFIGS)
+    assert {c.workload.name for c in quick} == set(matrix.QUICK_WORKLOADS)
+    assert len(quick) < len(matrix.expand()) / 3
+
+
+@pytest.mark.parametrize(
+    ("config", "users", "expected"),
+    [("web-gthread", 200, 320.0), ("web-gevent", 200, 4000.0), ("catalog-tornado", 200, 4000.0),
+     ("httpbin-aiohttp", 10, 200.0)],
+)
+def test_io_ceiling_is_slots_over_wait(config, users, expected):
+    assert matrix.io_ceiling(matrix.BY_NAME[config], users) == expected
+
+
+def test_sync_ceiling_is_its_worker_count_over_the_wait():
+    sync = matrix.BY_NAME["web-sync"]
+    assert matrix.io_ceiling(sync, 200) == sync.slots / 0.05
+    assert matrix.io_ceiling(matrix.Config("x", "web", "x", "/x", "k", slots=5), 200) == 100.0
+
+
+WRK_OUTPUT = """Running 4s test @ http://127.0.0.1:8080/catalog/json
+  2 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    15.42ms    3.10ms  48.20ms   80.00%
+    Req/Sec     2.09k   120.00     2.40k    70.00%
+  Latency Distribution
+     50%   14.80ms
+     75%   16.90ms
+     90%   19.00ms
+     99%   850.00us
+  16720 requests in 4.00s, 3.20MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 4
+Requests/sec:   4178.50
+Transfer/sec:    819.00KB
+"""
+
+
+def test_parse_wrk():
+    parsed = parse_wrk(WRK_OUTPUT)
+    assert parsed == {"rps": 4178.5, "p50_ms": 14.8, "p99_ms": 0.85, "requests": 16720, "failures": 7}
+
+
+def test_step_shape_counts():
+    assert steps(10, 10, 50) == [10, 20, 30, 40, 50]
+    assert steps(10, 40, 100) == [10, 50, 90, 100]
+
+
+def fixture_results() -> dict:
+    def run(rps, driver=0.5):
+        return {"driver": "locust", "rps": rps, "p50_ms": 5.0, "p99_ms": 20.0, "requests": int(rps * 4),
+                "failures": 0, "driver_cpu": driver, "server_cpu": 1.2, "nginx_cpu": None, "server_rss_mb": 80.0}
+
+    cells = [
+        {"config": "web-gevent", "label": "Flask, gunicorn gevent x2", "family": "web", "workload": "json",
+         "route": "direct", "users": 64, "path": "/web/json", "ceiling_rps": None,
+         "runs": [run(900), run(1000), run(1100)], "wrk": {**run(3000), "driver": "wrk"}},
+        {"config": "web-gevent", "label": "Flask, gunicorn gevent x2", "family": "web", "workload": "io",
+         "route": "direct", "users": 200, "path": "/web/io?ms=50", "ceiling_rps": 4000.0,
+         "runs": [run(3400, 0.95)], "wrk": None},
+    ]
+    return {"started": "2026-11-27T12:00:00", "command": "make compare", "versions": {"locust": "2.47.0"},
+            "machine": {"cores": 2, "cpu_model": "test", "loadavg_start": [0.1, 0, 0], "loadavg_end": [1.0, 0, 0]},
+            "settings": {"warmup_s": 1, "measure_s": 4, "repetitions": 3, "wrk": True, "wrk_connections": 64,
+                         "workloads": ["json", "io"]}, "cells": cells}
+
+
+def test_report_renders_medians_ceilings_and_charts(tmp_path):
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(fixture_results()))
+    text = report.render(results).read_text()
+    assert "| Flask, gunicorn gevent x2 | direct | 1,000 | 3,000 |" in text  # the median of 900/1000/1100
+    assert "| 4,000 | 85% |" in text  # io: ceiling and the achieved fraction
+    assert "3,400 ⚠" in text  # the driver was saturated
+    for chart in ("throughput.png", "latency-cpu-rss.png"):
+        assert (tmp_path / chart).stat().st_size > 10_000
+        assert f"]({chart})" in text
