@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Native mode needs Debian's nginx and its stream module. As root on Debian/Ubuntu they are installed here;
+# Native mode needs Debian's nginx and its stream module (and make compare likes wrk). As root on Debian/Ubuntu they are installed here;
 # anyone else is told exactly what to install. Compose mode needs neither, so this only warns.
 set -euo pipefail
 
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(libnginx-mod-stream)
+# wrk is optional: make compare measures with it too when it is there.
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then

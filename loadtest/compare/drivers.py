@@ -63,11 +63,12 @@ def _measure_window(seconds: float, server: Running, nginx: Running | None) -> t
 
 
 def locust_run(url: str, path: str, users: int, warmup: float, seconds: float, server: Running,
-               nginx: Running | None) -> Measurement:
-    """`users` FastHttpUsers hitting `path` back to back: a warm-up, then a measured window."""
-    env = Environment(user_classes=[_bench_user(path)], host=url)
+               nginx: Running | None, user_classes: list | None = None) -> Measurement:
+    """`users` FastHttpUsers hitting `path` back to back (or the given scenario classes): a warm-up, then a
+    measured window."""
+    env = Environment(user_classes=user_classes or [_bench_user(path)], host=url)
     runner = env.create_local_runner()
-    runner.start(users, spawn_rate=users)
+    runner.start(users, spawn_rate=users if user_classes is None else max(users / 5, 1))
     gevent.sleep(warmup)
     env.stats.reset_all()
     started = time.monotonic()

@@ -10,6 +10,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +20,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from deploy.topology import ROOT
+from deploy.topology import ROOT, Site
 from loadtest.compare import drivers, report, servers
 from loadtest.compare.matrix import CORES, Cell, expand, io_ceiling
 from loadtest.compare.wrk import WRK
@@ -79,6 +80,38 @@ def measure(cell: Cell, server: servers.Running, nginx: servers.Running | None, 
             "ceiling_rps": ceiling, "runs": runs, "wrk": wrk}
 
 
+MIXED_USERS = 100
+
+
+def mixed(settings: Settings, progress: Progress, task: object) -> dict:
+    """The locustfile's realistic mix (catalog browsers, shoppers, httpbin callers) against a whole native
+    stack of its own (web on gevent workers), through nginx."""
+    from loadtest import locustfile  # the scenario classes; imported here, in the harness process only
+
+    data = Path(tempfile.mkdtemp(prefix="compare-mixed-"))
+    env = {**os.environ, "STACK_NET": "127.0.41", "STACK_HOST": "127.0.41.1", "STACK_PORT": str(servers.free_port()),
+           "STACK_VAR": str(data)}
+    site = Site.from_env(env)
+    deploy = [sys.executable, "-m", "deploy"]
+    try:
+        subprocess.run([*deploy, "up", "--mode", "native"], env=env, cwd=ROOT, check=True, capture_output=True)
+        stack = servers.Running("stack", None, site.public_port,
+                                int((data / "run" / "supervisord.pid").read_text()))
+        classes = [locustfile.CatalogBrowser, locustfile.Shopper, locustfile.HttpbinCaller]
+        progress.update(task, description="mixed (whole stack, 100 users)")
+        runs = []
+        for _ in range(settings.repetitions):
+            runs.append(drivers.locust_run(site.base_url, "", MIXED_USERS, settings.warmup_s * 5,
+                                           settings.measure_s * 3, stack, None, classes).as_dict())
+            progress.advance(task)
+    finally:
+        subprocess.run([*deploy, "down"], env=env, cwd=ROOT, capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+    return {"config": "stack-gevent", "label": "whole stack (web on gevent x5)", "family": "stack",
+            "workload": "mixed", "route": "nginx", "users": MIXED_USERS, "path": "locustfile mix",
+            "ceiling_rps": None, "runs": runs, "wrk": None}
+
+
 def main(quick: bool = False) -> int:
     # Locust warns about spawning every user at once: that is deliberate here (the warm-up absorbs it).
     logging.getLogger("locust").setLevel(logging.ERROR)
@@ -95,7 +128,7 @@ def main(quick: bool = False) -> int:
         "cells": [],
     }
     console = Console()
-    steps = len(cells) * (settings.repetitions + (1 if settings.wrk else 0))
+    steps = len(cells) * (settings.repetitions + (1 if settings.wrk else 0)) + (0 if quick else settings.repetitions)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("starting", total=steps)
@@ -115,6 +148,9 @@ def main(quick: bool = False) -> int:
                     if running:
                         running.stop()
                 shutil.rmtree(data, ignore_errors=True)
+        if not quick:
+            results["cells"].append(mixed(settings, progress, task))
+            results["settings"]["workloads"].append("mixed")
     results["machine"]["loadavg_end"] = list(os.getloadavg())
     results["finished"] = datetime.now().isoformat(timespec="seconds")
     (out / "results.json").write_text(json.dumps(results, indent=2))

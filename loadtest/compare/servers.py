@@ -84,13 +84,18 @@ class Running:
     """A started process tree, with CPU accounting across all its processes."""
 
     name: str
-    process: subprocess.Popen
+    process: subprocess.Popen | None  # None: a tree this harness did not start (the mixed run's stack)
     port: int
+    root_pid: int = 0
     _cpu_mark: float = field(default=0.0)
+
+    def __post_init__(self) -> None:
+        if self.process is not None:
+            self.root_pid = self.process.pid
 
     def tree(self) -> list[psutil.Process]:
         try:
-            root = psutil.Process(self.process.pid)
+            root = psutil.Process(self.root_pid)
             return [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
             return []
@@ -122,7 +127,7 @@ class Running:
         return (self.cpu_seconds() - self._cpu_mark) / seconds
 
     def stop(self) -> None:
-        if self.process.poll() is None:
+        if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout=30)
