@@ -3,6 +3,7 @@
     python -m loadtest ui [--workers N]                      the web UI on http://127.0.0.1:8089 (Ctrl-C stops)
     python -m loadtest headless --users U --rate R --time T  a bounded run; CSV and HTML report in reports/
     python -m loadtest compare [--quick]                     worker classes and frameworks side by side
+    python -m loadtest soak [--minutes 10 --users 100]       the mix for a while: failures, p99, RSS growth
 
 The stack's address comes from deploy/topology.py (STACK_HOST, STACK_PORT). In Compose mode the UI runs as
 the `load` profile's containers (a master and N workers) instead.
@@ -76,6 +77,52 @@ def headless(site: Site, users: int, rate: float, duration: str, classes: list[s
     return code
 
 
+def soak(site: Site, minutes: float, users: int, out: Path) -> int:
+    """The mix at `users` for `minutes` against the running native stack: failures, p99 per minute and the
+    stack's RSS over time (a leak shows as growth)."""
+    import csv
+    import json
+
+    import psutil
+
+    pidfile = site.var / "run" / "supervisord.pid"
+    if not pidfile.exists():
+        print("soak measures the native stack's processes: start it with MODE=native make up")
+        return 2
+    root = psutil.Process(int(pidfile.read_text()))
+
+    def rss_mb() -> float:
+        return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
+
+    out.mkdir(parents=True, exist_ok=True)
+    command = [*locust(), "--headless", "--users", str(users), "--spawn-rate", "10", "--run-time",
+               f"{int(minutes * 60)}s", "--host", site.base_url, "--csv", str(out / "locust"), "--csv-full-history",
+               "--only-summary", "CatalogBrowser", "Shopper", "HttpbinCaller"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
+    samples = []
+    started = time.monotonic()
+    while process.poll() is None:
+        samples.append((round(time.monotonic() - started), rss_mb()))
+        time.sleep(15)
+    with (out / "locust_stats_history.csv").open() as history:
+        rows = [r for r in csv.DictReader(history) if r["Name"] == "Aggregated"]
+    first_ts = int(rows[0]["Timestamp"])
+    p99_by_minute: dict[int, float] = {}
+    for row in rows:
+        if row["99%"] not in ("N/A", ""):
+            p99_by_minute[(int(row["Timestamp"]) - first_ts) // 60] = float(row["99%"])
+    warm = [rss for t, rss in samples if t >= 60] or [rss for _, rss in samples]
+    result = {
+        "users": users, "minutes": minutes, "requests": int(rows[-1]["Total Request Count"]),
+        "failures": int(rows[-1]["Total Failure Count"]), "p99_ms_by_minute": p99_by_minute,
+        "rss_mb": samples, "rss_growth_after_first_minute": (warm[-1] - warm[0]) / warm[0],
+    }
+    (out / "soak.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "rss_mb"}, indent=2))
+    print(f"RSS {warm[0]:.0f} MB -> {warm[-1]:.0f} MB after the first minute; details in {out / 'soak.json'}")
+    return 0 if result["failures"] == 0 and process.returncode == 0 else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -87,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--time", default=os.environ.get("TIME", "30s"))
     run.add_argument("--classes", default=os.environ.get("CLASSES", "CatalogBrowser Shopper HttpbinCaller"))
     run.add_argument("--out", type=Path)
+    soak_args = commands.add_parser("soak")
+    soak_args.add_argument("--minutes", type=float, default=10)
+    soak_args.add_argument("--users", type=int, default=100)
     compare = commands.add_parser("compare")
     compare.add_argument("--quick", action="store_true", default=os.environ.get("QUICK") == "1")
     args = parser.parse_args(argv)
@@ -96,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "headless":
         out = args.out or REPORTS / f"load-{datetime.now():%Y%m%d-%H%M%S}"
         return headless(site, args.users, args.rate, args.time, args.classes.split(), out)
+    if args.command == "soak":
+        return soak(site, args.minutes, args.users, REPORTS / f"soak-{datetime.now():%Y%m%d-%H%M%S}")
     from loadtest.compare.run import main as compare_main
 
     return compare_main(quick=args.quick)

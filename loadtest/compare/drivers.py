@@ -76,7 +76,7 @@ def locust_run(url: str, path: str, users: int, warmup: float, seconds: float, s
     elapsed = time.monotonic() - started
     total = env.stats.total
     measurement = Measurement(
-        "locust", total.num_requests / elapsed, total.get_response_time_percentile(0.5) or 0.0,
+        "locust", (total.num_requests - total.num_failures) / elapsed,  # only answers that passed the check total.get_response_time_percentile(0.5) or 0.0,
         total.get_response_time_percentile(0.99) or 0.0, total.num_requests, total.num_failures, driver,
         server_cpu, nginx_cpu, server.rss_mb(),
     )
@@ -98,7 +98,8 @@ def wrk_run(url: str, connections: int, seconds: float, server: Running, nginx: 
     if process.returncode:
         raise RuntimeError(f"wrk failed: {output[-500:]}")
     parsed = parse_wrk(output)
-    return Measurement("wrk", parsed["rps"], parsed["p50_ms"], parsed["p99_ms"], parsed["requests"],
+    good_rps = parsed["rps"] * (1 - parsed["failures"] / max(parsed["requests"], 1))
+    return Measurement("wrk", good_rps, parsed["p50_ms"], parsed["p99_ms"], parsed["requests"],
                        parsed["failures"], (usage.ru_utime + usage.ru_stime) / seconds,
                        server.cpu_since_mark(seconds), nginx.cpu_since_mark(seconds) if nginx else None,
                        server.rss_mb())

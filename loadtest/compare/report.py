@@ -133,6 +133,8 @@ def render(results_path: Path) -> Path:
         "(the wrk column is the better guide).",
         "",
         tables(results),
+        *([f"Not measured: {', '.join(e['cell'] for e in results['errors'])} (see results.json)", ""]
+          if results.get("errors") else []),
         *[f"![{image.stem}]({image.name})" for image in images],
         "",
     ]

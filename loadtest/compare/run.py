@@ -126,6 +126,7 @@ def main(quick: bool = False) -> int:
         "machine": machine(), "versions": versions(),
         "settings": {**settings.__dict__, "workloads": list(dict.fromkeys(c.workload.name for c in cells))},
         "cells": [],
+        "errors": [],
     }
     console = Console()
     steps = len(cells) * (settings.repetitions + (1 if settings.wrk else 0)) + (0 if quick else settings.repetitions)
@@ -141,7 +142,13 @@ def main(quick: bool = False) -> int:
             try:
                 for cell in group:
                     progress.update(task, description=cell.key)
-                    results["cells"].append(measure(cell, server, nginx, settings, progress, task))
+                    try:
+                        if not server.alive():
+                            raise RuntimeError(f"the server died before this cell: {server.log_tail()}")
+                        results["cells"].append(measure(cell, server, nginx, settings, progress, task))
+                    except RuntimeError as error:  # record it and go on: one broken cell must not lose the rest
+                        console.print(f"[red]{cell.key}: {error}[/red]")
+                        results["errors"].append({"cell": cell.key, "error": str(error)})
                     (out / "results.json").write_text(json.dumps(results, indent=2))
             finally:
                 for running in (nginx, server):
@@ -157,6 +164,6 @@ def main(quick: bool = False) -> int:
     path = report.render(out / "results.json")
     console.print(f"\n[bold]report[/bold] {path}\n[bold]data[/bold]   {out / 'results.json'}")
     failures = sum(run["failures"] for cell in results["cells"] for run in cell["runs"])
-    if failures:
-        console.print(f"[red]{failures} failed requests[/red]")
-    return 1 if failures else 0
+    if failures or results["errors"]:
+        console.print(f"[red]{failures} failed requests, {len(results['errors'])} cells not measured[/red]")
+    return 1 if failures or results["errors"] else 0

@@ -87,7 +87,14 @@ class Running:
     process: subprocess.Popen | None  # None: a tree this harness did not start (the mixed run's stack)
     port: int
     root_pid: int = 0
+    log: Path | None = None
     _cpu_mark: float = field(default=0.0)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None if self.process is not None else psutil.pid_exists(self.root_pid)
+
+    def log_tail(self, size: int = 800) -> str:
+        return self.log.read_text(errors="replace")[-size:] if self.log and self.log.exists() else ""
 
     def __post_init__(self) -> None:
         if self.process is not None:
@@ -158,16 +165,18 @@ def start(config: Config, data_dir: Path) -> Running:
     if config.kind == "nginx-static":
         return start_nginx(config.name, None, data_dir)
     command, env = command_for(config, port)
-    process = subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "STACK_DATA": str(data_dir), **env},
-    )
-    running = Running(config.name, process, port)
+    log = data_dir / f"{config.name}.log"  # the server's own output: access logs, and why it died if it did
+    with log.open("ab") as sink:
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "STACK_DATA": str(data_dir), **env},
+        )
+    running = Running(config.name, process, port, log=log)
     try:
         wait_until_serving(port, f"{config.prefix}/json", process)
-    except RuntimeError:
+    except RuntimeError as error:
         running.stop()
-        raise
+        raise RuntimeError(f"{config.name}: {error}; its log ends: {running.log_tail()}") from None
     return running
 
 
