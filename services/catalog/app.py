@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 import weakref
 from typing import Any
@@ -19,13 +18,12 @@ from tornado.httpclient import AsyncHTTPClient
 
 from services.catalog.openapi import OPENAPI
 from services.catalog.store import Items, validate
-from services.common import db, http, semantics, stack_dns
+from services.common import accesslog, db, http, semantics, stack_dns
 from services.common.idempotency import HEADER as IDEMPOTENCY_KEY
 from services.common.idempotency import StoredResponse, fingerprint, run_once
 
 SERVICE = "catalog"
 PREFIX = "/catalog"
-access_log = logging.getLogger("tornado.access")
 # Requests served per TCP connection (Tornado keeps one IOStream per connection across requests).
 _requests_per_stream: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
@@ -290,16 +288,9 @@ ROUTES: list[tuple[str, type[BaseHandler]]] = [
 def log_request(handler: tornado.web.RequestHandler) -> None:
     """Access log line with the request id and the request time, like the other services'."""
     request = handler.request
-    access_log.info(
-        '%s "%s %s %s" %d rid=%s rt=%.6f',
-        request.remote_ip,
-        request.method,
-        request.uri,
-        request.version,
-        handler.get_status(),
-        getattr(handler, "request_id", "-") or "-",
-        request.request_time(),
-    )
+    accesslog.write(request.remote_ip or "-", f"{request.method} {request.uri} {request.version}",
+                    handler.get_status(), handler._headers.get("Content-Length", "-"),
+                    getattr(handler, "request_id", "-") or "-", request.request_time())
 
 
 def make_app(db_path: str | None = None, **settings: Any) -> tornado.web.Application:

@@ -8,7 +8,7 @@ import os
 
 from aiohttp import web
 
-from services.httpbin.app import ACCESS_LOG_FORMAT, create_app
+from services.httpbin.app import AccessLogger, create_app
 
 
 def main() -> None:
@@ -19,7 +19,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(process)d %(message)s")
     # keepalive_timeout (75 s) outlives nginx's upstream keepalive_timeout (60 s): nginx closes idle first.
     web.run_app(
-        create_app(), host=host, port=int(port), access_log_format=ACCESS_LOG_FORMAT,
+        create_app(), host=host, port=int(port), access_log_class=AccessLogger,
         keepalive_timeout=75, backlog=2048, print=None,
     )
 
