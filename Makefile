@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-deps up down ps logs urls test lint fmt lock clean loadtest loadtest-headless compare
+.PHONY: help setup system-deps up down ps logs urls test lint fmt lock clean loadtest loadtest-headless soak compare
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ loadtest: setup  ## Locust's web UI on http://127.0.0.1:8089 against the running
 
 loadtest-headless: setup  ## a bounded Locust run: USERS=50 RATE=10 TIME=30s CLASSES=...; report in reports/
 	@$(PY) -m loadtest headless
+
+soak: setup  ## the locustfile's mix against the running native stack: MINUTES=10 USERS=100; p99 and RSS over time
+	@$(PY) -m loadtest soak
 
 compare: setup  ## worker classes and frameworks side by side: reports/compare-<time>/ (QUICK=1: ~2 min)
 	@$(PY) -m loadtest compare

@@ -146,7 +146,7 @@ def main(quick: bool = False) -> int:
                         if not server.alive():
                             raise RuntimeError(f"the server died before this cell: {server.log_tail()}")
                         results["cells"].append(measure(cell, server, nginx, settings, progress, task))
-                    except RuntimeError as error:  # record it and go on: one broken cell must not lose the rest
+                    except Exception as error:  # noqa: BLE001 - record it and go on: one broken cell must not lose the rest
                         console.print(f"[red]{cell.key}: {error}[/red]")
                         results["errors"].append({"cell": cell.key, "error": str(error)})
                     (out / "results.json").write_text(json.dumps(results, indent=2))
