@@ -51,7 +51,7 @@ def ancestors(pid: int) -> set[int]:
 
 
 # Only these programs are ever the stack's; a shell or `make` that merely has STACK_VAR set is not.
-STACK_PROGRAMS = (b"services.", b"gunicorn", b"nginx", b"supervisord")
+STACK_PROGRAMS = (b"services.", b"gunicorn", b"nginx", b"supervisord", b"locust")
 
 
 def marked(var: Path) -> set[int]:

@@ -145,7 +145,7 @@ class Native:
             leftover = {p for p in tree | {pid} if procs.alive(p)}
         else:
             leftover = set()
-        leftover |= procs.marked(self.site.var)
+        leftover |= procs.marked(self.site.var)  # also Locust processes `make loadtest` left running
         for straggler in leftover:  # a last resort; a clean shutdown leaves none
             log(f"killing leftover process {straggler}")
             try:

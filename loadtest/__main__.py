@@ -32,6 +32,10 @@ def locust() -> list[str]:
     return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 def ui(site: Site, workers: int) -> int:
     url = f"http://{UI_HOST}:{UI_PORT}"
     if choose_mode(None, site) == "compose":
@@ -42,14 +46,18 @@ def ui(site: Site, workers: int) -> int:
         if code == 0:
             print(f"\nLocust's web UI: {url}  (target: http://nginx:8080 inside Compose; `make down` stops it)\n")
         return code
+    # STACK_VAR marks them as this stack's processes, so `make down` stops any that outlive this command.
+    env = {**os.environ, "STACK_VAR": str(site.var)}
     master = subprocess.Popen([*locust(), "--master", "--class-picker", "--host", site.base_url,
                                "--web-host", UI_HOST, "--web-port", str(UI_PORT), "--expect-workers", str(workers)],
-                              cwd=ROOT, start_new_session=True)
+                              cwd=ROOT, start_new_session=True, env=env)
     time.sleep(1.0)
     children = [master] + [
-        subprocess.Popen([*locust(), "--worker", "--master-host", "127.0.0.1"], cwd=ROOT, start_new_session=True)
+        subprocess.Popen([*locust(), "--worker", "--master-host", "127.0.0.1"], cwd=ROOT, start_new_session=True,
+                         env=env)
         for _ in range(workers)
     ]
+    signal.signal(signal.SIGTERM, _interrupt)  # a TERM (make, timeout, kill) cleans up like Ctrl-C
     print(f"\nLocust's web UI: {url}  (target {site.base_url}, {workers} workers; Ctrl-C stops them)\n", flush=True)
     try:
         return master.wait()
