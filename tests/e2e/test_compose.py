@@ -32,9 +32,16 @@ def docker(*args: str) -> str:
     return result.stdout.strip()
 
 
-def container_logs(container: str) -> str:
-    return subprocess.run([shutil.which("docker") or "docker", "logs", container], capture_output=True,
-                          text=True, timeout=60).stderr  # Python's logging writes to stderr
+def container_logs(container: str, needle: str, timeout: float = 10) -> str:
+    """The container's output (stdout and stderr) once it contains `needle`, or as it is at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = subprocess.run([shutil.which("docker") or "docker", "logs", container], capture_output=True,
+                                text=True, timeout=60)
+        output = result.stdout + result.stderr
+        if needle in output or time.monotonic() > deadline:
+            return output
+        time.sleep(0.3)
 
 
 def inspect(container: str) -> dict:
@@ -127,7 +134,7 @@ class TestComposeStack(StackContract, HttpSemanticsContract):
                 else:
                     time.sleep(0.5)
             assert reached, "nginx never reached the recreated catalog container"
-            assert reached in container_logs(new)  # the new container served it
+            assert reached in container_logs(new, reached)  # the new container served it
         finally:
             docker("rm", "--force", placeholder)
         nginx_after = inspect(stack.container("nginx"))
