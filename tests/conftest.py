@@ -1,12 +1,8 @@
-"""Shared test helpers: free ports and the repository root."""
+"""Shared test helpers: free ports."""
 
 from __future__ import annotations
 
 import socket
-
-import pytest
-
-from deploy.topology import ROOT
 
 
 def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
@@ -26,8 +22,3 @@ def free_tcp_udp_port(host: str = "127.0.0.1") -> int:
         except OSError:
             continue
     raise RuntimeError("no port free for both TCP and UDP")
-
-
-@pytest.fixture(scope="session")
-def root():
-    return ROOT

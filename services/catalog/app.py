@@ -137,7 +137,7 @@ class FanoutHandler(BaseHandler):
         base = stack_dns.HTTPBIN_URL
         try:
             address = await stack_dns.resolver.address_async(urlsplit(base).hostname or "")
-        except stack_dns.LookupError_ as error:
+        except stack_dns.NameNotFound as error:
             raise http.Problem(502, "Bad Gateway", str(error)) from None
         prefix, host = stack_dns.by_address(base, address)
         path = f"/httpbin/delay/{delay}"

@@ -99,15 +99,9 @@ class Items:
         with db.transaction(self.conn):
             row = self._row(item_id)
             current = semantics.strong_etag(representation(row)) if row else None
-            semantics.check_if_none_match_for_write(if_none_match, current)
-            try:
-                semantics.check_if_match(if_match, current, required=True)
-            except Problem as failed:
-                # A retried PUT whose first attempt already applied (its response was lost) finds the state it
-                # asked for: RFC 9110 13.1.1 lets it succeed rather than fail with 412.
-                if failed.status == 412 and row is not None and all(row[k] == v for k, v in fields.items()):
-                    return representation(row), False
-                raise
+            applied = row is not None and all(row[k] == v for k, v in fields.items())
+            if semantics.check_replace(if_match, if_none_match, current, True, applied):
+                return representation(row), False
             if row is None:
                 stamp = now()
                 self.conn.execute(

@@ -118,14 +118,10 @@ class Documents:
              document: dict) -> StoredResponse:
         with db.transaction(self.conn):
             row = self._row(collection, key)
-            semantics.check_if_none_match_for_write(headers.get("If-None-Match"), self.etag(row))
-            try:
-                semantics.check_if_match(headers.get("If-Match"), self.etag(row), self.require_if_match)
-            except Problem as failed:
-                # A retry whose first attempt already applied finds its state: success, not 412 (RFC 9110 13.1.1).
-                if failed.status == 412 and row is not None and json.loads(row["body"]) == document:
-                    return self.response(row, 200, location)
-                raise
+            applied = row is not None and json.loads(row["body"]) == document
+            if semantics.check_replace(headers.get("If-Match"), headers.get("If-None-Match"), self.etag(row),
+                                       self.require_if_match, applied):
+                return self.response(row, 200, location)
             if row is None:
                 self._insert(collection, key, document)
                 return self.response(self._row(collection, key), 201, location)

@@ -117,6 +117,21 @@ def check_if_none_match_for_write(header: str | None, current: str | None) -> No
         raise Problem(412, "Precondition Failed", "the resource already exists")
 
 
+def check_replace(if_match: str | None, if_none_match: str | None, current: str | None, required: bool,
+                  already_applied: bool) -> bool:
+    """The preconditions of a PUT (create-only `If-None-Match: *`, then `If-Match`). Returns True when the
+    If-Match is stale but the state it asks for is already there: a retry whose first attempt applied and whose
+    response was lost, which RFC 9110 13.1.1 lets succeed (200 with the current state) rather than fail (412)."""
+    check_if_none_match_for_write(if_none_match, current)
+    try:
+        check_if_match(if_match, current, required)
+    except Problem as failed:
+        if failed.status == 412 and already_applied:
+            return True
+        raise
+    return False
+
+
 def merge_patch(target: object, patch: object) -> object:
     """RFC 7396 JSON Merge Patch: null deletes a member, objects merge recursively, anything else replaces."""
     if not isinstance(patch, dict):

@@ -22,7 +22,7 @@ CATALOG_URL = os.environ.get("STACK_CATALOG_URL", "http://catalog.stack.internal
 HTTPBIN_URL = os.environ.get("STACK_HTTPBIN_URL", "http://httpbin.stack.internal:8003")
 
 
-class LookupError_(Exception):
+class NameNotFound(Exception):
     """The name is not in the stack's zone (or its DNS server did not answer)."""
 
 
@@ -43,7 +43,7 @@ class StackResolver:
                 with self._lock:
                     self._cache[name] = (rrset[0].address, time.monotonic() + rrset.ttl)
                 return rrset[0].address
-        raise LookupError_(f"{name} does not resolve at the stack's DNS server {self.server}")
+        raise NameNotFound(f"{name} does not resolve at the stack's DNS server {self.server}")
 
     def _where(self) -> tuple[str, int]:
         host, _, port = (self.server or "").rpartition(":")
@@ -59,7 +59,7 @@ class StackResolver:
         try:
             reply = dns.query.udp(dns.message.make_query(name, "A"), host, port=port, timeout=2)
         except (OSError, dns.exception.DNSException) as error:
-            raise LookupError_(f"the stack's DNS server {self.server} did not answer: {error}") from None
+            raise NameNotFound(f"the stack's DNS server {self.server} did not answer: {error}") from None
         return self._remember(name, reply)
 
     async def address_async(self, name: str) -> str:
@@ -72,7 +72,7 @@ class StackResolver:
         try:
             reply = await dns.asyncquery.udp(dns.message.make_query(name, "A"), host, port=port, timeout=2)
         except (OSError, dns.exception.DNSException) as error:
-            raise LookupError_(f"the stack's DNS server {self.server} did not answer: {error}") from None
+            raise NameNotFound(f"the stack's DNS server {self.server} did not answer: {error}") from None
         return self._remember(name, reply)
 
 

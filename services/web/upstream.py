@@ -29,7 +29,7 @@ def request(method: str, base: str, path: str, request_id: str, **kwargs: object
     """Call another service: resolve its name through the stack's DNS, keep its name in the Host header."""
     try:
         prefix, host = stack_dns.by_address(base, stack_dns.resolver.address(urlsplit(base).hostname or ""))
-    except stack_dns.LookupError_ as error:
+    except stack_dns.NameNotFound as error:
         raise UpstreamError(str(error)) from None
     headers = {"Host": host, "X-Request-ID": request_id, **kwargs.pop("headers", {})}  # type: ignore[dict-item]
     try:

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import dns.message
@@ -32,7 +32,6 @@ class RunningStack:
     env: dict[str, str]
     logs: Callable[[str], str]  # service name ("nginx" too) -> its log so far
     address_of: Callable[[str], str]  # DNS label ("" is the apex) -> the address the stack's DNS must answer
-    started: list[str] = field(default_factory=list)
 
     def url(self, path: str) -> str:
         return self.site.base_url + path
