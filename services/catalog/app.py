@@ -7,7 +7,6 @@ semantics (ETag, If-Match, Idempotency-Key, merge patch, pagination), plus the s
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import weakref
 from typing import Any
@@ -45,7 +44,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def write_json(self, body: dict, content_type: str = http.JSON) -> None:
         self.set_header("Content-Type", content_type)
-        self.finish(json.dumps(body, separators=(",", ":")))
+        self.finish(http.to_json(body))
 
     def json_body(self, accepted: tuple[str, ...] = (http.JSON,)) -> object:
         return semantics.json_body(self.request.headers.get("Content-Type"), self.request.body, accepted)
@@ -168,7 +167,7 @@ def item_response(item: dict, status: int = 200) -> StoredResponse:
     headers = {"Content-Type": http.JSON, "ETag": semantics.strong_etag(item)}
     if status == 201:
         headers["Location"] = f"{PREFIX}/items/{item['id']}"
-    return StoredResponse(status, headers, json.dumps(item, separators=(",", ":")).encode())
+    return StoredResponse(status, headers, http.to_json(item).encode())
 
 
 class ItemsBase(BaseHandler):

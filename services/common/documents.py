@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
-from services.common import db, semantics
+from services.common import db, http, semantics
 from services.common.http import JSON, Problem
 from services.common.idempotency import IdempotencyKeys, StoredResponse, fingerprint, run_once
 
@@ -57,7 +57,7 @@ class Documents:
         headers = {"Content-Type": JSON, "ETag": semantics.strong_etag(body)}
         if status == 201:
             headers["Location"] = location
-        return StoredResponse(status, headers, json.dumps(body, separators=(",", ":")).encode())
+        return StoredResponse(status, headers, http.to_json(body).encode())
 
     def etag(self, row: sqlite3.Row | None) -> str | None:
         return semantics.strong_etag(self.representation(row)) if row else None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -38,7 +37,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def _json(body: dict, status: int = 200, content_type: str = http.JSON) -> web.Response:
     return web.Response(
-        text=json.dumps(body, separators=(",", ":")), status=status, content_type=content_type
+        text=http.to_json(body), status=status, content_type=content_type
     )
 
 
@@ -162,10 +161,9 @@ async def request_id_and_problems(request: web.Request, handler: Handler) -> web
     request[REQUEST_ID] = http.request_id(request.headers.get(http.REQUEST_ID_HEADER))
     if request.transport is not None:
         _requests_per_connection[request.transport] = _requests_per_connection.get(request.transport, 0) + 1
-    not_allowed = request.match_info.http_exception
-    if request.method == "OPTIONS" and isinstance(not_allowed, web.HTTPMethodNotAllowed):
+    if request.method == "OPTIONS" and isinstance(request.match_info.http_exception, web.HTTPMethodNotAllowed):
         # aiohttp has no automatic OPTIONS: answer it for every resource with the methods it has.
-        allow = semantics.allow_header(sorted(not_allowed.allowed_methods))
+        allow = semantics.allow_header(sorted(request.match_info.http_exception.allowed_methods))
         response = web.Response(status=204, headers={"Allow": allow})
         response.headers[http.REQUEST_ID_HEADER] = request[REQUEST_ID]
         return response

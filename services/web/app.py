@@ -7,7 +7,6 @@ in catalog over HTTP, concurrently with gevent).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import weakref
@@ -35,7 +34,7 @@ _requests_per_socket: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _json(body: object, status: int = 200, content_type: str = http.JSON) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")), status=status, content_type=content_type)
+    return Response(http.to_json(body), status=status, content_type=content_type)
 
 
 def _send(stored: StoredResponse, replayed: bool = False) -> Response:
@@ -174,7 +173,7 @@ def order_response(order: dict, status: int = 200) -> StoredResponse:
     headers = {"Content-Type": http.JSON, "ETag": semantics.strong_etag(order)}
     if status == 201:
         headers["Location"] = f"{PREFIX}/orders/{order['id']}"
-    return StoredResponse(status, headers, json.dumps(order, separators=(",", ":")).encode())
+    return StoredResponse(status, headers, http.to_json(order).encode())
 
 
 def place_order() -> Response:
@@ -294,20 +293,17 @@ def create_app(config: dict | None = None) -> Flask:
         app.add_url_rule(PREFIX + path, endpoint, view, methods=methods)
 
     @app.before_request
-    def assign_request_id() -> None:
+    def assign_request_id_and_negotiate() -> None:  # one hook, not two: each costs a call per request
         g.request_id = http.request_id(request.headers.get(http.REQUEST_ID_HEADER))
         sock = request.environ.get("gunicorn.socket")
         if sock is not None:
             _requests_per_socket[sock] = _requests_per_socket.get(sock, 0) + 1
-
-    @app.before_request
-    def negotiate() -> None:
         if request.endpoint in JSON_RESOURCES:
             semantics.require_acceptable(request.headers.get("Accept"))
 
     @app.after_request
     def echo_request_id(response: Response) -> Response:
-        # gunicorn's access log reads it back from the response (%({x-request-id}o)s).
+        # gunicorn's access log reads it back from the response (access_logger.py).
         response.headers[http.REQUEST_ID_HEADER] = g.get("request_id") or http.request_id(None)
         return response
 

@@ -63,11 +63,13 @@ control_socket_disable = True
 # native mode, the private Compose network otherwise).
 forwarded_allow_ips = "*"
 
-# Access log on stdout with the request id (echoed in the response) and the request time in seconds (%(L)s).
+# Access log on stdout with the request id (echoed in the response) and the request time in seconds, in
+# the same line format as the other services and written without the logging module (access_logger.py
+# explains why); "-" turns it on, access_log_format is not used. Errors keep gunicorn's own logger.
 accesslog = "-"
+logger_class = "services.web.access_logger.AccessLineLogger"
 errorlog = "-"
 loglevel = os.environ.get("WEB_LOG_LEVEL", "info")
-access_log_format = '%(h)s "%(r)s" %(s)s %(B)s rid=%({x-request-id}o)s rt=%(L)s pid=%(p)s'
 
 # Name in `ps` output.
 proc_name = "stack-web"
