@@ -287,7 +287,8 @@ ROUTES: list[tuple[str, type[BaseHandler]]] = [
 def log_request(handler: tornado.web.RequestHandler) -> None:
     """Access log line with the request id and the request time, like the other services'."""
     request = handler.request
-    accesslog.write(request.remote_ip or "-", f"{request.method} {request.uri} {request.version}",
+    accesslog.write(http.client_address(request.headers.get("X-Real-IP"), request.remote_ip),
+                    f"{request.method} {request.uri} {request.version}",
                     handler.get_status(), handler._headers.get("Content-Length", "-"),
                     getattr(handler, "request_id", "-") or "-", request.request_time())
 
@@ -298,7 +299,6 @@ def make_app(db_path: str | None = None, **settings: Any) -> tornado.web.Applica
         routes,
         default_handler_class=NotFoundHandler,
         log_function=log_request,
-        xheaders=True,  # trust X-Real-IP/X-Forwarded-For from nginx for remote_ip
         items=Items(db_path or db.default_path(SERVICE)),
         **settings,
     )

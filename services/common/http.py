@@ -31,6 +31,17 @@ CPU_DEFAULT_N = 10_000
 CPU_MAX_N = 1_000_000
 
 
+_IP = re.compile(r"[0-9A-Fa-f:.]{2,45}")
+
+
+def client_address(real_ip: str | None, peer: str | None) -> str:
+    """The client for an access line: nginx's X-Real-IP when it looks like an address (it goes into the log,
+    so nothing else is accepted), else the socket's peer."""
+    if real_ip and _IP.fullmatch(real_ip):
+        return real_ip
+    return peer or "-"
+
+
 # json.dumps(..., separators=...) builds a new JSONEncoder on every call; one shared encoder skips that.
 _compact_encode = json.JSONEncoder(separators=(",", ":")).encode
 

@@ -26,10 +26,10 @@ class AccessLogger(AbstractAccessLogger):
     """One line per request with the request id and time, written directly (services/common/accesslog.py)."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        accesslog.write(
-            request.remote or "-", f"{request.method} {request.path_qs} HTTP/{request.version.major}."
-            f"{request.version.minor}", response.status, response.body_length,
-            response.headers.get(http.REQUEST_ID_HEADER, "-"), time,
+        version = request.version
+        accesslog.write(  # raw_path: the request target as sent (nginx's $request has it too), no URL parsing
+            request.remote or "-", f"{request.method} {request.raw_path} HTTP/{version.major}.{version.minor}",
+            response.status, response.body_length, response.headers.get(http.REQUEST_ID_HEADER, "-"), time,
         )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -159,8 +159,9 @@ def _problem(request: web.Request, problem: http.Problem) -> web.Response:
 async def request_id_and_problems(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Assign the request id, echo it, and render every error as application/problem+json."""
     request[REQUEST_ID] = http.request_id(request.headers.get(http.REQUEST_ID_HEADER))
-    if request.transport is not None:
-        _requests_per_connection[request.transport] = _requests_per_connection.get(request.transport, 0) + 1
+    transport = request.transport
+    if transport is not None:
+        _requests_per_connection[transport] = _requests_per_connection.get(transport, 0) + 1
     if request.method == "OPTIONS" and isinstance(request.match_info.http_exception, web.HTTPMethodNotAllowed):
         # aiohttp has no automatic OPTIONS: answer it for every resource with the methods it has.
         allow = semantics.allow_header(sorted(request.match_info.http_exception.allowed_methods))
