@@ -86,6 +86,9 @@ def locust_run(url: str, path: str, users: int, warmup: float, seconds: float, s
     return measurement
 
 
+WRK_TIMEOUT_S = 10
+
+
 def wrk_run(url: str, connections: int, seconds: float, server: Running, nginx: Running | None) -> Measurement:
     threads = min(2, connections)
     server.mark()
@@ -94,8 +97,11 @@ def wrk_run(url: str, connections: int, seconds: float, server: Running, nginx: 
     # wrk's own CPU: the growth of this process's reaped-children usage (gevent reaps children itself, so
     # os.wait4 would find none); the servers are children too but stay alive, so only wrk adds to it.
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # --timeout: wrk's default (2 s) would count as failures the answers of a server that queues by design
+    # (sync x5 at 200 connections: 2 s in the backlog); 10 s still catches a stuck one.
     result = subprocess.run([WRK, "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s", "--latency",
-                             url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=seconds + 30)
+                             "--timeout", f"{WRK_TIMEOUT_S}s", url],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=seconds + 30)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     output = result.stdout
     if result.returncode:

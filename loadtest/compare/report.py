@@ -11,6 +11,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from loadtest.compare.matrix import (  # noqa: E402
+    BARE_OF,
+    BY_NAME,
+    TARGET_IO_OF_CEILING,
+    TARGET_NGINX_OF_DIRECT,
+    TARGET_OF_BARE,
+)
+
 SATURATED = 0.9  # driver cores: above this the figure measures the driver, not the server
 
 
@@ -29,7 +37,73 @@ def summarize(cell: dict) -> dict:
     summary["saturated"] = bool(summary["driver_cpu"] and summary["driver_cpu"] >= SATURATED)
     if cell.get("ceiling_rps"):
         summary["ceiling_fraction"] = (summary["rps"] or 0) / cell["ceiling_rps"]
+        summary["wrk_ceiling_fraction"] = (summary["wrk_rps"] / cell["ceiling_rps"]
+                                           if summary["wrk_rps"] is not None else None)
     return summary
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0%}"
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _mark(value: float | None, target: float) -> str:
+    return "–" if value is None else ("✓" if value >= target else "✗")
+
+
+def targets(results: dict) -> str:
+    """The issue's objectives, each computed from this run: ours ÷ bare, nginx ÷ direct, io ÷ ceiling.
+    Verdicts use wrk when it ran (Locust on the same 2 cores often measures itself), else Locust."""
+    cells = {(c["config"], c["workload"], c["route"]): summarize(c) for c in results["cells"]}
+    configs = {c["config"]: c for c in results["cells"]}
+    lines = ["## Against the targets", "",
+             f"Our code's overhead: each service ÷ its bare framework app, same server settings, direct "
+             f"(target ≥ {TARGET_OF_BARE:.0%}).", "",
+             "| service | workload | Locust | wrk | target |", "|---|---|---|---|---|"]
+    rows = len(lines)
+    for ours, bare in BARE_OF.items():
+        for workload in ("plaintext", "json"):
+            mine, ref = cells.get((ours, workload, "direct")), cells.get((bare, workload, "direct"))
+            if not mine or not ref:
+                continue
+            locust, wrk = _ratio(mine["rps"], ref["rps"]), _ratio(mine["wrk_rps"], ref["wrk_rps"])
+            lines.append(f"| {configs[ours]['label']} ÷ {configs[bare]['label']} | {workload} | {_pct(locust)} | "
+                         f"{_pct(wrk)} | {_mark(wrk if wrk is not None else locust, TARGET_OF_BARE)} |")
+    if len(lines) == rows:
+        lines.append("| (no service and its bare app both ran: `make compare` without QUICK has them) | | | | |")
+    lines += ["", f"Through nginx ÷ direct, json (target ≥ {TARGET_NGINX_OF_DIRECT:.0%} where one process leaves "
+              "a core free; elsewhere the CPU split, in cores, of the wrk run through nginx says who used it).", "",
+              "| configuration | processes | Locust | wrk | server / nginx / driver CPU | target |",
+              "|---|---|---|---|---|---|"]
+    for name, cell in configs.items():
+        direct, proxied = cells.get((name, "json", "direct")), cells.get((name, "json", "nginx"))
+        if not direct or not proxied:
+            continue
+        locust, wrk = _ratio(proxied["rps"], direct["rps"]), _ratio(proxied["wrk_rps"], direct["wrk_rps"])
+        wrk_run = next((c["wrk"] for c in results["cells"]
+                        if (c["config"], c["workload"], c["route"]) == (name, "json", "nginx")), None)
+        split = ("–" if not wrk_run else
+                 f"{wrk_run['server_cpu']:.2f} / {wrk_run['nginx_cpu'] or 0:.2f} / {wrk_run['driver_cpu']:.2f}")
+        processes = BY_NAME[name].processes if name in BY_NAME else 1
+        verdict = _mark(wrk if wrk is not None else locust, TARGET_NGINX_OF_DIRECT) if processes == 1 else "CPU split"
+        lines.append(f"| {cell['label']} | {processes} | {_pct(locust)} | {_pct(wrk)} | {split} | {verdict} |")
+    lines += ["", "io?ms=50 at 200 users ÷ the theoretical ceiling, direct (target ≥ "
+              f"{TARGET_IO_OF_CEILING['blocking']:.0%} for blocking workers, ≥ "
+              f"{TARGET_IO_OF_CEILING['event loop']:.0%} for event loops).", "",
+              "| configuration | ceiling req/s | Locust | wrk | target |", "|---|---|---|---|---|"]
+    for name, cell in configs.items():
+        io = cells.get((name, "io", "direct"))
+        if not io or "ceiling_fraction" not in io:
+            continue
+        model = "blocking" if name in BY_NAME and BY_NAME[name].slots is not None else "event loop"
+        best = io["wrk_ceiling_fraction"] if io["wrk_ceiling_fraction"] is not None else io["ceiling_fraction"]
+        lines.append(f"| {cell['label']} | {_fmt(cell['ceiling_rps'])} | {_pct(io['ceiling_fraction'])} | "
+                     f"{_pct(io['wrk_ceiling_fraction'])} | {_mark(best, TARGET_IO_OF_CEILING[model])} |")
+    lines.append("")
+    return "\n".join(lines)
 
 
 def _fmt(value: float | None, digits: int = 0) -> str:
@@ -47,7 +121,7 @@ def tables(results: dict) -> str:
         header = ["configuration", "route", "Locust req/s", "wrk req/s", "p50 ms", "p99 ms", "failures",
                   "server CPU", "nginx CPU", "driver CPU", "RSS MB"]
         if workload == "io":
-            header[4:4] = ["ceiling req/s", "of ceiling"]
+            header[4:4] = ["ceiling req/s", "of ceiling (Locust / wrk)"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for cell in cells:
             s = summarize(cell)
@@ -56,7 +130,8 @@ def tables(results: dict) -> str:
                    _fmt(s["server_cpu"], 2), _fmt(s["nginx_cpu"], 2), _fmt(s["driver_cpu"], 2),
                    _fmt(s["server_rss_mb"])]
             if workload == "io":
-                row[4:4] = [_fmt(cell["ceiling_rps"]), f"{s['ceiling_fraction']:.0%}"]
+                fractions = f"{_pct(s['ceiling_fraction'])} / {_pct(s['wrk_ceiling_fraction'])}"
+                row[4:4] = [_fmt(cell["ceiling_rps"]), fractions]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -131,6 +206,9 @@ def render(results_path: Path) -> Path:
         "The driver shares the machine with the server: its CPU use is beside every figure, and ⚠ marks a "
         f"cell where Locust kept ≥ {SATURATED} core busy — there the number measures Locust, not the server "
         "(the wrk column is the better guide).",
+        "",
+        targets(results),
+        "## Every cell",
         "",
         tables(results),
         *([f"Not measured: {', '.join(e['cell'] for e in results['errors'])} (see results.json)", ""]

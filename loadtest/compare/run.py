@@ -66,12 +66,14 @@ def measure(cell: Cell, server: servers.Running, nginx: servers.Running | None, 
     behind = nginx if cell.route == "nginx" else None
     runs = []
     for _ in range(settings.repetitions):
+        servers.settle(server.port, f"{cell.config.prefix}/json")
         runs.append(drivers.locust_run(url, path, users, settings.warmup_s, settings.measure_s, server, behind)
                     .as_dict())
         progress.advance(task)
     wrk = None
     if settings.wrk:
         connections = users if cell.workload.name == "io" else settings.wrk_connections
+        servers.settle(server.port, f"{cell.config.prefix}/json")
         wrk = drivers.wrk_run(url + path, connections, settings.measure_s, server, behind).as_dict()
         progress.advance(task)
     ceiling = io_ceiling(cell.config, users) if cell.workload.name == "io" else None

@@ -159,6 +159,27 @@ def wait_until_serving(port: int, path: str, process: subprocess.Popen, timeout:
     raise RuntimeError(f"nothing answered http://127.0.0.1:{port}{path} within {timeout} s")
 
 
+def settle(port: int, path: str, quick_s: float = 0.25, timeout: float = 30) -> float:
+    """Wait until `path` answers within quick_s: the previous run's leftovers are served and gone. A blocking
+    server (sync: one request per worker) still works through every request queued in its listen backlog
+    after the driver left; measuring before they drain would charge their time to the next run. Returns
+    the seconds waited."""
+    import urllib.request
+
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        asked = time.monotonic()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as response:
+                response.read()
+        except OSError:
+            time.sleep(0.2)
+            continue
+        if time.monotonic() - asked < quick_s:
+            break
+    return time.monotonic() - started
+
+
 def start(config: Config, data_dir: Path) -> Running:
     """The configuration's server, ready to serve (its SQLite files in data_dir)."""
     port = free_port()

@@ -89,6 +89,12 @@ def fixture_results() -> dict:
         {"config": "web-gevent", "label": "Flask, gunicorn gevent x2", "family": "web", "workload": "json",
          "route": "direct", "users": 64, "path": "/web/json", "ceiling_rps": None,
          "runs": [run(900), run(1000), run(1100)], "wrk": {**run(3000), "driver": "wrk"}},
+        {"config": "web-gevent", "label": "Flask, gunicorn gevent x2", "family": "web", "workload": "json",
+         "route": "nginx", "users": 64, "path": "/web/json", "ceiling_rps": None,
+         "runs": [run(800)], "wrk": {**run(2400), "driver": "wrk", "nginx_cpu": 0.3}},
+        {"config": "bare-flask", "label": "bare Flask, gunicorn gevent x2", "family": "reference",
+         "workload": "json", "route": "direct", "users": 64, "path": "/bare/json", "ceiling_rps": None,
+         "runs": [run(1250)], "wrk": {**run(4000), "driver": "wrk"}},
         {"config": "web-gevent", "label": "Flask, gunicorn gevent x2", "family": "web", "workload": "io",
          "route": "direct", "users": 200, "path": "/web/io?ms=50", "ceiling_rps": 4000.0,
          "runs": [run(3400, 0.95)], "wrk": None},
@@ -104,7 +110,12 @@ def test_report_renders_medians_ceilings_and_charts(tmp_path):
     results.write_text(json.dumps(fixture_results()))
     text = report.render(results).read_text()
     assert "| Flask, gunicorn gevent x2 | direct | 1,000 | 3,000 |" in text  # the median of 900/1000/1100
-    assert "| 4,000 | 85% |" in text  # io: ceiling and the achieved fraction
+    assert "| 4,000 | 85% / – |" in text  # io: ceiling and the achieved fraction (Locust / wrk)
+    # Against the targets: ours ÷ bare (1000/1250 Locust, 3000/4000 wrk; wrk decides), nginx ÷ direct with the
+    # CPU split of the wrk run (a two-process server: no verdict), io ÷ ceiling (Locust only: 85% meets 85%).
+    assert "| json | 80% | 75% | ✗ |" in text
+    assert "| Flask, gunicorn gevent x2 | 2 | 80% | 80% | 1.20 / 0.30 / 0.50 | CPU split |" in text
+    assert "| Flask, gunicorn gevent x2 | 4,000 | 85% | – | ✓ |" in text
     assert "3,400 ⚠" in text  # the driver was saturated
     for chart in ("throughput.png", "latency-cpu-rss.png"):
         assert (tmp_path / chart).stat().st_size > 10_000
