@@ -21,4 +21,6 @@ def create_app() -> web.Application:
 
 
 if __name__ == "__main__":
-    web.run_app(create_app(), host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+    # httpbin's own server settings (services/httpbin/__main__.py) minus its access log.
+    web.run_app(create_app(), host="127.0.0.1", port=int(sys.argv[1]), access_log=None, keepalive_timeout=75,
+                backlog=2048, print=None)

@@ -21,8 +21,9 @@ class Json(tornado.web.RequestHandler):
 
 async def serve(port: int) -> None:
     app = tornado.web.Application([("/bare/plaintext", Plaintext), ("/bare/json", Json)])
-    server = tornado.httpserver.HTTPServer(app)
-    server.add_sockets(tornado.netutil.bind_sockets(port, "127.0.0.1", reuse_port=True))
+    # catalog's own server settings (services/catalog/__main__.py).
+    server = tornado.httpserver.HTTPServer(app, idle_connection_timeout=75)
+    server.add_sockets(tornado.netutil.bind_sockets(port, "127.0.0.1", reuse_port=True, backlog=2048))
     await asyncio.Event().wait()
 
 

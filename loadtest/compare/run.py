@@ -9,6 +9,7 @@ import logging
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -117,6 +118,9 @@ def mixed(settings: Settings, progress: Progress, task: object) -> dict:
 def main(quick: bool = False) -> int:
     # Locust warns about spawning every user at once: that is deliberate here (the warm-up absorbs it).
     logging.getLogger("locust").setLevel(logging.ERROR)
+    # The servers run in sessions of their own (a Ctrl-C in the terminal must not hit them mid-cell), so only
+    # the finally blocks below stop them: a TERM must unwind like Ctrl-C does, not kill this process outright.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     settings = QUICK if quick else FULL
     cells = expand(quick)
     started = datetime.now()

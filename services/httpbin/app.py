@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,7 @@ from services.httpbin.openapi import OPENAPI
 SERVICE = "httpbin"
 PREFIX = "/httpbin"
 REQUEST_ID = web.RequestKey("request_id", str)
+ALLOW = web.RequestKey("allow", str)  # the Allow value unrouted() worked out, for its 405
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -46,7 +48,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def plaintext(request: web.Request) -> web.Response:
-    return web.Response(text=http.HELLO, content_type="text/plain", charset="utf-8")
+    return web.Response(text=http.HELLO, )
 
 
 async def hello_json(request: web.Request) -> web.Response:
@@ -155,41 +157,57 @@ def _problem(request: web.Request, problem: http.Problem) -> web.Response:
     return _json(problem.document(request[REQUEST_ID], request.path), problem.status, http.PROBLEM_JSON)
 
 
-@web.middleware
-async def request_id_and_problems(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Assign the request id, echo it, and render every error as application/problem+json."""
-    request[REQUEST_ID] = http.request_id(request.headers.get(http.REQUEST_ID_HEADER))
-    transport = request.transport
-    if transport is not None:
-        _requests_per_connection[transport] = _requests_per_connection.get(transport, 0) + 1
-    if request.method == "OPTIONS" and isinstance(request.match_info.http_exception, web.HTTPMethodNotAllowed):
-        # aiohttp has no automatic OPTIONS: answer it for every resource with the methods it has.
-        allow = semantics.allow_header(sorted(request.match_info.http_exception.allowed_methods))
-        response = web.Response(status=204, headers={"Allow": allow})
-        response.headers[http.REQUEST_ID_HEADER] = request[REQUEST_ID]
+def guarded(handler: Handler) -> Handler:
+    """The handler, with the request id assigned and echoed and every error rendered as
+    application/problem+json. A wrapper per route rather than an aiohttp middleware: any middleware makes
+    aiohttp run its own extra layer and machinery for every request, together a tenth of a hello world here."""
+
+    async def run(request: web.Request) -> web.StreamResponse:
+        rid = request[REQUEST_ID] = http.request_id(request.headers.get(http.REQUEST_ID_HEADER))
+        transport = request.transport
+        if transport is not None:
+            _requests_per_connection[transport] = _requests_per_connection.get(transport, 0) + 1
+        try:
+            response = await handler(request)
+        except http.Problem as problem:
+            response = _problem(request, problem)
+            if problem.status == 405 and ALLOW in request:
+                response.headers["Allow"] = request[ALLOW]
+        except web.HTTPException as error:
+            if error.status < 400:
+                raise  # redirects and the like pass through untouched
+            response = _problem(request, http.Problem(error.status, error.reason, error.text or error.reason))
+        response.headers[http.REQUEST_ID_HEADER] = rid
         return response
-    try:
-        response = await handler(request)
-    except http.Problem as problem:
-        response = _problem(request, problem)
-    except web.HTTPException as error:
-        if error.status < 400:
-            raise  # redirects and the like pass through untouched
-        response = _problem(request, http.Problem(error.status, error.reason, error.text or error.reason))
-        if isinstance(error, web.HTTPMethodNotAllowed):
-            response.headers["Allow"] = semantics.allow_header(sorted(error.allowed_methods))
-    response.headers[http.REQUEST_ID_HEADER] = request[REQUEST_ID]
-    return response
+
+    return functools.update_wrapper(run, handler)
+
+
+async def unrouted(request: web.Request) -> web.Response:
+    """The last route, for every method and path no other route took: 404, 405 with Allow, or the OPTIONS
+    answer (aiohttp has no automatic OPTIONS, and its own 404/405 are text/plain). Only requests that miss
+    come here, so asking every resource which methods it has for this path costs nothing on the hot path."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not request.match_info.route.resource:
+            allowed |= (await resource.resolve(request))[1]
+    if not allowed:
+        raise http.Problem(404, "Not Found", f"nothing is served at {request.path}")
+    request[ALLOW] = semantics.allow_header(sorted(allowed))
+    if request.method == "OPTIONS":
+        return web.Response(status=204, headers={"Allow": request[ALLOW]})
+    raise http.Problem(405, "Method Not Allowed", f"{request.path} answers {request[ALLOW]}")
 
 
 def create_app(db_path: str | None = None) -> web.Application:
-    app = web.Application(middlewares=[request_id_and_problems], client_max_size=semantics.MAX_BODY_BYTES + 1024)
+    app = web.Application(client_max_size=semantics.MAX_BODY_BYTES + 1024)
     app[DOCUMENTS] = Documents(db.connect(db_path or db.default_path(SERVICE)))
     for method, path, handler in ROUTES:
         if method == "GET":
-            app.router.add_get(PREFIX + path, handler)  # answers HEAD too
+            app.router.add_get(PREFIX + path, guarded(handler))  # answers HEAD too
         else:
-            app.router.add_route(method, PREFIX + path, handler)
+            app.router.add_route(method, PREFIX + path, guarded(handler))
+    app.router.add_route("*", "/{path:.*}", guarded(unrouted))  # tried last: the router walks prefixes down to /
     return app
 
 
