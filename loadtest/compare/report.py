@@ -28,7 +28,7 @@ def median_of(runs: list[dict], field: str) -> float | None:
 
 
 def summarize(cell: dict) -> dict:
-    """The medians of a cell's Locust repetitions, and its wrk figure."""
+    """The medians of a cell's Locust repetitions, and its (median) wrk figure."""
     runs = cell["runs"]
     summary = {field: median_of(runs, field) for field in
                ("rps", "p50_ms", "p99_ms", "driver_cpu", "server_cpu", "nginx_cpu", "server_rss_mb")}
@@ -98,6 +98,7 @@ def targets(results: dict) -> str:
         io = cells.get((name, "io", "direct"))
         if not io or "ceiling_fraction" not in io:
             continue
+        cell = next(c for c in results["cells"] if (c["config"], c["workload"], c["route"]) == (name, "io", "direct"))
         model = "blocking" if name in BY_NAME and BY_NAME[name].slots is not None else "event loop"
         best = io["wrk_ceiling_fraction"] if io["wrk_ceiling_fraction"] is not None else io["ceiling_fraction"]
         lines.append(f"| {cell['label']} | {_fmt(cell['ceiling_rps'])} | {_pct(io['ceiling_fraction'])} | "
@@ -193,7 +194,8 @@ def render(results_path: Path) -> Path:
     out = results_path.parent
     images = charts(results, out)
     machine, settings = results["machine"], results["settings"]
-    wrk = f"; wrk with {settings['wrk_connections']} connections, one run" if settings["wrk"] else ""
+    wrk = (f"; wrk with {settings['wrk_connections']} connections (200 for io), {settings['repetitions']} × "
+           f"{settings.get('wrk_s', settings['measure_s'])} s runs, the median" if settings["wrk"] else "")
     text = [
         f"# Comparison, {results['started']}",
         "",
