@@ -48,7 +48,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def plaintext(request: web.Request) -> web.Response:
-    return web.Response(text=http.HELLO, )
+    return web.Response(text=http.HELLO)  # text/plain; charset=utf-8 is the default
 
 
 async def hello_json(request: web.Request) -> web.Response:
