@@ -50,15 +50,18 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def _mark(value: float | None, target: float) -> str:
+def _verdict(wrk: float | None, locust: float | None, target: float) -> str:
+    """✓ or ✗ from wrk when it ran, else from Locust."""
+    value = wrk if wrk is not None else locust
     return "–" if value is None else ("✓" if value >= target else "✗")
 
 
 def targets(results: dict) -> str:
     """The issue's objectives, each computed from this run: ours ÷ bare, nginx ÷ direct, io ÷ ceiling.
     Verdicts use wrk when it ran (Locust on the same 2 cores often measures itself), else Locust."""
-    cells = {(c["config"], c["workload"], c["route"]): summarize(c) for c in results["cells"]}
-    configs = {c["config"]: c for c in results["cells"]}
+    raw = {(c["config"], c["workload"], c["route"]): c for c in results["cells"]}
+    cells = {key: summarize(cell) for key, cell in raw.items()}
+    labels = {c["config"]: c["label"] for c in results["cells"]}  # in run order
     lines = ["## Against the targets", "",
              f"Our code's overhead: each service ÷ its bare framework app, same server settings, direct "
              f"(target ≥ {TARGET_OF_BARE:.0%}).", "",
@@ -70,39 +73,37 @@ def targets(results: dict) -> str:
             if not mine or not ref:
                 continue
             locust, wrk = _ratio(mine["rps"], ref["rps"]), _ratio(mine["wrk_rps"], ref["wrk_rps"])
-            lines.append(f"| {configs[ours]['label']} ÷ {configs[bare]['label']} | {workload} | {_pct(locust)} | "
-                         f"{_pct(wrk)} | {_mark(wrk if wrk is not None else locust, TARGET_OF_BARE)} |")
+            lines.append(f"| {labels[ours]} ÷ {labels[bare]} | {workload} | {_pct(locust)} | {_pct(wrk)} | "
+                         f"{_verdict(wrk, locust, TARGET_OF_BARE)} |")
     if len(lines) == rows:
         lines.append("| (no service and its bare app both ran: `make compare` without QUICK has them) | | | | |")
     lines += ["", f"Through nginx ÷ direct, json (target ≥ {TARGET_NGINX_OF_DIRECT:.0%} where one process leaves "
               "a core free; elsewhere the CPU split, in cores, of the wrk run through nginx says who used it).", "",
               "| configuration | processes | Locust | wrk | server / nginx / driver CPU | target |",
               "|---|---|---|---|---|---|"]
-    for name, cell in configs.items():
+    for name, label in labels.items():
         direct, proxied = cells.get((name, "json", "direct")), cells.get((name, "json", "nginx"))
         if not direct or not proxied:
             continue
         locust, wrk = _ratio(proxied["rps"], direct["rps"]), _ratio(proxied["wrk_rps"], direct["wrk_rps"])
-        wrk_run = next((c["wrk"] for c in results["cells"]
-                        if (c["config"], c["workload"], c["route"]) == (name, "json", "nginx")), None)
+        wrk_run = raw[(name, "json", "nginx")]["wrk"]
         split = ("–" if not wrk_run else
                  f"{wrk_run['server_cpu']:.2f} / {wrk_run['nginx_cpu'] or 0:.2f} / {wrk_run['driver_cpu']:.2f}")
         processes = BY_NAME[name].processes if name in BY_NAME else 1
-        verdict = _mark(wrk if wrk is not None else locust, TARGET_NGINX_OF_DIRECT) if processes == 1 else "CPU split"
-        lines.append(f"| {cell['label']} | {processes} | {_pct(locust)} | {_pct(wrk)} | {split} | {verdict} |")
+        verdict = _verdict(wrk, locust, TARGET_NGINX_OF_DIRECT) if processes == 1 else "CPU split"
+        lines.append(f"| {label} | {processes} | {_pct(locust)} | {_pct(wrk)} | {split} | {verdict} |")
     lines += ["", "io?ms=50 at 200 users ÷ the theoretical ceiling, direct (target ≥ "
               f"{TARGET_IO_OF_CEILING['blocking']:.0%} for blocking workers, ≥ "
               f"{TARGET_IO_OF_CEILING['event loop']:.0%} for event loops).", "",
               "| configuration | ceiling req/s | Locust | wrk | target |", "|---|---|---|---|---|"]
-    for name, cell in configs.items():
+    for name, label in labels.items():
         io = cells.get((name, "io", "direct"))
         if not io or "ceiling_fraction" not in io:
             continue
-        cell = next(c for c in results["cells"] if (c["config"], c["workload"], c["route"]) == (name, "io", "direct"))
         model = "blocking" if name in BY_NAME and BY_NAME[name].slots is not None else "event loop"
-        best = io["wrk_ceiling_fraction"] if io["wrk_ceiling_fraction"] is not None else io["ceiling_fraction"]
-        lines.append(f"| {cell['label']} | {_fmt(cell['ceiling_rps'])} | {_pct(io['ceiling_fraction'])} | "
-                     f"{_pct(io['wrk_ceiling_fraction'])} | {_mark(best, TARGET_IO_OF_CEILING[model])} |")
+        lines.append(f"| {label} | {_fmt(raw[(name, 'io', 'direct')]['ceiling_rps'])} | "
+                     f"{_pct(io['ceiling_fraction'])} | {_pct(io['wrk_ceiling_fraction'])} | "
+                     f"{_verdict(io['wrk_ceiling_fraction'], io['ceiling_fraction'], TARGET_IO_OF_CEILING[model])} |")
     lines.append("")
     return "\n".join(lines)
 
