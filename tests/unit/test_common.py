@@ -86,3 +86,33 @@ def test_idempotency_keys_expire(tmp_path):
     assert keys.claim("s", "k", "print-1").headers == {"Location": "/x/1"}
     expired = IdempotencyKeys(keys.conn, ttl=0)  # the same table, read with a zero lifetime
     assert expired.claim("s", "k", "print-2") is None  # expired: the key is free for a new request
+
+
+def test_request_ids_differ_in_a_forked_worker():
+    import os
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker: report the id it would give the next request
+        os.write(write, http.request_id(None).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    assert len(child) == 32 and child != http.request_id(None)
+
+
+@pytest.mark.parametrize(("real_ip", "peer", "expected"), [
+    ("203.0.113.7", "127.0.0.1", "203.0.113.7"),
+    ("2001:db8::1", "127.0.0.1", "2001:db8::1"),
+    (None, "127.0.0.1", "127.0.0.1"),
+    ('1.2.3.4" 200 0 rid=forged', "127.0.0.1", "127.0.0.1"),  # would forge fields in the access line
+    ("evil.example", None, "-"),
+])
+def test_client_address_takes_only_an_address_from_x_real_ip(real_ip, peer, expected):
+    assert http.client_address(real_ip, peer) == expected
+
+
+def test_to_json_is_compact():
+    assert http.to_json({"a": [1, 2], "b": "é"}) == '{"a":[1,2],"b":"\\u00e9"}'
