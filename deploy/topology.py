@@ -6,7 +6,8 @@ Standard library only: the Dockerfiles' render stages import it too.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,10 +23,23 @@ class Service:
     port: int  # the port it listens on (its own loopback address in native mode, its container in Compose)
     octet: int  # last octet of its native loopback address
     prefix: str | None = None  # URL prefix behind nginx; None for the non-HTTP services
+    transport: str = "tcp"  # "tcp" or "udp": what nginx's stream proxy and the health probe speak
+    module: str | None = None  # `python -m <module> --bind HOST:PORT` launches it (the socket services)
+    public_port: int | None = None  # where nginx's stream {} proxy publishes it on the public host
+    probe: str | None = None  # health probe scheme for services.common.healthcheck: time+tcp, time+udp, echo
 
     @property
     def health_path(self) -> str | None:
         return f"{self.prefix}healthz" if self.prefix else None
+
+    def probe_url(self, host: str, port: int) -> str:
+        """What `python -m services.common.healthcheck` checks for a socket service at host:port."""
+        return f"{self.probe}://{host}:{port}"
+
+    @property
+    def port_env(self) -> str:
+        """The environment variable that moves its public port (a second stack beside yours, in tests)."""
+        return f"STACK_{self.name.upper().replace('-', '_')}_PORT"
 
 
 HTTP_SERVICES: tuple[Service, ...] = (
@@ -33,9 +47,19 @@ HTTP_SERVICES: tuple[Service, ...] = (
     Service("catalog", "Tornado", "Tornado HTTPServer, own IOLoop", 8002, 12, "/catalog/"),
     Service("httpbin", "aiohttp", "aiohttp web.run_app", 8003, 13, "/httpbin/"),
 )
+# The seed's socket programs, behind nginx's stream {} proxy (layer 4: bytes and datagrams, no HTTP).
+# time-tcp and time-udp are one service on two transports: the same address and port number, like DNS.
+STREAM_SERVICES: tuple[Service, ...] = (
+    Service("time-tcp", "socket", "TCP time server, a thread per connection", 8013, 14,
+            module="services.sockets.time_tcp", public_port=8013, probe="time+tcp"),
+    Service("time-udp", "socket", "UDP time server, one datagram in, one out", 8013, 14, transport="udp",
+            module="services.sockets.time_udp", public_port=8013, probe="time+udp"),
+    Service("echo", "socket", "selectors echo server, non-blocking", 8007, 17,
+            module="services.sockets.echo", public_port=8007, probe="echo"),
+)
 DNS = Service("dns", "dnslib", "authoritative DNS, UDP and TCP", 5353, 53)
 NGINX = Service("nginx", "nginx", "reverse proxy", NGINX_PORT, 1)
-SERVICES: tuple[Service, ...] = (*HTTP_SERVICES, DNS)
+SERVICES: tuple[Service, ...] = (*HTTP_SERVICES, *STREAM_SERVICES, DNS)
 
 
 @dataclass(frozen=True)
@@ -43,7 +67,8 @@ class Site:
     """One running instance of the stack: the user's (defaults) or a test's (its own addresses and ports).
 
     Environment: STACK_NET (native services' loopback /24), STACK_HOST and STACK_PORT (nginx, public),
-    STACK_DNS_PORT (the DNS server's published port in Compose), STACK_VAR (native state: logs, pids).
+    STACK_DNS_PORT (the DNS server's published port in Compose), STACK_VAR (native state: logs, pids),
+    STACK_TIME_TCP_PORT, STACK_TIME_UDP_PORT, STACK_ECHO_PORT (nginx's stream ports, public).
     """
 
     net: str = "127.0.10"
@@ -51,6 +76,7 @@ class Site:
     public_port: int = NGINX_PORT
     dns_port: int = DNS.port
     var: Path = ROOT / "var"
+    stream_ports: Mapping[str, int] = field(default_factory=dict)  # service name -> public port, when moved
 
     @classmethod
     def from_env(cls, environ: os._Environ[str] | dict[str, str] = os.environ) -> Site:
@@ -60,11 +86,18 @@ class Site:
             public_port=int(environ.get("STACK_PORT", cls.public_port)),
             dns_port=int(environ.get("STACK_DNS_PORT", cls.dns_port)),
             var=Path(environ.get("STACK_VAR", cls.var)).resolve(),
+            stream_ports={s.name: int(environ[s.port_env]) for s in STREAM_SERVICES if s.port_env in environ},
         )
 
     def address(self, service: Service) -> str:
         """The service's own loopback address in native mode."""
         return f"{self.net}.{service.octet}"
+
+    def public_port_of(self, service: Service) -> int:
+        """Where nginx's stream proxy publishes a socket service for clients."""
+        if service.public_port is None:
+            raise ValueError(f"{service.name} is not published through nginx's stream proxy")
+        return self.stream_ports.get(service.name, service.public_port)
 
     @property
     def base_url(self) -> str:

@@ -2,8 +2,10 @@
 
     python -m services.common.healthcheck http://127.0.0.1:8001/web/healthz
     python -m services.common.healthcheck dns://127.0.0.1:5353/dns.stack.internal
+    python -m services.common.healthcheck time+tcp://127.0.0.1:8013    (also time+udp://, echo://)
 
-Exit 0 when the endpoint answers (HTTP 200; a DNS reply with at least one A record), 1 otherwise.
+Exit 0 when the endpoint answers (HTTP 200; a DNS reply with at least one A record; the time, or the echo
+of what was sent), 1 otherwise.
 """
 
 from __future__ import annotations
@@ -32,10 +34,31 @@ def check_dns(url: str, timeout: float) -> bool:
     return any(rr.rtype == QTYPE.A for rr in DNSRecord.parse(packet).rr)
 
 
+def check_socket_service(url: str, timeout: float) -> bool:
+    from services.sockets.client import ask_time, echo_roundtrip  # only the sockets image needs it
+    from services.sockets.protocol import is_time_reply
+
+    parts = urlsplit(url)
+    try:
+        if parts.scheme == "echo":
+            return echo_roundtrip(parts.hostname, parts.port, b"health\n", timeout) == b"health\n"
+        transport = parts.scheme.removeprefix("time+")
+        return is_time_reply(ask_time(parts.hostname, parts.port, transport, timeout=timeout).reply)
+    except OSError:
+        return False
+
+
+def check(url: str, timeout: float = 2.0) -> bool:
+    scheme = urlsplit(url).scheme
+    if scheme == "dns":
+        return check_dns(url, timeout)
+    if scheme in ("time+tcp", "time+udp", "echo"):
+        return check_socket_service(url, timeout)
+    return check_http(url, timeout)
+
+
 def main(argv: list[str]) -> int:
-    url = argv[0]
-    ok = check_dns(url, 2.0) if url.startswith("dns://") else check_http(url, 2.0)
-    return 0 if ok else 1
+    return 0 if check(argv[0]) else 1
 
 
 if __name__ == "__main__":
