@@ -18,10 +18,11 @@ import os
 import pwd
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
-from deploy.topology import DNS, HTTP_SERVICES, NGINX_PORT, ROOT, ZONE, Site
+from deploy.topology import DNS, HTTP_SERVICES, NGINX_PORT, ROOT, STREAM_SERVICES, ZONE, Service, Site
 
 NGINX_TEMPLATE = ROOT / "nginx" / "nginx.conf.template"
 MODES = ("native", "compose")
@@ -29,6 +30,14 @@ MODES = ("native", "compose")
 RATE_LIMITED = {"/web/login": "web", "/web/signup": "web"}
 # Docker's embedded DNS server, reachable from every container on a user-defined network.
 DOCKER_DNS = "127.0.0.11"
+# Compose: the nginx image's build writes the load_module line there when its nginx has a dynamic stream
+# module (Debian's), and leaves the file empty when the module is built in (nginx.org's images).
+COMPOSE_MODULES_CONF = "/etc/stack/modules.conf"
+# TCP sessions end after this long without a byte either way: longer than any socket service's own idle
+# limit (the echo server's 60 s), so the service, not the proxy, decides when a quiet client goes.
+STREAM_TCP_TIMEOUT = "75s"
+# A UDP "session" is one request datagram and its one reply (proxy_responses 1); no reply within 3 s ends it.
+STREAM_UDP_TIMEOUT = "3s"
 
 
 def _fill(template: str, values: dict[str, str]) -> str:
@@ -50,6 +59,40 @@ def _upstream(name: str, server: str) -> str:
     )
 
 
+def stream_module_directive(nginx: str | None = None) -> str:
+    """The load_module line the host's nginx needs for `stream {}`: none when the module is built in.
+
+    Raises SystemExit with what to install when the module is neither built in nor installed."""
+    nginx = nginx or shutil.which("nginx") or "/usr/sbin/nginx"
+    configure = subprocess.run([nginx, "-V"], capture_output=True, text=True).stderr
+    if re.search(r"--with-stream(\s|$)", configure):
+        return ""
+    modules = re.search(r"--modules-path=(\S+)", configure)
+    path = Path(modules.group(1) if modules else "/usr/lib/nginx/modules") / "ngx_stream_module.so"
+    if "--with-stream=dynamic" not in configure or not path.exists():
+        raise SystemExit(f"[stack] {nginx} has no stream module ({path} is missing): "
+                         "apt-get install libnginx-mod-stream")
+    return f"load_module {path};"
+
+
+def _stream_upstream(service: Service, server: str) -> str:
+    return (f"    upstream {service.name} {{\n        zone stream_{service.name} 64k;\n"
+            f"        server {server};\n    }}\n")
+
+
+def _stream_server(service: Service, listen: str) -> str:
+    """One proxy per socket service: TCP copies bytes both ways; UDP relays one datagram and its one reply."""
+    if service.transport == "udp":
+        listen = f"{listen} udp"
+        extra = f"        proxy_responses 1;\n        proxy_timeout {STREAM_UDP_TIMEOUT};\n"
+    else:
+        # A client's FIN (shutdown(SHUT_WR): "I have sent everything") reaches the service, and the service's
+        # answer still flows back; by default nginx would end the whole session on the first FIN.
+        extra = f"        proxy_timeout {STREAM_TCP_TIMEOUT};\n        proxy_half_close on;\n"
+    return (f"    server {{  # {service.name}: {service.server}\n        listen {listen};\n"
+            f"        proxy_pass {service.name};\n{extra}    }}\n")
+
+
 def user_directive() -> str:
     """Native nginx started as root runs its workers as the checkout's owner: they read the static files and
     write request bodies under $STACK_VAR, which a checkout in a private (0700) directory would otherwise deny
@@ -67,12 +110,16 @@ def nginx_conf(mode: str, site: Site | None = None) -> str:
         # (`resolve`, nginx >= 1.27.3): a recreated container with a new address is reached without a reload.
         resolver = f"    resolver {DOCKER_DNS} valid=2s ipv6=off;\n    resolver_timeout 2s;\n"
         upstreams = "".join(_upstream(s.name, f"{s.name}:{s.port} resolve") for s in HTTP_SERVICES)
+        stream_upstreams = "".join(_stream_upstream(s, f"{s.name}:{s.port} resolve") for s in STREAM_SERVICES)
+        stream_servers = "".join(_stream_server(s, str(s.public_port)) for s in STREAM_SERVICES)
         values = {
+            "LOAD_MODULES": f"include {COMPOSE_MODULES_CONF};",
             "USER": "",  # the image runs nginx as a non-root user
             "LISTEN": str(NGINX_PORT),
             "PID_FILE": "/tmp/nginx.pid",
             "ERROR_LOG": "stderr",
             "ACCESS_LOG": "/dev/stdout",
+            "STREAM_ACCESS_LOG": "/dev/stdout",
             "TEMP_DIR": "/tmp",  # a tmpfs in Compose (the root filesystem is read-only)
             "STATIC_ROOT": "/srv/stack/static",
             "SERVER_NAMES": f"localhost 127.0.0.1 nginx {ZONE} nginx.{ZONE}",
@@ -80,12 +127,18 @@ def nginx_conf(mode: str, site: Site | None = None) -> str:
     elif mode == "native":
         resolver = ""
         upstreams = "".join(_upstream(s.name, f"{site.address(s)}:{s.port}") for s in HTTP_SERVICES)
+        stream_upstreams = "".join(_stream_upstream(s, f"{site.address(s)}:{s.port}") for s in STREAM_SERVICES)
+        stream_servers = "".join(
+            _stream_server(s, f"{site.public_host}:{site.public_port_of(s)}") for s in STREAM_SERVICES
+        )
         values = {
+            "LOAD_MODULES": stream_module_directive(),
             "USER": user_directive(),
             "LISTEN": f"{site.public_host}:{site.public_port}",
             "PID_FILE": str(site.var / "run" / "nginx.pid"),
             "ERROR_LOG": str(site.var / "log" / "nginx-error.log"),
             "ACCESS_LOG": str(site.var / "log" / "nginx-access.log"),
+            "STREAM_ACCESS_LOG": str(site.var / "log" / "nginx-stream.log"),
             "TEMP_DIR": str(site.var / "nginx"),
             "STATIC_ROOT": str(ROOT / "nginx" / "static"),
             "SERVER_NAMES": " ".join(
@@ -104,33 +157,54 @@ def nginx_conf(mode: str, site: Site | None = None) -> str:
         f"            proxy_pass http://{upstream};\n        }}\n"
         for path, upstream in RATE_LIMITED.items()
     )
-    values.update(RESOLVER=resolver, UPSTREAMS=upstreams, LOCATIONS=locations)
+    values.update(RESOLVER=resolver, UPSTREAMS=upstreams, LOCATIONS=locations,
+                  STREAM_UPSTREAMS=stream_upstreams, STREAM_SERVERS=stream_servers)
     return _fill(NGINX_TEMPLATE.read_text(), values)
 
 
 def zone(mode: str, site: Site | None = None) -> dict:
-    """The DNS zone: native names map to loopback addresses; Compose names to Compose service names."""
+    """The DNS zone: native names map to loopback addresses; Compose names to Compose service names.
+
+    `directory.stack.internal` holds one TXT record per service: a small service directory, and on purpose
+    too large for a UDP answer (see services/dns/server.py)."""
     site = site or Site()
+    services = (*HTTP_SERVICES, *STREAM_SERVICES, DNS)
     if mode == "compose":
-        records = {s.name: s.name for s in (*HTTP_SERVICES, DNS)}
+        records = {s.name: s.name for s in services}
         records.update({"": "nginx", "nginx": "nginx"})
     else:
-        records = {s.name: site.address(s) for s in (*HTTP_SERVICES, DNS)}
+        records = {s.name: site.address(s) for s in services}
         records.update({"": site.public_host, "nginx": site.public_host})
-    return {"zone": ZONE, "ttl": 5, "records": records}
+    directory = [
+        f"service=nginx name=nginx.{ZONE} transport=http+tcp+udp address={records['nginx']}:{NGINX_PORT} "
+        f"public={site.public_host}:{site.public_port} role=the edge: reverse proxy and stream proxy"
+    ]
+    for s in services:
+        if s.prefix:
+            public = f" public={site.base_url}{s.prefix}"
+        elif s.public_port:
+            public = f" public={site.public_host}:{site.public_port_of(s)}/{s.transport}"
+        else:
+            public = ""
+        transport = "http" if s.prefix else "udp+tcp" if s is DNS else s.transport
+        directory.append(f"service={s.name} name={s.name}.{ZONE} transport={transport} "
+                         f"address={records[s.name]}:{s.port}{public} "
+                         f"framework={s.framework} server={s.server}")
+    return {"zone": ZONE, "ttl": 5, "records": records, "txt": {"directory": directory}}
 
 
 def supervisord_conf(site: Site, python: str = sys.executable) -> str:
     """supervisord's config for the native process set; every path inside the site's var directory."""
     run, logs = site.var / "run", site.var / "log"
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    addr = {s.name: f"{site.address(s)}:{s.port}" for s in (*HTTP_SERVICES, DNS)}
+    addr = {s.name: f"{site.address(s)}:{s.port}" for s in (*HTTP_SERVICES, *STREAM_SERVICES, DNS)}
     programs = {
         "dns": f"{python} -m services.dns --zone-file {run / 'zone.json'} --bind {addr['dns']}",
         "web": f"{python} -m gunicorn -c services/web/gunicorn_conf.py --bind {addr['web']} --pid {run / 'web.pid'} "
         "services.web.wsgi:app",
         "catalog": f"{python} -m services.catalog --bind {addr['catalog']}",
         "httpbin": f"{python} -m services.httpbin --bind {addr['httpbin']}",
+        **{s.name: f"{python} -m {s.module} --bind {addr[s.name]}" for s in STREAM_SERVICES},
         "nginx": f"{nginx} -c {run / 'nginx.conf'} -e {logs / 'nginx-error.log'} -g 'daemon off;'",
     }
     # Services reach each other by name, resolved through the stack's DNS server.

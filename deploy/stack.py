@@ -23,7 +23,8 @@ from pathlib import Path
 
 from deploy import procs
 from deploy.render import MODES, render_native
-from deploy.topology import HTTP_SERVICES, ROOT, ZONE, Site
+from deploy.topology import HTTP_SERVICES, ROOT, STREAM_SERVICES, ZONE, Site
+from services.common.healthcheck import check
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 UP_TIMEOUT = float(os.environ.get("STACK_UP_TIMEOUT", "90"))
@@ -57,10 +58,15 @@ def dns_answer(server: tuple[str, int], name: str, timeout: float = 1.0) -> list
 
 
 def health(site: Site, mode: str) -> dict[str, str]:
-    """Each hop's state as a user reaches it: nginx itself, every service through nginx, the DNS server."""
+    """Each hop's state as a user reaches it: nginx itself, every service through nginx (HTTP and stream),
+    the DNS server."""
     states = {"nginx": f"HTTP {http_status(site.base_url + '/healthz')}"}
     for service in HTTP_SERVICES:
         states[service.name] = f"HTTP {http_status(site.base_url + service.health_path)}"
+    for service in STREAM_SERVICES:
+        where = f"{service.transport} {site.public_host}:{site.public_port_of(service)}"
+        answers = check(service.probe_url(site.public_host, site.public_port_of(service)), timeout=1.0)
+        states[service.name] = f"{where} -> answers" if answers else f"{where} no answer"
     answer = dns_answer(site.dns_endpoint(mode), ZONE)
     states["dns"] = f"{ZONE} -> {', '.join(answer)}" if answer else "no answer"
     return states
@@ -85,7 +91,11 @@ def print_urls(site: Site, mode: str) -> None:
     print(f"  landing page  {site.base_url}/")
     for service in HTTP_SERVICES:
         print(f"  {service.name:<12}  {site.base_url}{service.prefix}json   ({service.framework}, {service.server})")
+    for service in STREAM_SERVICES:
+        address = f"{service.transport} {site.public_host}:{site.public_port_of(service)}"
+        print(f"  {service.name:<12}  {address:<26}  ({service.server}; python -m services.sockets.client)")
     print(f"  DNS           dig @{host} -p {port} +short {ZONE}")
+    print("  one request   make trace URL=/web/json   (DNS, handshake, bytes, nginx, the service, the close)")
     print("  stop with     make down   (state: make ps, logs: make logs)\n")
 
 
@@ -161,6 +171,14 @@ class Native:
         print(self.ctl("status", check=False).stdout, end="")
         return 0
 
+    def log_text(self, name: str) -> str:
+        """What a program has logged so far: nginx is its access log, nginx-stream its stream log."""
+        file = {"nginx": "nginx-access.log"}.get(name, f"{name}.log")
+        try:
+            return (self.site.var / "log" / file).read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
     def logs(self) -> int:
         files = sorted(str(p) for p in (self.site.var / "log").glob("*.log"))
         os.execvp("tail", ["tail", "-n", "20", "-F", *files])
@@ -200,7 +218,7 @@ def compose_command() -> list[str]:
 
 # The Dockerfiles' defaults, and the stand-ins deploy/standin/build-base-images.sh builds from Debian packages.
 BASE_IMAGES = {"PYTHON_IMAGE": "python:3.12-slim", "NGINX_IMAGE": "nginx:1.29"}
-STANDIN_IMAGES = {"PYTHON_IMAGE": "stack-standin/python:3", "NGINX_IMAGE": "stack-standin/nginx:1.30"}
+STANDIN_IMAGES = {"PYTHON_IMAGE": "stack-standin/python:3", "NGINX_IMAGE": "stack-standin/nginx:1.30-stream"}
 
 
 def image_available(image: str, pull: bool = True) -> bool:
@@ -261,8 +279,18 @@ class Compose:
     def ps(self) -> int:
         return self.run("ps", check=False).returncode
 
+    def log_text(self, name: str) -> str:
+        """What a container has logged so far (nginx and nginx-stream share nginx's output)."""
+        service = "nginx" if name == "nginx-stream" else name
+        command = [*compose_command(), "-f", str(COMPOSE_FILE), "logs", "--no-log-prefix", "--no-color", service]
+        return subprocess.run(command, env=self.env, cwd=ROOT, capture_output=True, text=True).stdout
+
     def logs(self) -> int:
         return self.run("logs", "--follow", "--tail", "50", check=False).returncode
+
+
+def driver(mode: str, site: Site) -> Native | Compose:
+    return Native(site) if mode == "native" else Compose(site)
 
 
 # ---------------------------------------------------------------- command line
@@ -292,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         modes = [args.mode] if args.mode else [choose_mode(None, site)] if state.exists() else list(MODES)
         code = 0
         for mode in modes:
-            code |= (Native(site) if mode == "native" else Compose(site)).down()
+            code |= driver(mode, site).down()
         state.unlink(missing_ok=True)
         log("stopped")
         return code
@@ -304,10 +332,9 @@ def main(argv: list[str] | None = None) -> int:
             main(["down"])
         if mode not in MODES:
             raise SystemExit(f"MODE must be one of {', '.join(MODES)}, not {mode!r}")
-        driver = Native(site) if mode == "native" else Compose(site)
         log(f"starting the {mode} stack")
         started = time.monotonic()
-        if driver.up():
+        if driver(mode, site).up():
             return 1
         site.var.mkdir(parents=True, exist_ok=True)
         state.write_text(mode + "\n")
@@ -325,10 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "urls":
         print_urls(site, mode)
         return 0
-    driver = Native(site) if mode == "native" else Compose(site)
     if args.command == "ps":
-        code = driver.ps()
+        code = driver(mode, site).ps()
         for name, hop in health(site, mode).items():
             print(f"health  {name:<8} {hop}")
         return code
-    return driver.logs()
+    return driver(mode, site).logs()

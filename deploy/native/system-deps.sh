@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
-# Native mode needs Debian's nginx and its stream module (and make compare likes wrk). As root on Debian/Ubuntu they are installed here;
-# anyone else is told exactly what to install. Compose mode needs neither, so this only warns.
+# Native mode needs Debian's nginx and its stream module. The lessons and tests use a few standard network
+# tools as well: dig (DNS), nc and socat (raw TCP/UDP clients), ss (socket states), tcpdump (packet capture),
+# and make compare likes wrk. As root on Debian/Ubuntu they are installed here; anyone else is told exactly
+# what to install. Compose mode needs none of them, so this only warns.
 set -euo pipefail
 
 missing=()
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
-[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(libnginx-mod-stream)
-# wrk is optional: make compare measures with it too when it is there.
-command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+need() {  # need COMMAND-OR-PATH PACKAGE
+  if [[ $1 == /* ]]; then [ -e "$1" ] || missing+=("$2"); else command -v "$1" >/dev/null 2>&1 || missing+=("$2"); fi
+}
+need /usr/sbin/nginx nginx
+need /usr/lib/nginx/modules/ngx_stream_module.so libnginx-mod-stream
+need dig bind9-dnsutils
+need nc netcat-openbsd
+need socat socat
+need ss iproute2
+need tcpdump tcpdump
+need wrk wrk
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -2,7 +2,8 @@
 # Builds stand-in base images from Debian packages, for machines that reach Debian's mirror and PyPI
 # but no container registry (our CI). The service Dockerfiles take them through their build args:
 #   PYTHON_IMAGE=stack-standin/python:3   (Debian trixie's python3, with `python` and venv, like python:3.x-slim)
-#   NGINX_IMAGE=stack-standin/nginx:1.30  (Debian sid's nginx: upstream `server ... resolve` needs >= 1.27.3)
+#   NGINX_IMAGE=stack-standin/nginx:1.30-stream  (Debian sid's nginx: upstream `server ... resolve` needs
+#                                                >= 1.27.3; with its stream module, libnginx-mod-stream)
 # The mirror's sid snapshot may carry an expired Release date, hence Check-Valid-Until=false.
 # curl is in the nginx image because the official nginx image ships it (its healthcheck uses it).
 # The host's CA bundle is copied in so pip inside builds trusts the same TLS proxy the host does.
@@ -14,7 +15,7 @@ mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 docker=${DOCKER:-docker}
 base_tag=stack-standin/debian:$suite
 python_tag=stack-standin/python:3
-nginx_tag=stack-standin/nginx:1.30
+nginx_tag=stack-standin/nginx:1.30-stream
 ca_bundle=/etc/ssl/certs/ca-certificates.crt
 
 have() { "$docker" image inspect "$1" >/dev/null 2>&1; }
@@ -52,7 +53,7 @@ FROM $base_tag
 RUN echo 'deb $mirror sid main' > /etc/apt/sources.list.d/sid.list \
  && printf 'Package: *\nPin: release a=unstable\nPin-Priority: 100\n' > /etc/apt/preferences.d/sid \
  && apt-get -o Acquire::Check-Valid-Until=false update \
- && apt-get install -y --no-install-recommends -t unstable nginx curl \
+ && apt-get install -y --no-install-recommends -t unstable nginx libnginx-mod-stream curl \
  && rm -rf /var/lib/apt/lists/* && ln -sf /dev/stdout /var/log/nginx/access.log \
  && ln -sf /dev/stderr /var/log/nginx/error.log
 COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt

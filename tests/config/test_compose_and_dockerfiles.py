@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from deploy.stack import COMPOSE_FILE, compose_command
-from deploy.topology import DNS, HTTP_SERVICES, NGINX_PORT, ROOT
+from deploy.topology import DNS, HTTP_SERVICES, NGINX_PORT, ROOT, SERVICES, STREAM_SERVICES
 
 DOCKERFILES = [*sorted(ROOT.glob("services/*/Dockerfile")), ROOT / "nginx" / "Dockerfile",
                ROOT / "loadtest" / "Dockerfile"]
@@ -44,14 +44,14 @@ def test_locust_runs_only_in_the_load_profile_with_its_ui_on_loopback():
 
 def test_every_service_is_healthchecked_non_root_capable_and_init():
     services = compose_config()["services"]
-    assert set(services) == {"nginx", "dns", *(s.name for s in HTTP_SERVICES)}
+    assert set(services) == {"nginx", *(s.name for s in SERVICES)}
     for name, service in services.items():
         assert service.get("init") is True, name
         assert service["healthcheck"]["test"][0] == "CMD", name
         if name != "nginx":
             assert service["healthcheck"]["test"][1] == "python", name
     assert {dep: cond["condition"] for dep, cond in services["nginx"]["depends_on"].items()} == {
-        name: "service_healthy" for name in ("dns", *(s.name for s in HTTP_SERVICES))
+        s.name: "service_healthy" for s in SERVICES
     }
 
 
@@ -63,9 +63,16 @@ def test_published_ports_are_loopback_only_and_match_the_topology():
     }
     assert published == {
         ("nginx", NGINX_PORT, "tcp", "127.0.0.1"),
+        *(("nginx", s.public_port, s.transport, "127.0.0.1") for s in STREAM_SERVICES),  # the stream proxy
         ("dns", DNS.port, "udp", "127.0.0.1"),
         ("dns", DNS.port, "tcp", "127.0.0.1"),
     }
+    # Each published stream port can be moved (a second stack beside yours) by the variable the topology names.
+    text = COMPOSE_FILE.read_text()
+    for service in STREAM_SERVICES:
+        port = service.public_port
+        mapping = f'"127.0.0.1:${{{service.port_env}:-{port}}}:{port}/{service.transport}"'
+        assert mapping in text, mapping
     for service in HTTP_SERVICES:  # each healthcheck probes the port the topology gives the service
         assert f":{service.port}{service.prefix}healthz" in services[service.name]["healthcheck"]["test"][-1]
 
@@ -88,3 +95,15 @@ def test_dockerfile_takes_its_base_from_a_build_arg_and_drops_root(dockerfile):
 @pytest.mark.parametrize("service", HTTP_SERVICES, ids=lambda s: s.name)
 def test_each_dockerfile_exposes_its_topology_port(service):
     assert f"EXPOSE {service.port}\n" in (ROOT / "services" / service.name / "Dockerfile").read_text()
+
+
+@pytest.mark.parametrize("service", STREAM_SERVICES, ids=lambda s: s.name)
+def test_each_socket_service_runs_its_topology_module_and_probe(service):
+    """The literals docker-compose.yml must carry for the socket services agree with the topology."""
+    compose = compose_config()["services"][service.name]
+    assert compose["command"] == ["python", "-m", service.module]
+    assert compose["build"]["dockerfile"] == "services/sockets/Dockerfile"
+    assert compose["healthcheck"]["test"] == ["CMD", "python", "-m", "services.common.healthcheck",
+                                              service.probe_url("127.0.0.1", service.port)]
+    exposed = (ROOT / "services" / "sockets" / "Dockerfile").read_text().split("\nEXPOSE ")[1].split("\n")[0]
+    assert f"{service.port}/{service.transport}" in exposed.split()

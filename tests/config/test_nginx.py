@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import shutil
@@ -11,10 +12,11 @@ from pathlib import Path
 import crossplane
 import pytest
 
-from deploy.render import RATE_LIMITED, nginx_conf
+from deploy.render import COMPOSE_MODULES_CONF, RATE_LIMITED, STREAM_TCP_TIMEOUT, nginx_conf
 from deploy.stack import base_images, docker_answers
-from deploy.topology import HTTP_SERVICES, Site
+from deploy.topology import HTTP_SERVICES, ROOT, STREAM_SERVICES, Site
 from services.common.http import IO_MAX_MS
+from services.sockets.echo import EchoServer
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 SITE = Site(net="127.0.31", public_host="127.0.31.1", public_port=18080, var=Path("/tmp/stack-config-test"))
@@ -161,10 +163,57 @@ def test_compose_config_passes_nginx_t(tmp_path):
     if nginx_version(NGINX) >= (1, 27, 3):
         command = [NGINX, "-t", "-c", str(conf), "-e", "stderr"]
     elif docker_answers() and (image := usable_nginx_image()):
-        command = ["docker", "run", "--rm", "-v", f"{conf}:/etc/stack/nginx.conf:ro", image,
-                   "nginx", "-t", "-c", "/etc/stack/nginx.conf", "-e", "stderr"]
+        script = ROOT / "nginx" / "stream-module.sh"  # what the nginx image's build runs first
+        command = ["docker", "run", "--rm", "-v", f"{conf}:/etc/stack/nginx.conf:ro",
+                   "-v", f"{script}:/stream-module.sh:ro", image, "sh", "-c",
+                   f"sh /stream-module.sh {COMPOSE_MODULES_CONF} && nginx -t -c /etc/stack/nginx.conf -e stderr"]
     else:
         pytest.skip(f"host nginx {nginx_version(NGINX)} predates `resolve`, and no Docker engine has an nginx image")
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr
+
+
+# ---------------------------------------------------------------- layer 4: the stream {} proxy
+
+@pytest.fixture
+def parsed(mode, tmp_path):
+    return parse(mode, tmp_path)
+
+
+def test_stream_module_is_loaded_where_it_is_dynamic(parsed, mode):
+    if mode == "compose":  # the image's build decides (nginx/Dockerfile writes modules.conf)
+        assert one(parsed, "include") == [COMPOSE_MODULES_CONF]
+    else:  # Debian's nginx: a dynamic module from libnginx-mod-stream
+        assert one(parsed, "load_module")[0].endswith("/ngx_stream_module.so")
+
+
+def test_every_socket_service_is_proxied_on_its_public_port(parsed, mode):
+    (stream,) = find(parsed, "stream")
+    block = stream["block"]
+    upstreams = {d["args"][0]: d["block"] for d in find(block, "upstream")}
+    servers = {tuple(one(d["block"], "listen")): d["block"] for d in find(block, "server")}
+    assert set(upstreams) == {s.name for s in STREAM_SERVICES}
+    for service in STREAM_SERVICES:
+        if mode == "native":
+            assert one(upstreams[service.name], "server") == [f"{SITE.address(service)}:{service.port}"]
+            listen = [f"{SITE.public_host}:{SITE.public_port_of(service)}"]
+        else:  # re-resolved through Docker's DNS, like the HTTP upstreams
+            assert one(upstreams[service.name], "server") == [f"{service.name}:{service.port}", "resolve"]
+            listen = [str(service.public_port)]
+        if service.transport == "udp":
+            server = servers[(*listen, "udp")]
+            assert one(server, "proxy_responses") == ["1"]  # one datagram answers one request
+        else:
+            server = servers[tuple(listen)]
+            assert one(server, "proxy_half_close") == ["on"]  # a client's FIN must not cut the reply off
+        assert one(server, "proxy_pass") == [service.name]
+        assert seconds(one(server, "proxy_timeout")[0]) > 0
+    assert one(block, "access_log")[1] == "stream_line"
+    if mode == "compose":
+        assert find(block, "resolver")
+
+
+def test_stream_tcp_timeout_outlasts_the_echo_servers_idle_limit():
+    idle_default = inspect.signature(EchoServer).parameters["idle_timeout"].default
+    assert seconds(STREAM_TCP_TIMEOUT) > idle_default
