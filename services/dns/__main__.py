@@ -10,7 +10,7 @@ import threading
 
 from dnslib.server import DNSLogger, DNSServer
 
-from services.dns.server import Zone, ZoneResolver
+from services.dns.server import SizeLimitedHandler, Zone, ZoneResolver
 
 
 def main() -> None:
@@ -24,7 +24,8 @@ def main() -> None:
     resolver = ZoneResolver(zone)
     # One line per query and per reply, like an access log.
     logger = DNSLogger("request,reply,truncated,error", prefix=True)
-    servers = [DNSServer(resolver, address=host, port=int(port), tcp=tcp, logger=logger) for tcp in (False, True)]
+    servers = [DNSServer(resolver, address=host, port=int(port), tcp=tcp, logger=logger, handler=SizeLimitedHandler)
+               for tcp in (False, True)]
     for server in servers:
         server.start_thread()
     logging.getLogger("stack.dns").info("authoritative for %s on %s (udp+tcp)", zone.origin, args.bind)

@@ -6,7 +6,14 @@ A record's value is an IPv4 address (native mode: each service's own loopback ad
 looked up when a query arrives (Compose: the service name, which Docker's embedded DNS resolves to the
 container's current address, so answers follow a recreated container).
 
+A zone may also carry TXT records (`"txt": {"directory": ["...", ...]}`): the stack's directory lists every
+service, and is deliberately larger than a UDP answer may be — DNS's own lesson in TCP vs UDP.
+
 Answers are authoritative (AA set). Names outside the zone are REFUSED: this is not a recursive resolver.
+Over UDP an answer is at most 512 bytes (RFC 1035 §4.2.1), or what the client offers with EDNS(0), up to
+1232 (RFC 6891; the 2020 DNS flag day's size, which avoids IP fragmentation). A longer answer goes out as
+its question alone with the TC (truncated) bit set, and the client asks again over TCP, where a 2-byte
+length prefix frames a message of up to 65,535 bytes.
 """
 
 from __future__ import annotations
@@ -18,10 +25,12 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from dnslib import NS, QTYPE, RCODE, RR, SOA, A, DNSLabel, DNSRecord
+from dnslib import EDNS0, NS, QTYPE, RCODE, RR, SOA, TXT, A, DNSHeader, DNSLabel, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler
 
 log = logging.getLogger("stack.dns")
+UDP_LIMIT_CLASSIC = 512  # RFC 1035: a client without EDNS(0) gets no more over UDP
+UDP_LIMIT_EDNS = 1232  # the most we send over UDP, whatever a client's EDNS(0) offers
 
 
 @dataclass(frozen=True)
@@ -29,11 +38,13 @@ class Zone:
     origin: str
     records: dict[str, str]
     ttl: int = 5
+    txt: dict[str, list[str]] | None = None  # label -> one TXT record per string
 
     @classmethod
     def load(cls, path: str | Path) -> Zone:
         data = json.loads(Path(path).read_text())
-        return cls(data["zone"].rstrip("."), dict(data["records"]), int(data.get("ttl", 5)))
+        return cls(data["zone"].rstrip("."), dict(data["records"]), int(data.get("ttl", 5)),
+                   dict(data.get("txt", {})))
 
 
 def addresses_of(target: str) -> list[str]:
@@ -67,13 +78,17 @@ class ZoneResolver(BaseResolver):
             reply.header.rcode = RCODE.REFUSED
             return reply
         label = str(qname.stripSuffix(self.origin)).rstrip(".")
-        if label not in self.zone.records:
+        texts = (self.zone.txt or {}).get(label)
+        if label not in self.zone.records and texts is None:
             reply.header.rcode = RCODE.NXDOMAIN
             reply.add_auth(RR(self.origin, QTYPE.SOA, rdata=self.soa, ttl=self.zone.ttl))
             return reply
-        if qtype in ("A", "ANY"):
+        if qtype in ("A", "ANY") and label in self.zone.records:
             for address in addresses_of(self.zone.records[label]):
                 reply.add_answer(RR(qname, QTYPE.A, rdata=A(address), ttl=self.zone.ttl))
+        if qtype in ("TXT", "ANY") and texts:
+            for text in texts:
+                reply.add_answer(RR(qname, QTYPE.TXT, rdata=TXT(text.encode()), ttl=self.zone.ttl))
         if label == "" and qtype in ("SOA", "ANY"):
             reply.add_answer(RR(qname, QTYPE.SOA, rdata=self.soa, ttl=self.zone.ttl))
         if label == "" and qtype in ("NS", "ANY"):
@@ -81,3 +96,37 @@ class ZoneResolver(BaseResolver):
         if not reply.rr:  # the name exists but has no data of this type (e.g. AAAA): NODATA
             reply.add_auth(RR(self.origin, QTYPE.SOA, rdata=self.soa, ttl=self.zone.ttl))
         return reply
+
+
+def edns_payload(request: DNSRecord) -> int | None:
+    """The UDP payload size the client offered with EDNS(0), or None when it sent no OPT record."""
+    for rr in request.ar:
+        if rr.rtype == QTYPE.OPT:
+            return int(rr.rclass)
+    return None
+
+
+class SizeLimitedHandler(DNSHandler):
+    """dnslib's handler sends every UDP answer whole, however long. This one keeps UDP answers within the
+    client's limit (512 bytes, or its EDNS(0) offer up to 1232), answers EDNS(0) with EDNS(0), and sends an
+    answer that does not fit as the bare question with TC set, so the client retries over TCP."""
+
+    def get_reply(self, data: bytes) -> bytes:
+        request = DNSRecord.parse(data)
+        self.server.logger.log_request(self, request)
+        reply = self.server.resolver.resolve(request, self)
+        offered = edns_payload(request)
+        if offered is not None:
+            reply.add_ar(EDNS0(udp_len=UDP_LIMIT_EDNS))
+        self.server.logger.log_reply(self, reply)
+        packed = reply.pack()
+        limit = UDP_LIMIT_CLASSIC if offered is None else min(max(offered, UDP_LIMIT_CLASSIC), UDP_LIMIT_EDNS)
+        if self.protocol == "udp" and len(packed) > limit:
+            header = reply.header
+            truncated = DNSRecord(DNSHeader(id=header.id, qr=1, aa=header.aa, ra=header.ra, rd=header.rd, tc=1,
+                                            rcode=header.rcode), q=request.q)
+            if offered is not None:
+                truncated.add_ar(EDNS0(udp_len=UDP_LIMIT_EDNS))
+            self.server.logger.log_truncated(self, truncated)
+            packed = truncated.pack()
+        return packed

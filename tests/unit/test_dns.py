@@ -1,9 +1,12 @@
 """The stack's DNS server: the resolver's answers, then the real server over UDP and TCP (dnspython client)."""
 
+import json
+import shutil
 import subprocess
 import sys
 import time
 
+import dns.flags
 import dns.message
 import dns.query
 import dns.rcode
@@ -11,11 +14,13 @@ import dns.rdatatype
 import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
 
+from deploy.render import zone
 from deploy.topology import ROOT
-from services.dns.server import Zone, ZoneResolver, addresses_of
+from services.dns.server import UDP_LIMIT_EDNS, Zone, ZoneResolver, addresses_of
 from tests.conftest import free_tcp_udp_port
 
 ZONE = Zone("stack.internal", {"": "127.0.0.1", "web": "127.0.10.11", "local": "localhost"}, ttl=5)
+BIG_TXT = [f"record {i} " + "x" * 200 for i in range(8)]  # about 1.8 kB of answer: more than any UDP answer
 
 
 def ask(name, qtype="A"):
@@ -58,7 +63,8 @@ def test_names_outside_the_zone_are_refused():
 @pytest.fixture
 def dns_server(tmp_path):
     zone_file = tmp_path / "zone.json"
-    zone_file.write_text('{"zone": "stack.internal", "ttl": 5, "records": {"web": "127.0.10.11"}}')
+    zone_file.write_text(json.dumps({"zone": "stack.internal", "ttl": 5, "records": {"web": "127.0.10.11"},
+                                     "txt": {"big": BIG_TXT, "small": ["fits"]}}))
     port = free_tcp_udp_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.dns", "--zone-file", str(zone_file), "--bind", f"127.0.0.1:{port}"],
@@ -85,3 +91,55 @@ def test_server_answers_over_udp_and_tcp(dns_server, transport):
     assert reply.rcode() == dns.rcode.NOERROR
     assert [item.address for item in reply.answer[0]] == ["127.0.10.11"]
     assert reply.answer[0].rdtype == dns.rdatatype.A
+
+
+def test_txt_records_and_a_name_with_only_txt():
+    resolver = ZoneResolver(Zone("stack.internal", {}, 5, {"directory": ["a=1", "b=2"]}))
+    reply = resolver.resolve(DNSRecord.question("directory.stack.internal", "TXT"), None)
+    assert [str(rr.rdata) for rr in reply.rr] == ['"a=1"', '"b=2"']
+    nodata = resolver.resolve(DNSRecord.question("directory.stack.internal", "A"), None)
+    assert nodata.header.rcode == RCODE.NOERROR and not nodata.rr
+
+
+@pytest.mark.parametrize("mode", ["native", "compose"])
+def test_the_stacks_directory_is_too_large_for_any_udp_answer(mode):
+    """The lesson needs it: the directory record must not fit even an EDNS(0) answer."""
+    rendered = zone(mode)
+    resolver = ZoneResolver(Zone(rendered["zone"], rendered["records"], rendered["ttl"], rendered["txt"]))
+    reply = resolver.resolve(DNSRecord.question("directory.stack.internal", "TXT"), None)
+    assert len(reply.pack()) > UDP_LIMIT_EDNS
+    names = {text.split()[0] for text in rendered["txt"]["directory"]}
+    assert {"service=nginx", "service=web", "service=time-udp", "service=echo", "service=dns"} <= names
+
+
+def test_udp_answer_too_large_is_truncated_and_tcp_carries_it(dns_server):
+    query = dns.message.make_query("big.stack.internal", "TXT")
+    udp = dns.query.udp(query, "127.0.0.1", port=dns_server, timeout=2)
+    assert udp.flags & dns.flags.TC and not udp.answer  # the question alone, TC set
+    assert udp.question == query.question  # still a valid response to this query
+    tcp = dns.query.tcp(query, "127.0.0.1", port=dns_server, timeout=2)
+    assert not tcp.flags & dns.flags.TC
+    assert [s.decode() for rr in tcp.answer[0] for s in rr.strings] == BIG_TXT
+    reply, used_tcp = dns.query.udp_with_fallback(query, "127.0.0.1", port=dns_server, timeout=2)
+    assert used_tcp and len(reply.answer[0]) == len(BIG_TXT)
+
+
+def test_edns_raises_the_udp_limit_to_1232_and_is_answered_with_edns(dns_server):
+    offered = dns.message.make_query("big.stack.internal", "TXT", use_edns=0, payload=4096)
+    reply = dns.query.udp(offered, "127.0.0.1", port=dns_server, timeout=2)
+    assert reply.flags & dns.flags.TC and reply.edns == 0 and reply.payload == UDP_LIMIT_EDNS
+    small = dns.query.udp(dns.message.make_query("small.stack.internal", "TXT", use_edns=0), "127.0.0.1",
+                          port=dns_server, timeout=2)
+    assert not small.flags & dns.flags.TC and small.edns == 0 and small.answer
+    plain = dns.query.udp(dns.message.make_query("web.stack.internal", "A"), "127.0.0.1", port=dns_server, timeout=2)
+    assert plain.edns == -1  # no EDNS asked, none answered
+
+
+def test_dig_retries_over_tcp_by_itself(dns_server):
+    dig = shutil.which("dig")
+    if dig is None:
+        pytest.skip("dig is not installed (Debian: bind9-dnsutils; `make up` installs it as root)")
+    out = subprocess.run([dig, "@127.0.0.1", "-p", str(dns_server), "big.stack.internal", "TXT"],
+                         capture_output=True, text=True, timeout=20).stdout
+    assert ";; Truncated, retrying in TCP mode." in out
+    assert out.count('IN\tTXT\t"record ') == len(BIG_TXT)  # the whole answer, from the TCP retry
