@@ -126,6 +126,17 @@ class ConnHandler(BaseHandler):
     head = get
 
 
+class StreamHandler(BaseHandler):
+    async def get(self, n: str) -> None:
+        """n JSON lines, each flushed as it is written: no Content-Length, so Tornado sends chunks."""
+        count = http.stream_n(n)
+        self.set_header("Content-Type", http.JSON)
+        for i in range(count):
+            self.write(http.stream_line(SERVICE, i))
+            await self.flush()
+        self.finish()
+
+
 class FanoutHandler(BaseHandler):
     """The seed's Tornado APIHandler, fixed and measured: N fetches of httpbin's /delay/D through
     AsyncHTTPClient, all in flight at once on this IOLoop, so the total is about D seconds, not N x D."""
@@ -277,6 +288,7 @@ ROUTES: list[tuple[str, type[BaseHandler]]] = [
     ("/io", IoHandler),
     ("/cpu", CpuHandler),
     ("/conn", ConnHandler),
+    (r"/stream/([^/]+)", StreamHandler),
     ("/fanout", FanoutHandler),
     ("/openapi.json", OpenApiHandler),
     ("/items", ItemsHandler),

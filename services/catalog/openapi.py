@@ -29,6 +29,7 @@ def build() -> dict:
     items = "/catalog/items"
     paths = {
         **oa.shared_paths("/catalog", "catalog"),
+        **oa.stream_path("/catalog", "catalog"),
         items: {
             "get": oa.operation("A page of items (keyset pagination, RFC 8288 Link)", {
                 "200": oa.json_response("The page", {

@@ -99,6 +99,20 @@ def cpu_n(raw: str | None) -> int:
     return int_param(raw, "n", CPU_DEFAULT_N, 1, CPU_MAX_N)
 
 
+# <prefix>/stream/{n}: httpbin.org's bound on n.
+STREAM_MAX_N = 100
+
+
+def stream_n(raw: str) -> int:
+    return int_param(raw, "n", 1, 1, STREAM_MAX_N)
+
+
+def stream_line(service: str, i: int) -> str:
+    """Line i of <prefix>/stream/{n} on web and catalog: a JSON document per line, each written as it is made,
+    so the size is unknown when the headers go out and the server frames the body with chunked encoding."""
+    return to_json({"id": i, "service": service}) + "\n"
+
+
 def cpu_work(n: int) -> int:
     """Deterministic pure-Python work, O(n): a rolling polynomial hash of 0..n-1 (holds the GIL throughout)."""
     acc = 0

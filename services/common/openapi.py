@@ -95,6 +95,15 @@ def shared_paths(prefix: str, service: str) -> dict:
     }
 
 
+def stream_path(prefix: str, service: str) -> dict:
+    """<prefix>/stream/{n} on web and catalog (httpbin documents its own, httpbin.org-shaped one)."""
+    return {f"{prefix}/stream/{{n}}": {"get": operation(
+        "n JSON lines in a chunked body (Transfer-Encoding: chunked, no Content-Length)",
+        {"200": {"description": f'One JSON document per line: {{"id": i, "service": "{service}"}}'}},
+        [path_param("n", {"type": "integer", "minimum": 1, "maximum": http.STREAM_MAX_N})],
+        tags=["framing"])}}
+
+
 def document(service: str, description: str, paths: dict) -> dict:
     return {
         "openapi": "3.1.0",

@@ -20,7 +20,6 @@ from services.common import http
 
 PREFIX = "/httpbin"
 MAX_DELAY = 10
-MAX_STREAM = 100
 MAX_BYTES = 100 * 1024
 REDIRECT_CODES = {301, 302, 303, 307, 308}
 
@@ -221,7 +220,7 @@ def _number(raw: str, name: str) -> float:
 
 async def stream(request: web.Request) -> web.StreamResponse:
     """n JSON documents, one per line, in a chunked response (no Content-Length: the size is not known)."""
-    n = http.int_param(request.match_info["n"], "n", 1, 1, MAX_STREAM)
+    n = http.stream_n(request.match_info["n"])
     # X-Accel-Buffering: no asks nginx to pass each chunk on as it comes instead of buffering the whole body.
     response = web.StreamResponse(headers={"Content-Type": "application/json", "X-Accel-Buffering": "no"})
     response.enable_chunked_encoding()

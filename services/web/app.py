@@ -78,6 +78,12 @@ def cpu() -> Response:
     return _json(http.cpu_body(http.cpu_n(request.args.get("n"))))
 
 
+def stream(n: str) -> Response:
+    """n JSON lines from a generator: no Content-Length, so gunicorn sends each line as one chunk."""
+    count = http.stream_n(n)
+    return Response((http.stream_line(SERVICE, i) for i in range(count)), content_type=http.JSON)
+
+
 def conn() -> Response:
     sock = request.environ.get("gunicorn.socket")
     count = _requests_per_socket.get(sock, 1) if sock is not None else 1
@@ -259,6 +265,7 @@ ROUTES: list[tuple[str, str, Callable[..., Response], list[str]]] = [
     ("/io", "io", io_wait, ["GET"]),
     ("/cpu", "cpu", cpu, ["GET"]),
     ("/conn", "conn", conn, ["GET"]),
+    ("/stream/<n>", "stream", stream, ["GET"]),
     ("/fanout", "fanout", fanout, ["GET"]),
     ("/openapi.json", "openapi", openapi, ["GET"]),
     ("/signup", "signup", signup, ["POST"]),

@@ -24,6 +24,7 @@ IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
 def build() -> dict:
     paths = {
         **oa.shared_paths("/web", "web"),
+        **oa.stream_path("/web", "web"),
         "/web/signup": {"post": oa.operation("Create an account", {
             "201": oa.json_response("Created", USER, {"Location": {"schema": {"type": "string"}}})},
             body=oa.json_body(CREDENTIALS), tags=["accounts"])},

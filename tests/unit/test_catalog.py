@@ -1,5 +1,6 @@
 """The Tornado app in-process, through tornado.testing (a real HTTP server on an ephemeral port)."""
 
+import json
 import tempfile
 
 from tornado.testing import AsyncHTTPTestCase
@@ -43,3 +44,12 @@ class CatalogTest(CatalogAppTest):
         assert response.headers["Server"].startswith("TornadoServer/")
         assert response.headers["Date"].endswith("GMT")
 
+
+    def test_stream_is_chunked_json_lines(self):
+        response = self.fetch("/catalog/stream/3")
+        assert response.code == 200 and response.headers["Transfer-Encoding"] == "chunked"
+        assert "Content-Length" not in response.headers
+        lines = [json.loads(line) for line in response.body.splitlines()]
+        assert lines == [{"id": i, "service": "catalog"} for i in range(3)]
+        for bad in ("0", "101", "x"):
+            assert self.fetch(f"/catalog/stream/{bad}").code == 400

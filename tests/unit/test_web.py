@@ -1,5 +1,7 @@
 """The Flask app in-process, through Flask's test client."""
 
+import json
+
 import pytest
 
 from services.web.app import create_app
@@ -32,3 +34,11 @@ def test_head_has_get_headers_and_no_body(client):
     response = client.head("/web/json")
     assert response.status_code == 200 and response.data == b""
     assert response.headers["Content-Length"] == "27"
+
+
+def test_stream_is_n_json_lines_from_a_generator_without_a_content_length(client):
+    response = client.get("/web/stream/3")
+    assert response.status_code == 200 and response.is_streamed and "Content-Length" not in response.headers
+    assert [json.loads(line) for line in response.data.splitlines()] == [{"id": i, "service": "web"} for i in range(3)]
+    for bad in ("0", "101", "x"):
+        assert client.get(f"/web/stream/{bad}").status_code == 400
