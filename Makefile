@@ -9,7 +9,8 @@ PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-deps up down ps logs urls test lint fmt lock clean loadtest loadtest-headless soak compare
+.PHONY: help setup system-deps up down ps logs urls test lint fmt lock clean loadtest loadtest-headless soak compare \
+        trace trace-dns rawhttp tcp-vs-udp
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -40,6 +41,18 @@ logs:  ## follow every service's log
 
 urls:  ## print the stack's URLs
 	@$(PY) -m deploy urls
+
+trace: setup  ## follow one request through every hop: make trace URL=/catalog/json (as root: with its packets)
+	@$(PY) -m wire.trace $(URL)
+
+trace-dns: setup  ## DNS over UDP, truncated (TC), then over TCP
+	@$(PY) -m wire.dns_truncation
+
+rawhttp: setup  ## HTTP/1.1 by hand on a raw socket: keep-alive, chunked (checked by h11), close: URL=...
+	@$(PY) -m wire.rawhttp $(URL)
+
+tcp-vs-udp: setup  ## the time service over TCP and over UDP, side by side
+	@$(PY) -m services.sockets.client compare
 
 loadtest: setup  ## Locust's web UI on http://127.0.0.1:8089 against the running stack (WORKERS=2)
 	@$(PY) -m loadtest ui

@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 from deploy import procs
@@ -176,7 +177,7 @@ class Native:
         file = {"nginx": "nginx-access.log"}.get(name, f"{name}.log")
         try:
             return (self.site.var / "log" / file).read_text(errors="replace")
-        except FileNotFoundError:
+        except OSError:  # not written yet, or not readable by this user
             return ""
 
     def logs(self) -> int:
@@ -250,12 +251,14 @@ def base_images(environ: dict[str, str]) -> dict[str, str]:
 
 
 class Compose:
-    def __init__(self, site: Site) -> None:
+    def __init__(self, site: Site, environ: Mapping[str, str] | None = None) -> None:
+        """`environ`: the environment Compose runs in (default: this process's), e.g. a project name."""
         self.site = site
         self.env = {
-            **os.environ,
+            **(os.environ if environ is None else environ),
             "STACK_PORT": str(site.public_port),
             "STACK_DNS_PORT": str(site.dns_port),
+            **{s.port_env: str(site.public_port_of(s)) for s in STREAM_SERVICES},
         }
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,399 @@
+"""`make trace URL=…`: one request followed through every hop of the stack, as a timed story.
+
+    python -m wire.trace [URL] [--keep-alive] [-X METHOD] [-d BODY]
+    make trace URL=/catalog/json             (a path: through nginx, by the name stack.internal)
+    make trace URL=http://web.stack.internal:8001/web/json   (native mode: straight to one service)
+
+The seed's list of what happens after you type a URL, each step seen rather than told:
+  1. DNS: the URL's name asked of the stack's own DNS server over UDP: question, answer, TTL, time.
+  2. The TCP three-way handshake, captured from the wire: SYN, SYN-ACK, ACK with sequence numbers,
+     options and the kernel's timestamps.
+  3. The HTTP request: the exact bytes written to the socket.
+  4. nginx, the reverse proxy: its access line for this request id (connect, header and response times
+     to the upstream) and the upstream connection that carried the request, new or from its keep-alive pool.
+  5. The service (gunicorn, Tornado, aiohttp) and its app: their own access line for the same request id.
+  6. The response: status line, headers, and how the body's end was found.
+  7. The close: FIN and ACK in order, which side closed first, and the TIME_WAIT it keeps (`ss`).
+Packets are captured with an AF_PACKET socket (root or CAP_NET_RAW). Whatever cannot be seen here — no
+capture permission, no `ss`, a log line not yet written — is said so, and the story goes on without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import re
+import secrets
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import dns.exception
+import dns.message
+import dns.query
+import dns.rcode
+
+from deploy.stack import choose_mode, driver
+from deploy.topology import HTTP_SERVICES, NGINX_PORT, ZONE, Service, Site
+from wire.capture import Capture, CaptureUnavailable, Packet
+from wire.rawhttp import (
+    ProtocolError,
+    WireReader,
+    build_request,
+    print_received,
+    print_sent,
+    read_response,
+    tcp_state,
+    time_wait_lines,
+)
+
+USER_AGENT = "stack-trace/1"
+LOG_WAIT_S = 5.0  # services flush their access lines twice a second
+
+
+@dataclass
+class Plan:
+    """What the trace will do, worked out from the URL and the running stack."""
+
+    url: str
+    name: str  # the host part of the URL
+    port: int
+    path: str
+    method: str
+    body: bytes
+    service: Service | None  # the service whose prefix the path falls under
+    mode: str
+    site: Site
+
+    @property
+    def host_header(self) -> str:
+        return f"{self.name}:{self.port}"
+
+    @property
+    def direct(self) -> bool:
+        """True when the URL names a service's own port: no nginx on this path."""
+        return self.service is not None and self.port == self.service.port
+
+
+def plan_of(url: str, method: str | None, body: str | None, site: Site, mode: str) -> Plan:
+    if "://" not in url:
+        url = f"http://{ZONE}:{site.public_port}{url if url.startswith('/') else '/' + url}"
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise SystemExit(f"make trace needs an http:// URL or a path, not {url!r}")
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    matching = [s for s in HTTP_SERVICES if path.startswith(s.prefix)]
+    return Plan(url, parts.hostname, parts.port or site.public_port, path,
+                method or ("POST" if body else "GET"), (body or "").encode(), matching[0] if matching else None,
+                mode, site)
+
+
+class Story:
+    def __init__(self, t0: float) -> None:
+        self.t0 = t0
+
+    def at(self, when: float) -> str:
+        return f"+{(when - self.t0) * 1000:8.3f} ms"
+
+    @staticmethod
+    def section(number: int, title: str) -> None:
+        print(f"\n{number}. {title}")
+
+    @staticmethod
+    def note(text: str) -> None:
+        print(f"   {text}")
+
+
+def endpoint(address: tuple[str, int]) -> str:
+    return f"{address[0]}:{address[1]}"
+
+
+class Connection:
+    """The captured packets of one TCP connection, with sequence numbers shown relative after the handshake
+    (as tcpdump does)."""
+
+    def __init__(self, client: tuple[str, int], server: tuple[str, int], packets: list[Packet]) -> None:
+        self.client, self.server = client, server
+        self.packets = [p for p in packets if p.transport == "tcp" and p.between(client, server)]
+        syns = {p.src: p.seq for p in self.packets if p.has(0x02)}
+        self.isn = syns  # initial sequence number of each side that was seen opening
+
+    @property
+    def opened_here(self) -> bool:
+        return any(p.has(0x02) and not p.has(0x10) and p.src == self.client for p in self.packets)
+
+    def describe(self, packet: Packet) -> str:
+        if packet.has(0x02):
+            numbers = f"seq={packet.seq}" + (f" ack={packet.ack}" if packet.has(0x10) else "")
+        else:
+            other = packet.dst
+            seq = (packet.seq - self.isn[packet.src]) % 2**32 if packet.src in self.isn else packet.seq
+            ack = (packet.ack - self.isn[other]) % 2**32 if other in self.isn else packet.ack
+            numbers = f"seq={seq} ack={ack}"
+        options = f" [{', '.join(packet.options)}]" if packet.has(0x02) and packet.options else ""
+        length = f" len={len(packet.payload)}" if packet.payload else ""
+        return (f"{endpoint(packet.src):>21} → {endpoint(packet.dst):<21} {packet.flag_names:<8} "
+                f"{numbers} win={packet.window}{length}{options}")
+
+
+def ask_dns(plan: Plan, story: Story) -> str | None:
+    """Step 1: the stack's DNS server, over UDP, for the URL's name. The answer, or None."""
+    story.section(1, f"DNS: {plan.name} becomes an address")
+    try:
+        ipaddress.ip_address(plan.name)
+        story.note("the URL names an address, so there is nothing to look up")
+        return plan.name
+    except ValueError:
+        pass
+    server = plan.site.dns_endpoint(plan.mode)
+    query = dns.message.make_query(plan.name, "A")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("0.0.0.0", 0))
+        plan.dns_port = sock.getsockname()[1]  # type: ignore[attr-defined]
+        sent = time.time()
+        try:
+            reply = dns.query.udp(query, server[0], port=server[1], timeout=2, sock=sock)
+        except (OSError, dns.exception.DNSException) as error:
+            story.note(f"{story.at(sent)}  no answer from the stack's DNS server at {endpoint(server)}: {error}")
+            return None
+        received = time.time()
+    story.note(f"{story.at(sent)}  query   UDP → {endpoint(server)}  {plan.name}. IN A   "
+               f"(id {query.id}, {len(query.to_wire())} bytes)")
+    answers = [(item.address, rrset.ttl) for rrset in reply.answer if rrset.rdtype == 1 for item in rrset]
+    flags = "authoritative (AA)" if reply.flags & 0x0400 else "not authoritative"
+    rcode = dns.rcode.to_text(reply.rcode())
+    shown = ", ".join(f"A {address} TTL {ttl} s" for address, ttl in answers) or "no address"
+    story.note(f"{story.at(received)}  answer  UDP ← {endpoint(server)}  {shown}; {rcode}, {flags}, "
+               f"{len(reply.to_wire())} bytes, {(received - sent) * 1000:.2f} ms round trip")
+    return answers[0][0] if answers else None
+
+
+def where_to_connect(plan: Plan, answer: str | None, story: Story) -> tuple[str, int]:
+    nginx_names = (ZONE, f"nginx.{ZONE}")
+    if plan.mode == "compose" and plan.name in nginx_names:
+        story.note(f"(that is nginx's address inside Compose's network; from this host Docker publishes it on "
+                   f"{plan.site.public_host}:{plan.site.public_port}, so the trace connects there)")
+        return plan.site.public_host, plan.site.public_port
+    if answer is None:
+        story.note(f"(connecting to the stack's public address {plan.site.public_host} instead)")
+        return plan.site.public_host, plan.port
+    return answer, plan.port
+
+
+def print_connection(connection: Connection, story: Story, only_open: bool = False) -> None:
+    for packet in connection.packets:
+        if only_open and not (packet.has(0x02) or (packet.has(0x10) and not packet.payload and
+                                                   packet is connection.packets[min(2, len(connection.packets) - 1)])):
+            continue
+        story.note(f"{story.at(packet.time)}  {connection.describe(packet)}")
+
+
+def log_line(plan: Plan, program: str, rid: str) -> str | None:
+    deadline = time.monotonic() + LOG_WAIT_S
+    stack = driver(plan.mode, plan.site)
+    while True:
+        lines = [line for line in stack.log_text(program).splitlines() if rid in line]
+        if lines or time.monotonic() > deadline:
+            return lines[-1].strip() if lines else None
+        time.sleep(0.25)
+
+
+def explain_nginx_line(line: str) -> str:
+    fields = dict(re.findall(r"(rt|uct|uht|urt|ups|conn)=(\S+)", line))
+    if "ups" not in fields or fields["ups"] == "-":
+        return "nginx answered this itself: no upstream"
+    connection, number = (fields.get("conn", "?/?").split("/") + ["?"])[:2]
+    return (f"upstream {fields['ups']}: connecting took {fields.get('uct')} s, its headers came after "
+            f"{fields.get('uht')} s, the whole exchange {fields.get('urt')} s; nginx's total {fields.get('rt')} s. "
+            f"Client connection #{connection}, request {number} on it.")
+
+
+def upstream_connections(packets: list[Packet], rid: str, mine: tuple[tuple[str, int], tuple[str, int]]) \
+        -> list[Connection]:
+    """The other TCP connections that carried this request id: nginx's to the service (and, in Compose,
+    Docker's proxy to nginx), in the order the request crossed them."""
+    servers = {NGINX_PORT, *(s.port for s in HTTP_SERVICES)}
+    found: list[Connection] = []
+    seen: set[frozenset] = {frozenset(mine)}
+    for packet in packets:
+        if packet.transport == "tcp" and rid.encode() in packet.payload:
+            key = frozenset((packet.src, packet.dst))
+            if key not in seen:
+                seen.add(key)
+                # The server is the side on a server's port (the response carries the id too).
+                client, server = ((packet.dst, packet.src) if packet.src[1] in servers and
+                                  packet.dst[1] not in servers else (packet.src, packet.dst))
+                found.append(Connection(client, server, packets))
+    return found
+
+
+def label(server: tuple[str, int], mode: str) -> str:
+    for service in HTTP_SERVICES:
+        if server[1] == service.port:
+            return f"nginx → {service.name}"
+    if server[1] == NGINX_PORT and mode == "compose":
+        return "Docker's port proxy → nginx's container"
+    return "→ " + endpoint(server)
+
+
+def trace(plan: Plan, keep_alive: bool) -> int:
+    rid = f"trace-{secrets.token_hex(8)}"
+    t0 = time.time()
+    story = Story(t0)
+    print(f"Tracing {plan.method} {plan.url}   ({plan.mode} stack, request id {rid})")
+    try:
+        capture: Capture | None = Capture()
+        print("Packets: captured from this host's interfaces with an AF_PACKET socket; times are the kernel's.")
+    except CaptureUnavailable as reason:
+        capture = None
+        print(f"Packets: not visible ({reason}); the steps come from the client's sockets and the logs.")
+
+    with capture or _Nothing():
+        answer = ask_dns(plan, story)
+        address = where_to_connect(plan, answer, story)
+        headers = [("User-Agent", USER_AGENT), ("Accept", "*/*"), ("X-Request-ID", rid)]
+        if plan.body:
+            headers.append(("Content-Type", "application/json"))
+        if not keep_alive:
+            headers.append(("Connection", "close"))
+        request = build_request(plan.method, plan.path, plan.host_header, headers, plan.body)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.settimeout(30)
+        connect_started = time.time()
+        try:
+            sock.connect(address)
+        except OSError as error:
+            story.section(2, f"TCP three-way handshake with {endpoint(address)}")
+            story.note(f"connect() failed: {error}. Is the stack up? (make up; make ps)")
+            sock.close()
+            return 1
+        connected = time.time()
+        local, peer = sock.getsockname(), sock.getpeername()
+        sock.sendall(request)
+        written = time.time()
+        reader = WireReader(sock)
+        try:
+            response = read_response(reader, plan.method)
+        except (OSError, ProtocolError) as error:
+            story.note(f"reading the response failed: {error}")
+            sock.close()
+            return 1
+        if keep_alive:
+            closer = "the client (this trace)"
+            sock.close()
+            state_after = None
+        else:
+            reader.until_close()
+            state_after = tcp_state(sock)
+            closer = "the server"
+            sock.close()
+        if capture:
+            capture.wait_for(lambda ps: sum(1 for p in ps if p.between(local, peer) and p.has(0x01)) >= 2
+                             and p_last_ack(ps, local, peer), timeout=2)
+    packets = capture.snapshot() if capture else []
+    mine = Connection(local, peer, packets)
+
+    story.section(2, f"TCP three-way handshake: {endpoint(local)} → {endpoint(peer)}")
+    handshake = [p for p in mine.packets if p.time <= written][:3]
+    for packet in handshake:
+        story.note(f"{story.at(packet.time)}  {mine.describe(packet)}")
+    if not handshake:
+        story.note("(packets not captured)")
+    story.note(f"connect() returned after {(connected - connect_started) * 1000:.3f} ms: one round trip, "
+               "and the kernel's listen queue held the connection before nginx accepted it")
+
+    story.section(3, f"The HTTP request: {len(request)} bytes written at {story.at(written).strip()}")
+    print_sent(request)
+    for packet in [p for p in mine.packets if p.src == local and p.payload]:
+        story.note(f"{story.at(packet.time)}  {mine.describe(packet)}")
+
+    others = upstream_connections(packets, rid, (local, peer))
+    if plan.direct:
+        story.section(4, "nginx: not on this path (the URL names the service's own port)")
+    else:
+        story.section(4, "nginx, the reverse proxy")
+        line = log_line(plan, "nginx", f"rid={rid}")
+        story.note(f"access line: {line}" if line else f"no access line with rid={rid} within {LOG_WAIT_S:g} s")
+        if line:
+            story.note(explain_nginx_line(line))
+    for connection in others:
+        verdict = ("a new connection: its SYN is in the capture" if connection.opened_here else
+                   "no SYN during this trace: an open connection reused from the keep-alive pool")
+        story.note(f"{label(connection.server, plan.mode)}: {endpoint(connection.client)} → "
+                   f"{endpoint(connection.server)}, {verdict}")
+        for packet in connection.packets:
+            story.note(f"  {story.at(packet.time)}  {connection.describe(packet)}")
+    if capture and not others and not plan.direct and plan.service:
+        story.note("(no upstream packet with this request id was captured)")
+
+    if plan.service:
+        story.section(5, f"{plan.service.name}: {plan.service.framework} on {plan.service.server}")
+        line = log_line(plan, plan.service.name, rid)
+        story.note(f"access line: {line}" if line else f"no access line with {rid} within {LOG_WAIT_S:g} s")
+    else:
+        story.section(5, "no service: nginx answered this path itself")
+
+    replies = [p for p in mine.packets if p.src == peer and p.payload]
+    first = replies[0].time if replies else reader.first_byte_at or time.time()
+    story.section(6, f"The response: first byte at {story.at(first).strip()}, "
+                     f"{(first - written) * 1000:.3f} ms after the request was written")
+    for packet in replies:
+        story.note(f"{story.at(packet.time)}  {mine.describe(packet)}")
+    print_received(response)
+
+    story.section(7, "The close")
+    last_data = max((p.time for p in mine.packets if p.payload), default=first)
+    closing = [p for p in mine.packets if p.has(0x01) or (p.time > last_data and not p.payload)]
+    for packet in closing:
+        story.note(f"{story.at(packet.time)}  {mine.describe(packet)}")
+    fins = [p for p in mine.packets if p.has(0x01)]
+    if fins:
+        side = "nginx" if fins[0].src == peer and not plan.direct else "the server" if fins[0].src == peer else \
+            "the client (this trace)"
+        story.note(f"{side} sent the first FIN" + (" (the request said Connection: close)" if not keep_alive else ""))
+    else:
+        story.note(f"{closer} closed first")
+    if state_after:
+        story.note(f"after the server's FIN this socket was {state_after} until close()")
+    waits = time_wait_lines(local, peer)
+    for line in waits:
+        story.note(f"ss: {line}   (the side that closed first keeps it for 60 s on Linux)")
+    if not waits:
+        story.note("no TIME_WAIT socket visible from here (`ss` missing, or it lives in another network namespace)")
+    ended = closing[-1].time if closing else time.time()
+    print(f"\nFrom the DNS query to the last packet: {(ended - t0) * 1000:.3f} ms "
+          f"(the trace itself took longer: it waits for the services' access lines).")
+    return 0
+
+
+def p_last_ack(packets: list[Packet], local: tuple[str, int], peer: tuple[str, int]) -> bool:
+    """The close is complete: after both FINs, a last packet acknowledges the second."""
+    mine = [p for p in packets if p.transport == "tcp" and p.between(local, peer)]
+    fins = [p for p in mine if p.has(0x01)]
+    return len(fins) >= 2 and mine[-1] is not fins[-1]
+
+
+class _Nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("url", nargs="?", default="/web/json", help="a path on the stack, or an http:// URL")
+    parser.add_argument("--keep-alive", action="store_true", help="no Connection: close; the client closes first")
+    parser.add_argument("-X", "--method")
+    parser.add_argument("-d", "--data", help="a JSON request body")
+    args = parser.parse_args(argv)
+    site = Site.from_env()
+    plan = plan_of(args.url, args.method, args.data, site, choose_mode(None, site))
+    return trace(plan, args.keep_alive)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
