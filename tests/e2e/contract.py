@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import email.utils
 import http.client
+import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,9 +20,12 @@ from datetime import UTC, datetime
 import dns.message
 import dns.query
 import dns.rcode
+import pytest
 import requests
 
-from deploy.topology import HTTP_SERVICES, ROOT, ZONE, Site
+from deploy.topology import HTTP_SERVICES, ROOT, STREAM_SERVICES, ZONE, Site
+from services.sockets import protocol
+from services.sockets.client import ask_time, echo_roundtrip
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
 
@@ -65,11 +70,14 @@ def wait_for_log(stack: RunningStack, service: str, needle: str, count: int = 1,
 
 
 def ps_output(stack: RunningStack) -> str:
-    """`ps` output, after checking it reports every hop healthy."""
+    """`ps` output, after checking it reports every hop healthy (socket services through nginx's stream proxy)."""
     result = stack.deploy("ps")
     assert result.returncode == 0, result.stderr
     for name in ("nginx", "dns", *(s.name for s in HTTP_SERVICES)):
         assert re.search(rf"health\s+{name}\s+(HTTP 200|{re.escape(ZONE)} -> )", result.stdout), result.stdout
+    for service in STREAM_SERVICES:
+        where = f"{service.transport} {stack.site.public_host}:{stack.site.public_port_of(service)}"
+        assert re.search(rf"health\s+{service.name}\s+{re.escape(where)} -> answers", result.stdout), result.stdout
     return result.stdout
 
 
@@ -200,3 +208,88 @@ class StackContract:
         result = stack.deploy("up", "--mode", stack.mode, timeout=600)
         assert result.returncode == 0, result.stdout + result.stderr
         assert requests.get(stack.url("/web/json"), timeout=5).status_code == 200
+
+    # ------------------------------------------------------------ layer 4 and the wire
+
+    def stream_address(self, stack: RunningStack, name: str) -> tuple[str, int]:
+        (service,) = [s for s in STREAM_SERVICES if s.name == name]
+        return stack.site.public_host, stack.site.public_port_of(service)
+
+    def test_socket_services_answer_concurrent_clients_through_nginxs_stream_proxy(self, stack):
+        tcp, udp, echo = (self.stream_address(stack, name) for name in ("time-tcp", "time-udp", "echo"))
+        payloads = [os.urandom(n) for n in range(1, 60_000, 2_000)]
+        with ThreadPoolExecutor(16) as pool:
+            times = list(pool.map(lambda i: ask_time(*(tcp if i % 2 else udp), "tcp" if i % 2 else "udp").reply,
+                                  range(60)))
+            echoed = list(pool.map(lambda p: echo_roundtrip(*echo, p), payloads))
+        assert all(protocol.is_time_reply(reply) for reply in times)
+        assert echoed == payloads
+
+    def test_behind_the_stream_proxy_the_peer_is_nginx_and_messages_keep_their_size(self, stack):
+        tcp, udp, echo = (self.stream_address(stack, name) for name in ("time-tcp", "time-udp", "echo"))
+        exchange = ask_time(*tcp, request=protocol.info_request(100 * 1024))
+        peer_port = int(re.search(rb"tcp from [\d.]+:(\d+) ", exchange.reply).group(1))
+        assert peer_port != exchange.local[1]  # the service saw nginx's own connection, not ours
+        assert b"request 102400 bytes" in exchange.reply
+        assert ask_time(*udp, "udp", request=protocol.info_request(60_000)).reply.endswith(
+            b"request 60000 bytes in 1 recvfrom() call\r\n")  # nginx relays a large datagram whole
+        payload = os.urandom(1024 * 1024)
+        assert echo_roundtrip(*echo, payload, timeout=20) == payload
+        # $server_port is where nginx listens: in Compose the container's port, behind Docker's published one.
+        listening = {s.transport: s.public_port if stack.mode == "compose" else stack.site.public_port_of(s)
+                     for s in STREAM_SERVICES if s.name.startswith("time-")}
+        log = wait_for_log(stack, "nginx-stream", f" UDP :{listening['udp']} ")
+        assert re.search(rf" TCP :{listening['tcp']} -> \S+ 200 sent=\d+ received=102400 ", log), log[-2000:]
+        assert re.search(rf" UDP :{listening['udp']} -> \S+ 200 sent=\d+ received=60000 ", log), log[-2000:]
+
+    def test_netcat_and_socat_speak_to_the_socket_services(self, stack):
+        tcp, udp, echo = (self.stream_address(stack, name) for name in ("time-tcp", "time-udp", "echo"))
+        nc, socat = shutil.which("nc"), shutil.which("socat")
+        if not (nc and socat):
+            pytest.skip("nc or socat is not installed (Debian: netcat-openbsd, socat; `make up` installs them)")
+
+        def run(command: list[str], stdin: bytes) -> bytes:
+            return subprocess.run(command, input=stdin, capture_output=True, timeout=20).stdout
+
+        assert protocol.is_time_reply(run([nc, "-N", tcp[0], str(tcp[1])], b"TIME\n"))
+        assert protocol.is_time_reply(run([nc, "-u", "-w1", udp[0], str(udp[1])], b"TIME\n"))
+        assert protocol.is_time_reply(run([socat, "-T2", "-", f"UDP:{udp[0]}:{udp[1]}"], b"TIME\n"))
+        assert run([socat, "-", f"TCP:{echo[0]}:{echo[1]}"], b"hello, echo\n") == b"hello, echo\n"
+
+    def test_raw_http_client_through_nginx(self, stack):
+        result = subprocess.run([sys.executable, "-m", "wire.rawhttp", stack.url("/catalog/json")], cwd=ROOT,
+                                env=stack.env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.count("h11: the same request bytes") == 4
+        assert "framing: Transfer-Encoding: chunked" in result.stdout
+        assert "this socket is now CLOSE_WAIT" in result.stdout  # the server closed first ...
+        assert "ss: TIME-WAIT" in result.stdout  # ... and holds the TIME_WAIT
+
+    @pytest.mark.skipif(os.geteuid() != 0, reason="capturing packets needs root (CI runs as root)")
+    def test_trace_follows_one_request_through_every_hop(self, stack):
+        result = subprocess.run([sys.executable, "-m", "wire.trace", "/catalog/json"], cwd=ROOT, env=stack.env,
+                                capture_output=True, text=True, timeout=60)
+        out = result.stdout
+        assert result.returncode == 0 and "Traceback" not in result.stderr, out + result.stderr
+        rid = re.search(r"request id (trace-[0-9a-f]+)", out).group(1)
+        assert f"A {stack.address_of('')} TTL 5 s; NOERROR, authoritative (AA)" in out  # 1. the DNS answer
+        for flags in ("SYN", "SYN-ACK", "ACK"):  # 2. the handshake, captured
+            assert re.search(rf"→ \S+ +{flags} +seq=", out), flags
+        assert f"X-Request-ID: {rid}\\r\\n" in out  # 3. the request bytes
+        assert re.search(rf"access line: .*rid={rid} rt=", out)  # 4. nginx's line for this request id
+        assert re.search(r"nginx → catalog: \S+ → \S+, (a new connection|no SYN during this trace)", out)
+        assert re.search(rf"access line: \S+ \S+ \"GET /catalog/json HTTP/1.1\" 200 27 rid={rid} ", out)  # 5.
+        assert "← HTTP/1.1 200 OK" in out and "framing: Content-Length: 27" in out  # 6. the response
+        assert re.search(r"FIN-ACK", out) and "nginx sent the first FIN" in out  # 7. the close
+        assert "ss: TIME-WAIT" in out
+
+    def test_dns_truncates_the_directory_over_udp_and_answers_it_over_tcp(self, stack):
+        result = subprocess.run([sys.executable, "-m", "wire.dns_truncation"], cwd=ROOT, env=stack.env,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.count("TC is set") == 2  # without EDNS, and with EDNS(0) 4096
+        assert "udp_with_fallback() does steps 1 and 3 by itself: over TCP: True" in result.stdout
+        host, port = stack.site.dns_endpoint(stack.mode)
+        reply = dns.query.tcp(dns.message.make_query(f"directory.{ZONE}", "TXT"), host, port=port, timeout=3)
+        entries = {s.decode().split()[0] for rr in reply.answer[0] for s in rr.strings}
+        assert {f"service={s.name}" for s in (*HTTP_SERVICES, *STREAM_SERVICES)} <= entries

@@ -16,8 +16,8 @@ import uuid
 import pytest
 import requests
 
-from deploy.stack import COMPOSE_FILE, base_images, compose_command, docker_answers
-from deploy.topology import ROOT, Site
+from deploy.stack import COMPOSE_FILE, Compose, base_images, compose_command, docker_answers
+from deploy.topology import ROOT, SERVICES, STREAM_SERVICES, Site
 from tests.conftest import free_port, free_tcp_udp_port
 from tests.e2e.contract import RunningStack, StackContract, ps_output
 from tests.e2e.http_contract import HttpSemanticsContract
@@ -66,9 +66,12 @@ def compose_stack(tmp_path_factory):
             raise
         pytest.skip(str(missing))
     var = tmp_path_factory.mktemp("compose-var")
-    site = Site(public_port=free_port(), dns_port=free_tcp_udp_port(), var=var)
+    time_port = free_tcp_udp_port()  # the TCP and UDP time services share a port number, as in the stack
+    stream_ports = {"time-tcp": time_port, "time-udp": time_port, "echo": free_port()}
+    site = Site(public_port=free_port(), dns_port=free_tcp_udp_port(), var=var, stream_ports=stream_ports)
     env = {**os.environ, "COMPOSE_PROJECT_NAME": PROJECT, "STACK_PORT": str(site.public_port),
-           "STACK_DNS_PORT": str(site.dns_port), "STACK_VAR": str(var), "MODE": "compose"}
+           "STACK_DNS_PORT": str(site.dns_port), "STACK_VAR": str(var), "MODE": "compose",
+           **{s.port_env: str(site.public_port_of(s)) for s in STREAM_SERVICES}}
 
     def compose(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*compose_command(), "-f", str(COMPOSE_FILE), *args], env=env, cwd=ROOT,
@@ -77,13 +80,10 @@ def compose_stack(tmp_path_factory):
     def container(service: str) -> str:
         return compose("ps", "-q", service).stdout.strip()
 
-    def logs(service: str) -> str:
-        return compose("logs", "--no-log-prefix", "--no-color", service).stdout
-
     def address_of(label: str) -> str:
         return address(container(label or "nginx"))
 
-    stack = RunningStack(site, "compose", env, logs, address_of)
+    stack = RunningStack(site, "compose", env, Compose(site, env).log_text, address_of)
     stack.compose = compose
     stack.container = container
     result = stack.deploy("up", "--mode", "compose", timeout=900)
@@ -105,11 +105,11 @@ class TestComposeStack(StackContract, HttpSemanticsContract):
         listing = stack.compose("ps", "--format", "json").stdout
         states = [json.loads(line) for line in listing.splitlines() if line.strip()]
         assert {s["Service"]: s["Health"] for s in states} == {
-            name: "healthy" for name in ("nginx", "dns", "web", "catalog", "httpbin")
+            name: "healthy" for name in ("nginx", *(s.name for s in SERVICES))
         }
 
     def test_containers_run_as_non_root(self, stack):
-        for service in ("nginx", "dns", "web", "catalog", "httpbin"):
+        for service in ("nginx", *(s.name for s in SERVICES)):
             assert inspect(stack.container(service))["Config"]["User"] == "10001", service
 
     def test_nginx_reaches_a_recreated_container_without_a_restart(self, stack):

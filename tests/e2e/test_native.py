@@ -6,8 +6,12 @@ from __future__ import annotations
 import csv
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -16,9 +20,12 @@ from hypothesis import HealthCheck, settings
 from schemathesis import checks
 
 from deploy import procs
-from deploy.topology import HTTP_SERVICES, ROOT, SERVICES, Site
+from deploy.stack import Native
+from deploy.topology import HTTP_SERVICES, ROOT, SERVICES, STREAM_SERVICES, ZONE, Site
 from services.catalog.openapi import OPENAPI as CATALOG_OPENAPI
 from services.httpbin.openapi import OPENAPI as HTTPBIN_OPENAPI
+from services.sockets import protocol
+from services.sockets.client import ask_time
 from services.web.openapi import OPENAPI as WEB_OPENAPI
 from tests.conftest import free_port
 from tests.e2e.contract import RunningStack, StackContract, ps_output
@@ -35,16 +42,12 @@ def native_stack(tmp_path_factory):
     env = {**os.environ, "STACK_NET": site.net, "STACK_HOST": site.public_host,
            "STACK_PORT": str(site.public_port), "STACK_VAR": str(var), "MODE": "native"}
 
-    def logs(service: str) -> str:
-        name = "nginx-access" if service == "nginx" else service
-        return (var / "log" / f"{name}.log").read_text(errors="replace")
-
     by_name = {s.name: s for s in SERVICES}
 
     def address_of(label: str) -> str:
         return site.public_host if label in ("", "nginx") else site.address(by_name[label])
 
-    stack = RunningStack(site, "native", env, logs, address_of)
+    stack = RunningStack(site, "native", env, Native(site).log_text, address_of)
     result = stack.deploy("up", "--mode", "native")
     if result.returncode:
         stack.deploy("down")
@@ -60,7 +63,7 @@ class TestNativeStack(StackContract, HttpSemanticsContract):
 
     def test_ps_lists_every_supervised_program_running(self, stack):
         out = ps_output(stack)
-        for name in ("nginx", "dns", *(s.name for s in HTTP_SERVICES)):
+        for name in ("nginx", *(s.name for s in SERVICES)):
             assert re.search(rf"^{name}\s+RUNNING\s+pid \d+", out, re.M), out
 
     def test_each_service_answers_directly_on_its_own_loopback_address(self, stack):
@@ -70,6 +73,78 @@ class TestNativeStack(StackContract, HttpSemanticsContract):
             assert response.status_code == 200 and response.json() == {"message": "Hello, World!"}
             assert response.headers["X-Request-ID"] == "direct-1"
             assert response.headers["Server"] != "nginx"  # the framework's own server answered
+
+    def test_raw_http_client_straight_to_each_service_sees_its_own_chunking(self, stack):
+        for service in HTTP_SERVICES:
+            url = f"http://{stack.site.address(service)}:{service.port}{service.prefix}json"
+            result = subprocess.run([sys.executable, "-m", "wire.rawhttp", url], cwd=ROOT, env=stack.env,
+                                    capture_output=True, text=True, timeout=60)
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert result.stdout.count("h11: the same request bytes") == 4, service.name
+            # the server's own chunks, one per line written (through nginx they are nginx's)
+            assert "framing: Transfer-Encoding: chunked: 3 chunks" in result.stdout, service.name
+            assert f"ss: TIME-WAIT {stack.site.address(service)}:{service.port} <-> " in result.stdout
+
+    @pytest.mark.skipif(os.geteuid() != 0, reason="capturing packets needs root (CI runs as root)")
+    def test_trace_straight_to_a_service_skips_nginx(self, stack):
+        web = next(s for s in HTTP_SERVICES if s.name == "web")
+        url = f"http://web.{ZONE}:{web.port}/web/json"
+        result = subprocess.run([sys.executable, "-m", "wire.trace", url], cwd=ROOT, env=stack.env,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"A {stack.site.address(web)} TTL 5 s" in result.stdout  # the service's own address, from DNS
+        assert "nginx: not on this path" in result.stdout
+        assert re.search(r"SYN-ACK +seq=", result.stdout) and "the server sent the first FIN" in result.stdout
+
+    @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                        reason="needs root to drop to another user (setpriv)")
+    def test_trace_without_capture_permission_says_so_and_goes_on(self, stack):
+        nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        result = subprocess.run([*nobody, sys.executable, "-m", "wire.trace", "/httpbin/json"], cwd=ROOT,
+                                env={**stack.env, "PYTHONDONTWRITEBYTECODE": "1"},
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stdout + result.stderr
+        assert "Packets: not visible (capturing packets needs root or CAP_NET_RAW" in result.stdout
+        assert "(packets not captured)" in result.stdout
+        assert "← HTTP/1.1 200 OK" in result.stdout and "the server closed first" in result.stdout
+
+    def test_a_stopped_socket_service_refused_directly_hidden_by_the_proxy(self, stack):
+        """The seed's TCP-vs-UDP difference when the server is down, and what a layer-4 proxy makes of it."""
+        ctl = [str(Path(sys.executable).parent / "supervisorctl"), "-c", str(stack.site.var / "run" /
+                                                                              "supervisord.conf")]
+        tcp, udp = (next(s for s in STREAM_SERVICES if s.name == name) for name in ("time-tcp", "time-udp"))
+        direct = stack.site.address(tcp), tcp.port
+        proxied = stack.site.public_host, stack.site.public_port_of(tcp)
+        subprocess.run([*ctl, "stop", "time-tcp", "time-udp"], check=True, capture_output=True, timeout=60)
+        try:
+            with pytest.raises(ConnectionRefusedError):  # TCP, direct: the kernel's reset
+                ask_time(*direct, "tcp", timeout=2)
+            with pytest.raises(ConnectionRefusedError):  # UDP, direct: the ICMP port unreachable
+                ask_time(*direct, "udp", timeout=2)
+            with socket.create_connection(proxied, timeout=5) as sock:  # succeeds: nginx did the handshake
+                sock.sendall(protocol.TIME_REQUEST)
+                try:
+                    assert sock.recv(100) == b""  # then nginx fails upstream and closes, without a byte ...
+                except ConnectionResetError:
+                    pass  # ... or resets, when our request was still unread in its socket
+            try:  # nginx keeps the ICMP error to itself: silence, or (nginx 1.22) an empty datagram
+                assert ask_time(*proxied, "udp", timeout=2).reply == b""
+            except TimeoutError:
+                pass
+            assert re.search(rf" TCP :{proxied[1]} -> {re.escape(direct[0])}:{tcp.port} 502 ",
+                             stack.logs("nginx-stream"))
+            assert "Connection refused) while proxying and reading from upstream, udp client" in \
+                stack.logs("nginx-error")
+        finally:
+            subprocess.run([*ctl, "start", "time-tcp", "time-udp"], check=True, capture_output=True, timeout=60)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if protocol.is_time_reply(ask_time(*proxied, udp.transport, timeout=1).reply):
+                    break
+            except OSError:
+                time.sleep(0.2)
+        assert protocol.is_time_reply(ask_time(*proxied, "tcp", timeout=5).reply)
 
     def test_the_locustfile_runs_headless_without_a_failure(self, stack, tmp_path):
         """Every scenario checks status, headers and bodies: zero failures means correct under load."""
