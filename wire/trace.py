@@ -21,6 +21,7 @@ capture permission, no `ss`, a log line not yet written — is said so, and the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import re
 import secrets
@@ -31,15 +32,17 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import dns.exception
+import dns.flags
 import dns.message
 import dns.query
 import dns.rcode
 
 from deploy.stack import choose_mode, driver
 from deploy.topology import HTTP_SERVICES, NGINX_PORT, ZONE, Service, Site
-from wire.capture import Capture, CaptureUnavailable, Packet
+from wire.capture import ACK, FIN, SYN, Capture, CaptureUnavailable, Packet
 from wire.rawhttp import (
     ProtocolError,
+    Response,
     WireReader,
     build_request,
     print_received,
@@ -117,22 +120,27 @@ class Connection:
     def __init__(self, client: tuple[str, int], server: tuple[str, int], packets: list[Packet]) -> None:
         self.client, self.server = client, server
         self.packets = [p for p in packets if p.transport == "tcp" and p.between(client, server)]
-        syns = {p.src: p.seq for p in self.packets if p.has(0x02)}
-        self.isn = syns  # initial sequence number of each side that was seen opening
+        # Each side's initial sequence number, from its SYN; for a connection opened before the trace (a
+        # pooled one), numbers count from the first byte seen instead.
+        self.isn: dict[tuple[str, int], int] = {}
+        for packet in self.packets:
+            if packet.has(SYN):
+                self.isn[packet.src] = packet.seq
+            else:
+                self.isn.setdefault(packet.src, packet.seq - 1)
 
     @property
     def opened_here(self) -> bool:
-        return any(p.has(0x02) and not p.has(0x10) and p.src == self.client for p in self.packets)
+        return any(p.has(SYN) and not p.has(ACK) and p.src == self.client for p in self.packets)
 
     def describe(self, packet: Packet) -> str:
-        if packet.has(0x02):
-            numbers = f"seq={packet.seq}" + (f" ack={packet.ack}" if packet.has(0x10) else "")
+        if packet.has(SYN):
+            numbers = f"seq={packet.seq}" + (f" ack={packet.ack}" if packet.has(ACK) else "")
         else:
-            other = packet.dst
-            seq = (packet.seq - self.isn[packet.src]) % 2**32 if packet.src in self.isn else packet.seq
-            ack = (packet.ack - self.isn[other]) % 2**32 if other in self.isn else packet.ack
+            seq = (packet.seq - self.isn[packet.src]) % 2**32
+            ack = (packet.ack - self.isn[packet.dst]) % 2**32 if packet.dst in self.isn else packet.ack
             numbers = f"seq={seq} ack={ack}"
-        options = f" [{', '.join(packet.options)}]" if packet.has(0x02) and packet.options else ""
+        options = f" [{', '.join(packet.options)}]" if packet.has(SYN) and packet.options else ""
         length = f" len={len(packet.payload)}" if packet.payload else ""
         return (f"{endpoint(packet.src):>21} → {endpoint(packet.dst):<21} {packet.flag_names:<8} "
                 f"{numbers} win={packet.window}{length}{options}")
@@ -151,7 +159,6 @@ def ask_dns(plan: Plan, story: Story) -> str | None:
     query = dns.message.make_query(plan.name, "A")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("0.0.0.0", 0))
-        plan.dns_port = sock.getsockname()[1]  # type: ignore[attr-defined]
         sent = time.time()
         try:
             reply = dns.query.udp(query, server[0], port=server[1], timeout=2, sock=sock)
@@ -162,7 +169,7 @@ def ask_dns(plan: Plan, story: Story) -> str | None:
     story.note(f"{story.at(sent)}  query   UDP → {endpoint(server)}  {plan.name}. IN A   "
                f"(id {query.id}, {len(query.to_wire())} bytes)")
     answers = [(item.address, rrset.ttl) for rrset in reply.answer if rrset.rdtype == 1 for item in rrset]
-    flags = "authoritative (AA)" if reply.flags & 0x0400 else "not authoritative"
+    flags = "authoritative (AA)" if reply.flags & dns.flags.AA else "not authoritative"
     rcode = dns.rcode.to_text(reply.rcode())
     shown = ", ".join(f"A {address} TTL {ttl} s" for address, ttl in answers) or "no address"
     story.note(f"{story.at(received)}  answer  UDP ← {endpoint(server)}  {shown}; {rcode}, {flags}, "
@@ -180,14 +187,6 @@ def where_to_connect(plan: Plan, answer: str | None, story: Story) -> tuple[str,
         story.note(f"(connecting to the stack's public address {plan.site.public_host} instead)")
         return plan.site.public_host, plan.port
     return answer, plan.port
-
-
-def print_connection(connection: Connection, story: Story, only_open: bool = False) -> None:
-    for packet in connection.packets:
-        if only_open and not (packet.has(0x02) or (packet.has(0x10) and not packet.payload and
-                                                   packet is connection.packets[min(2, len(connection.packets) - 1)])):
-            continue
-        story.note(f"{story.at(packet.time)}  {connection.describe(packet)}")
 
 
 def log_line(plan: Plan, program: str, rid: str) -> str | None:
@@ -238,28 +237,31 @@ def label(server: tuple[str, int], mode: str) -> str:
     return "→ " + endpoint(server)
 
 
-def trace(plan: Plan, keep_alive: bool) -> int:
-    rid = f"trace-{secrets.token_hex(8)}"
-    t0 = time.time()
-    story = Story(t0)
-    print(f"Tracing {plan.method} {plan.url}   ({plan.mode} stack, request id {rid})")
-    try:
-        capture: Capture | None = Capture()
-        print("Packets: captured from this host's interfaces with an AF_PACKET socket; times are the kernel's.")
-    except CaptureUnavailable as reason:
-        capture = None
-        print(f"Packets: not visible ({reason}); the steps come from the client's sockets and the logs.")
+@dataclass
+class Exchange:
+    """What the client did and saw, with the times it did it (time.time())."""
 
-    with capture or _Nothing():
-        answer = ask_dns(plan, story)
-        address = where_to_connect(plan, answer, story)
-        headers = [("User-Agent", USER_AGENT), ("Accept", "*/*"), ("X-Request-ID", rid)]
-        if plan.body:
-            headers.append(("Content-Type", "application/json"))
-        if not keep_alive:
-            headers.append(("Connection", "close"))
-        request = build_request(plan.method, plan.path, plan.host_header, headers, plan.body)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    request: bytes
+    response: Response
+    local: tuple[str, int]
+    peer: tuple[str, int]
+    connect_started: float
+    connected: float
+    written: float
+    first_byte_at: float | None
+    state_after_server_fin: str | None  # TCP_INFO's state once the server's FIN arrived, if it closed first
+    closed: float  # when this side's close() was done
+
+
+def exchange(plan: Plan, address: tuple[str, int], rid: str, keep_alive: bool, story: Story) -> Exchange | None:
+    """Steps 2, 3 and 6 from the client's side: connect, write the request by hand, read the response, close."""
+    headers = [("User-Agent", USER_AGENT), ("Accept", "*/*"), ("X-Request-ID", rid)]
+    if plan.body:
+        headers.append(("Content-Type", "application/json"))
+    if not keep_alive:
+        headers.append(("Connection", "close"))
+    request = build_request(plan.method, plan.path, plan.host_header, headers, plan.body)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(30)
         connect_started = time.time()
         try:
@@ -267,8 +269,7 @@ def trace(plan: Plan, keep_alive: bool) -> int:
         except OSError as error:
             story.section(2, f"TCP three-way handshake with {endpoint(address)}")
             story.note(f"connect() failed: {error}. Is the stack up? (make up; make ps)")
-            sock.close()
-            return 1
+            return None
         connected = time.time()
         local, peer = sock.getsockname(), sock.getpeername()
         sock.sendall(request)
@@ -276,40 +277,36 @@ def trace(plan: Plan, keep_alive: bool) -> int:
         reader = WireReader(sock)
         try:
             response = read_response(reader, plan.method)
+            state = None
+            if not keep_alive:
+                reader.until_close()  # b"" once the server's FIN has arrived
+                state = tcp_state(sock)
         except (OSError, ProtocolError) as error:
             story.note(f"reading the response failed: {error}")
-            sock.close()
-            return 1
-        if keep_alive:
-            closer = "the client (this trace)"
-            sock.close()
-            state_after = None
-        else:
-            reader.until_close()
-            state_after = tcp_state(sock)
-            closer = "the server"
-            sock.close()
-        if capture:
-            capture.wait_for(lambda ps: sum(1 for p in ps if p.between(local, peer) and p.has(0x01)) >= 2
-                             and p_last_ack(ps, local, peer), timeout=2)
-    packets = capture.snapshot() if capture else []
-    mine = Connection(local, peer, packets)
+            return None
+    return Exchange(request, response, local, peer, connect_started, connected, written, reader.first_byte_at,
+                    state, time.time())
 
-    story.section(2, f"TCP three-way handshake: {endpoint(local)} → {endpoint(peer)}")
-    handshake = [p for p in mine.packets if p.time <= written][:3]
+
+def tell(plan: Plan, rid: str, story: Story, seen: Exchange, packets: list[Packet], captured: bool) -> None:
+    """Steps 2 to 7, from the packets, the client's own view and the access logs."""
+    mine = Connection(seen.local, seen.peer, packets)
+    story.section(2, f"TCP three-way handshake: {endpoint(seen.local)} → {endpoint(seen.peer)}")
+    handshake = [p for p in mine.packets if p.time <= seen.written][:3]
     for packet in handshake:
         story.note(f"{story.at(packet.time)}  {mine.describe(packet)}")
     if not handshake:
         story.note("(packets not captured)")
-    story.note(f"connect() returned after {(connected - connect_started) * 1000:.3f} ms: one round trip, "
-               "and the kernel's listen queue held the connection before nginx accepted it")
+    story.note(f"connect() returned after {(seen.connected - seen.connect_started) * 1000:.3f} ms: one round "
+               "trip; the kernel completed the handshake before the server's accept() took the connection")
 
-    story.section(3, f"The HTTP request: {len(request)} bytes written at {story.at(written).strip()}")
-    print_sent(request)
-    for packet in [p for p in mine.packets if p.src == local and p.payload]:
+    sent = [p for p in mine.packets if p.src == seen.local and p.payload]
+    on_the_wire = sent[0].time if sent else seen.written
+    story.section(3, f"The HTTP request: {len(seen.request)} bytes, on the wire at {story.at(on_the_wire).strip()}")
+    print_sent(seen.request)
+    for packet in sent:
         story.note(f"{story.at(packet.time)}  {mine.describe(packet)}")
 
-    others = upstream_connections(packets, rid, (local, peer))
     if plan.direct:
         story.section(4, "nginx: not on this path (the URL names the service's own port)")
     else:
@@ -318,6 +315,7 @@ def trace(plan: Plan, keep_alive: bool) -> int:
         story.note(f"access line: {line}" if line else f"no access line with rid={rid} within {LOG_WAIT_S:g} s")
         if line:
             story.note(explain_nginx_line(line))
+    others = upstream_connections(packets, rid, (seen.local, seen.peer))
     for connection in others:
         verdict = ("a new connection: its SYN is in the capture" if connection.opened_here else
                    "no SYN during this trace: an open connection reused from the keep-alive pool")
@@ -325,7 +323,7 @@ def trace(plan: Plan, keep_alive: bool) -> int:
                    f"{endpoint(connection.server)}, {verdict}")
         for packet in connection.packets:
             story.note(f"  {story.at(packet.time)}  {connection.describe(packet)}")
-    if capture and not others and not plan.direct and plan.service:
+    if captured and not others and not plan.direct and plan.service:
         story.note("(no upstream packet with this request id was captured)")
 
     if plan.service:
@@ -335,52 +333,62 @@ def trace(plan: Plan, keep_alive: bool) -> int:
     else:
         story.section(5, "no service: nginx answered this path itself")
 
-    replies = [p for p in mine.packets if p.src == peer and p.payload]
-    first = replies[0].time if replies else reader.first_byte_at or time.time()
+    replies = [p for p in mine.packets if p.src == seen.peer and p.payload]
+    first = replies[0].time if replies else seen.first_byte_at or time.time()
     story.section(6, f"The response: first byte at {story.at(first).strip()}, "
-                     f"{(first - written) * 1000:.3f} ms after the request was written")
+                     f"{(first - on_the_wire) * 1000:.3f} ms after the request went out")
     for packet in replies:
         story.note(f"{story.at(packet.time)}  {mine.describe(packet)}")
-    print_received(response)
+    print_received(seen.response)
 
     story.section(7, "The close")
     last_data = max((p.time for p in mine.packets if p.payload), default=first)
-    closing = [p for p in mine.packets if p.has(0x01) or (p.time > last_data and not p.payload)]
+    closing = [p for p in mine.packets if p.has(FIN) or (p.time > last_data and not p.payload)]
     for packet in closing:
         story.note(f"{story.at(packet.time)}  {mine.describe(packet)}")
-    fins = [p for p in mine.packets if p.has(0x01)]
-    if fins:
-        side = "nginx" if fins[0].src == peer and not plan.direct else "the server" if fins[0].src == peer else \
-            "the client (this trace)"
-        story.note(f"{side} sent the first FIN" + (" (the request said Connection: close)" if not keep_alive else ""))
-    else:
-        story.note(f"{closer} closed first")
-    if state_after:
-        story.note(f"after the server's FIN this socket was {state_after} until close()")
-    waits = time_wait_lines(local, peer)
+    fins = [p for p in mine.packets if p.has(FIN)]
+    server_closed_first = fins[0].src == seen.peer if fins else seen.state_after_server_fin is not None
+    closer = ("nginx" if not plan.direct else "the server") if server_closed_first else "the client (this trace)"
+    why = " (the request said Connection: close)" if seen.state_after_server_fin else ""
+    story.note(f"{closer} sent the first FIN{why}" if fins else f"{closer} closed first{why}")
+    if seen.state_after_server_fin:
+        story.note(f"after the server's FIN this socket was {seen.state_after_server_fin} until close()")
+    waits = time_wait_lines(seen.local, seen.peer)
     for line in waits:
         story.note(f"ss: {line}   (the side that closed first keeps it for 60 s on Linux)")
     if not waits:
         story.note("no TIME_WAIT socket visible from here (`ss` missing, or it lives in another network namespace)")
-    ended = closing[-1].time if closing else time.time()
-    print(f"\nFrom the DNS query to the last packet: {(ended - t0) * 1000:.3f} ms "
+    ended = closing[-1].time if closing else seen.closed
+    print(f"\nFrom the DNS query to the last packet: {(ended - story.t0) * 1000:.3f} ms "
           f"(the trace itself took longer: it waits for the services' access lines).")
+
+
+def trace(plan: Plan, keep_alive: bool) -> int:
+    rid = f"trace-{secrets.token_hex(8)}"
+    print(f"Tracing {plan.method} {plan.url}   ({plan.mode} stack, request id {rid})")
+    try:
+        capture: Capture | None = Capture()
+        print("Packets: captured from this host's interfaces with an AF_PACKET socket; times are the kernel's.")
+    except CaptureUnavailable as reason:
+        capture = None
+        print(f"Packets: not visible ({reason}); the steps come from the client's sockets and the logs.")
+    with capture or contextlib.nullcontext():
+        story = Story(time.time())
+        answer = ask_dns(plan, story)
+        seen = exchange(plan, where_to_connect(plan, answer, story), rid, keep_alive, story)
+        if seen and capture:
+            capture.wait_for(lambda packets: close_complete(packets, seen.local, seen.peer), timeout=2)
+    if seen is None:
+        return 1
+    tell(plan, rid, story, seen, capture.snapshot() if capture else [], captured=capture is not None)
     return 0
 
 
-def p_last_ack(packets: list[Packet], local: tuple[str, int], peer: tuple[str, int]) -> bool:
-    """The close is complete: after both FINs, a last packet acknowledges the second."""
+def close_complete(packets: list[Packet], local: tuple[str, int], peer: tuple[str, int]) -> bool:
+    """Both FINs seen, and a last packet after the second (its ACK)."""
     mine = [p for p in packets if p.transport == "tcp" and p.between(local, peer)]
-    fins = [p for p in mine if p.has(0x01)]
+    fins = [p for p in mine if p.has(FIN)]
     return len(fins) >= 2 and mine[-1] is not fins[-1]
-
-
-class _Nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def main(argv: list[str] | None = None) -> int:

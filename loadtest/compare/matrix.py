@@ -73,7 +73,7 @@ CONFIGS: tuple[Config, ...] = (
 BY_NAME = {config.name: config for config in CONFIGS}
 # Each service beside its framework's bare app under the same server settings: our code's overhead.
 BARE_OF = {"web-gevent": "bare-flask", "catalog-tornado": "bare-tornado", "httpbin-aiohttp": "bare-aiohttp"}
-# The objectives (benchmarks, not tests).
+# The project's performance targets (benchmarks, not tests).
 TARGET_OF_BARE = 0.85  # plaintext and json
 TARGET_NGINX_OF_DIRECT = 0.75  # for a configuration that leaves a core free (one process)
 TARGET_IO_OF_CEILING = {"blocking": 0.90, "event loop": 0.85}

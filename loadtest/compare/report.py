@@ -57,7 +57,7 @@ def _verdict(wrk: float | None, locust: float | None, target: float) -> str:
 
 
 def targets(results: dict) -> str:
-    """The issue's objectives, each computed from this run: ours ÷ bare, nginx ÷ direct, io ÷ ceiling.
+    """The performance targets, each computed from this run: ours ÷ bare, nginx ÷ direct, io ÷ ceiling.
     Verdicts use wrk when it ran (Locust on the same 2 cores often measures itself), else Locust."""
     raw = {(c["config"], c["workload"], c["route"]): c for c in results["cells"]}
     cells = {key: summarize(cell) for key, cell in raw.items()}

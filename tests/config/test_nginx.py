@@ -217,3 +217,9 @@ def test_every_socket_service_is_proxied_on_its_public_port(parsed, mode):
 def test_stream_tcp_timeout_outlasts_the_echo_servers_idle_limit():
     idle_default = inspect.signature(EchoServer).parameters["idle_timeout"].default
     assert seconds(STREAM_TCP_TIMEOUT) > idle_default
+
+
+def test_the_landing_page_names_every_stream_port():
+    page = (ROOT / "nginx" / "static" / "index.html").read_text()
+    for service in STREAM_SERVICES:
+        assert f"{service.public_port}" in page, service.name

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from wire.capture import Capture, decode
+from wire.capture import FIN, Capture, decode
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="packet capture needs root (CI runs as root)")
 
@@ -38,7 +38,7 @@ def exchange():
         assert client.recv(100) == b"pong\n"
         assert client.recv(100) == b""
         client.close()
-        capture.wait_for(lambda ps: sum(1 for p in ps if p.between(local, server) and p.has(0x01)) >= 2,
+        capture.wait_for(lambda ps: sum(1 for p in ps if p.between(local, server) and p.has(FIN)) >= 2,
                          2.0)
     listener.close()
     return local, server, [p for p in capture.snapshot() if p.transport == "tcp" and p.between(local, server)]
@@ -54,7 +54,7 @@ def test_a_connection_is_captured_from_handshake_to_close():
     assert syn_ack.ack == syn.seq + 1 and ack.ack == syn_ack.seq + 1  # each side acknowledges the other's ISN
     assert any(option.startswith("mss ") for option in syn.options)
     assert [p.payload for p in packets if p.payload] == [b"ping\n", b"pong\n"]
-    fins = [p for p in packets if p.has(0x01)]
+    fins = [p for p in packets if p.has(FIN)]
     assert fins[0].src == server and fins[1].src == local  # the server closed first
     assert len(packets) == len({(p.src, p.seq, p.ack, p.flags, len(p.payload)) for p in packets})  # no copies
     assert all(a.time <= b.time for a, b in zip(packets, packets[1:], strict=False))
