@@ -24,6 +24,7 @@ from services.sockets.serving import POLL_S, command_line, serve_until_signalled
 
 log = logging.getLogger("stack.echo")
 READ_SIZE = 64 * 1024
+ACCEPT_PAUSE_S = 0.5
 
 
 @dataclass
@@ -47,6 +48,7 @@ class EchoServer:
         self.selector = selectors.DefaultSelector()
         self.clients: dict[socket.socket, Client] = {}
         self.stopping = False
+        self.accept_paused_until = 0.0  # set while out of file descriptors
         self.peak_pending = 0  # the most bytes any one outbox ever held: stays <= max_pending
         self.partial_writes = 0
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -68,6 +70,9 @@ class EchoServer:
                 else:
                     self.service(key.data, mask)
             self.close_idle()
+            if self.accept_paused_until and time.monotonic() >= self.accept_paused_until:
+                self.accept_paused_until = 0.0
+                self.selector.register(self.listener, selectors.EVENT_READ, data=None)
         for client in list(self.clients.values()):
             self.close(client, "server stopping")
         self.selector.close()
@@ -84,8 +89,11 @@ class EchoServer:
                 sock, peer = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as error:  # e.g. EMFILE: out of descriptors; keep serving the others
-                log.warning("accept failed: %s", error)
+            except OSError as error:  # EMFILE/ENFILE: out of descriptors. The connection stays queued, so the
+                # listener would wake the loop again at once: stop watching it for a moment instead of spinning.
+                log.warning("accept failed: %s; not accepting for %g s", error, ACCEPT_PAUSE_S)
+                self.selector.unregister(self.listener)
+                self.accept_paused_until = time.monotonic() + ACCEPT_PAUSE_S
                 return
             if len(self.clients) >= self.max_clients:
                 log.warning("%s:%d refused: %d clients already", peer[0], peer[1], len(self.clients))

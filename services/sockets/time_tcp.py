@@ -102,10 +102,13 @@ class TimeTCPServer:
                 conn, peer = self.listener.accept()  # 4. accept: one queued, completed handshake
             except TimeoutError:
                 continue
-            except OSError:
+            except OSError as error:
                 if self.stopping.is_set():
                     break
-                raise
+                # EMFILE/ENFILE: out of descriptors. Wait for clients to finish instead of spinning on accept().
+                log.warning("accept failed: %s", error)
+                time.sleep(POLL_S)
+                continue
             if self.slots.acquire(blocking=False):
                 threading.Thread(target=self.handle, args=(conn, peer), daemon=True).start()
             else:

@@ -6,14 +6,18 @@ from __future__ import annotations
 import errno
 import os
 import re
+import resource
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from deploy.topology import ROOT
 from services.sockets import protocol
 from services.sockets.client import ask_time, echo_roundtrip, free_local_port
 from services.sockets.echo import EchoServer
@@ -297,3 +301,57 @@ def test_clients_past_the_limit_are_closed_at_once(serve):
     finally:
         for sock in held:
             sock.close()
+
+
+# ---------------------------------------------------------------- out of file descriptors
+
+def cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+@pytest.mark.parametrize("module", ["services.sockets.echo", "services.sockets.time_tcp"])
+def test_out_of_descriptors_the_server_neither_spins_nor_dies(module):
+    """More clients than the process may have descriptors: accept() fails with EMFILE while the connections
+    stay queued. The server must wait (not spin on a listener that is always readable) and recover."""
+    port = free_local_port("tcp")
+    server = subprocess.Popen(
+        [sys.executable, "-m", module, "--bind", f"127.0.0.1:{port}"], cwd=ROOT,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40)),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    held: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline and server.poll() is None
+                time.sleep(0.1)
+        held += [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(60)]  # past the limit
+        time.sleep(0.5)
+        before = cpu_seconds(server.pid)
+        time.sleep(1.0)
+        assert cpu_seconds(server.pid) - before < 0.5  # waiting, not spinning
+        assert server.poll() is None
+        for sock in held:
+            sock.close()
+        held.clear()
+        deadline = time.monotonic() + 10
+        while True:  # recovered: a new client is served once descriptors are free again
+            try:
+                if module.endswith("echo"):
+                    assert echo_roundtrip("127.0.0.1", port, b"back\n", timeout=2) == b"back\n"
+                else:
+                    assert protocol.is_time_reply(ask_time("127.0.0.1", port, timeout=2).reply)
+                break
+            except (OSError, AssertionError):
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+    finally:
+        for sock in held:
+            sock.close()
+        server.terminate()
+        assert server.wait(10) == 0  # SIGTERM: a clean stop
