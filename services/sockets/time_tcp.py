@@ -116,13 +116,14 @@ class TimeTCPServer:
         self.listener.close()
 
     def refuse(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        """Runs in the accept loop, so it must not wait: a short reply into an empty send buffer, then close."""
         log.warning("%s:%d refused: every slot is busy", *peer)
         try:
-            conn.settimeout(1.0)
-            conn.sendall(protocol.error("busy, try again"))
+            conn.setblocking(False)
+            conn.send(protocol.error("busy, try again"))
         except OSError:
             pass
-        linger_and_close(conn)
+        conn.close()
 
     def handle(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         started, outcome, size = time.monotonic(), "ok", 0
