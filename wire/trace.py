@@ -157,15 +157,13 @@ def ask_dns(plan: Plan, story: Story) -> str | None:
         pass
     server = plan.site.dns_endpoint(plan.mode)
     query = dns.message.make_query(plan.name, "A")
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("0.0.0.0", 0))
-        sent = time.time()
-        try:
-            reply = dns.query.udp(query, server[0], port=server[1], timeout=2, sock=sock)
-        except (OSError, dns.exception.DNSException) as error:
-            story.note(f"{story.at(sent)}  no answer from the stack's DNS server at {endpoint(server)}: {error}")
-            return None
-        received = time.time()
+    sent = time.time()
+    try:
+        reply = dns.query.udp(query, server[0], port=server[1], timeout=2)
+    except (OSError, dns.exception.DNSException) as error:
+        story.note(f"{story.at(sent)}  no answer from the stack's DNS server at {endpoint(server)}: {error}")
+        return None
+    received = time.time()
     story.note(f"{story.at(sent)}  query   UDP → {endpoint(server)}  {plan.name}. IN A   "
                f"(id {query.id}, {len(query.to_wire())} bytes)")
     answers = [(item.address, rrset.ttl) for rrset in reply.answer if rrset.rdtype == 1 for item in rrset]
@@ -180,8 +178,11 @@ def ask_dns(plan: Plan, story: Story) -> str | None:
 def where_to_connect(plan: Plan, answer: str | None, story: Story) -> tuple[str, int]:
     nginx_names = (ZONE, f"nginx.{ZONE}")
     if plan.mode == "compose" and plan.name in nginx_names:
-        story.note(f"(that is nginx's address inside Compose's network; from this host Docker publishes it on "
-                   f"{plan.site.public_host}:{plan.site.public_port}, so the trace connects there)")
+        if answer:
+            story.note(f"(that is nginx's address inside Compose's network; from this host Docker publishes it "
+                       f"on {plan.site.public_host}:{plan.site.public_port}, so the trace connects there)")
+        else:
+            story.note(f"(connecting to nginx's published address {plan.site.public_host}:{plan.site.public_port})")
         return plan.site.public_host, plan.site.public_port
     if answer is None:
         story.note(f"(connecting to the stack's public address {plan.site.public_host} instead)")
