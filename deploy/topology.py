@@ -76,7 +76,7 @@ class Site:
     public_port: int = NGINX_PORT
     dns_port: int = DNS.port
     var: Path = ROOT / "var"
-    stream_ports: Mapping[str, int] = field(default_factory=dict)  # service name -> public port, when moved
+    stream_ports: Mapping[str, int] = field(default_factory=dict, hash=False)  # name -> public port, if moved
 
     @classmethod
     def from_env(cls, environ: os._Environ[str] | dict[str, str] = os.environ) -> Site:
