@@ -52,6 +52,13 @@ class BaseHandler(tornado.web.RequestHandler):
     def allowed(self) -> list[str]:
         return [m for m in self.SUPPORTED_METHODS if self._implements(m)]
 
+    def head(self, *args: str) -> Any:
+        """HEAD is GET without the body wherever GET exists (Tornado drops the body of a HEAD response);
+        Tornado itself answers HEAD with 405 unless a handler says otherwise, while Allow lists it."""
+        if not self._implements("GET"):
+            raise tornado.web.HTTPError(405)
+        return self.get(*args)
+
     def options(self, *args: str) -> None:
         self.set_status(204)
         self.set_header("Allow", semantics.allow_header(self.allowed()))
@@ -123,7 +130,6 @@ class ConnHandler(BaseHandler):
             self.request.headers,
         ))
 
-    head = get
 
 
 class StreamHandler(BaseHandler):
@@ -250,7 +256,6 @@ class ItemHandler(ItemsBase):
             return
         self.send(response)
 
-    head = get
 
     def put(self, item_id: str) -> None:
         fields = validate(self.json_body())

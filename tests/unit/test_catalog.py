@@ -53,3 +53,11 @@ class CatalogTest(CatalogAppTest):
         assert lines == [{"id": i, "service": "catalog"} for i in range(3)]
         for bad in ("0", "101", "x"):
             assert self.fetch(f"/catalog/stream/{bad}").code == 400
+
+    def test_head_answers_wherever_get_does_with_no_body(self):
+        """Allow lists HEAD on every GET resource, so HEAD must work there (curl -I)."""
+        for path in ("/catalog/json", "/catalog/plaintext", "/catalog/healthz", "/catalog/items", "/catalog/conn"):
+            get, head = self.fetch(path), self.fetch(path, method="HEAD")
+            assert head.code == 200 and head.body == b"", path
+            assert head.headers["Content-Type"] == get.headers["Content-Type"], path
+        assert self.fetch("/catalog/json", method="OPTIONS").headers["Allow"] == "OPTIONS, GET, HEAD"
