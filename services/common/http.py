@@ -32,6 +32,7 @@ CPU_MAX_N = 1_000_000
 
 
 _IP = re.compile(r"[0-9A-Fa-f:.]{2,45}")
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
 
 
 def client_address(real_ip: str | None, peer: str | None) -> str:
@@ -82,10 +83,11 @@ def int_param(raw: str | None, name: str, default: int, low: int, high: int) -> 
     """Parse an integer query parameter within [low, high]; anything else is a 400 problem."""
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw, 10)
-    except ValueError:
-        raise Problem(400, "Invalid query parameter", f"{name} must be an integer, got {raw!r}") from None
+    # int() alone would also take " 5", "1_000" and other scripts' digits ("٣"): only ASCII digits are a number
+    # here, and at most 18 of them (past that every bound here is exceeded anyway).
+    if not _INTEGER.fullmatch(raw):
+        raise Problem(400, "Invalid query parameter", f"{name} must be an integer, got {raw[:40]!r}")
+    value = int(raw)
     if not low <= value <= high:
         raise Problem(400, "Invalid query parameter", f"{name} must be between {low} and {high}, got {value}")
     return value

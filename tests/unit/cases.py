@@ -42,6 +42,10 @@ CASES = [
     Case("/io?ms=abc", 400, http.PROBLEM_JSON, {"status": 400, "title": "Invalid query parameter"}),
     Case("/io?ms=999999", 400, http.PROBLEM_JSON, {"status": 400}),
     Case("/cpu?n=0", 400, http.PROBLEM_JSON, {"status": 400}),
+    Case("/cpu?n=%D9%A3", 400, http.PROBLEM_JSON, {"status": 400}),  # an Arabic-Indic three: not an ASCII digit
+    Case("/cpu?n=1_000", 400, http.PROBLEM_JSON, {"status": 400}),
+    Case("/io?ms=99999999999999999999999999", 400, http.PROBLEM_JSON, {"status": 400}),
+    Case("/stream/%D9%A3", 400, http.PROBLEM_JSON, {"status": 400}),
     Case("/no-such-path", 404, http.PROBLEM_JSON, {"status": 404}),
 ]
 IDS = [case.path for case in CASES]
