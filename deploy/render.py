@@ -33,6 +33,7 @@ DOCKER_DNS = "127.0.0.11"
 # Compose: the nginx image's build writes the load_module line there when its nginx has a dynamic stream
 # module (Debian's), and leaves the file empty when the module is built in (nginx.org's images).
 COMPOSE_MODULES_CONF = "/etc/stack/modules.conf"
+STREAM_MODULE_SCRIPT = ROOT / "nginx" / "stream-module.sh"
 # TCP sessions end after this long without a byte either way: longer than any socket service's own idle
 # limit (the echo server's 60 s), so the service, not the proxy, decides when a quiet client goes.
 STREAM_TCP_TIMEOUT = "75s"
@@ -59,20 +60,13 @@ def _upstream(name: str, server: str) -> str:
     )
 
 
-def stream_module_directive(nginx: str | None = None) -> str:
-    """The load_module line the host's nginx needs for `stream {}`: none when the module is built in.
-
-    Raises SystemExit with what to install when the module is neither built in nor installed."""
-    nginx = nginx or shutil.which("nginx") or "/usr/sbin/nginx"
-    configure = subprocess.run([nginx, "-V"], capture_output=True, text=True).stderr
-    if re.search(r"--with-stream(\s|$)", configure):
-        return ""
-    modules = re.search(r"--modules-path=(\S+)", configure)
-    path = Path(modules.group(1) if modules else "/usr/lib/nginx/modules") / "ngx_stream_module.so"
-    if "--with-stream=dynamic" not in configure or not path.exists():
-        raise SystemExit(f"[stack] {nginx} has no stream module ({path} is missing): "
-                         "apt-get install libnginx-mod-stream")
-    return f"load_module {path};"
+def write_modules_conf(path: Path) -> None:
+    """The include that loads nginx's stream module, written by nginx/stream-module.sh (the same script the
+    nginx image runs). Raises SystemExit with what to install when the module is missing."""
+    env = {**os.environ, "PATH": os.environ.get("PATH", "") + ":/usr/sbin:/sbin"}  # nginx lives in sbin
+    result = subprocess.run(["sh", str(STREAM_MODULE_SCRIPT), str(path)], capture_output=True, text=True, env=env)
+    if result.returncode:
+        raise SystemExit(f"[stack] {result.stderr.strip()}")
 
 
 def _stream_upstream(service: Service, server: str) -> str:
@@ -132,7 +126,7 @@ def nginx_conf(mode: str, site: Site | None = None) -> str:
             _stream_server(s, f"{site.public_host}:{site.public_port_of(s)}") for s in STREAM_SERVICES
         )
         values = {
-            "LOAD_MODULES": stream_module_directive(),
+            "LOAD_MODULES": f"include {site.var / 'run' / 'modules.conf'};",  # render_native writes it
             "USER": user_directive(),
             "LISTEN": f"{site.public_host}:{site.public_port}",
             "PID_FILE": str(site.var / "run" / "nginx.pid"),
@@ -257,6 +251,7 @@ def render_native(site: Site) -> Path:
     run = site.var / "run"
     for sub in ("run", "log", "nginx"):
         (site.var / sub).mkdir(parents=True, exist_ok=True)
+    write_modules_conf(run / "modules.conf")
     (run / "nginx.conf").write_text(nginx_conf("native", site))
     (run / "zone.json").write_text(json.dumps(zone("native", site), indent=2) + "\n")
     (run / "supervisord.conf").write_text(supervisord_conf(site))

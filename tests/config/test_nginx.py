@@ -12,7 +12,7 @@ from pathlib import Path
 import crossplane
 import pytest
 
-from deploy.render import COMPOSE_MODULES_CONF, RATE_LIMITED, STREAM_TCP_TIMEOUT, nginx_conf
+from deploy.render import COMPOSE_MODULES_CONF, RATE_LIMITED, STREAM_TCP_TIMEOUT, nginx_conf, write_modules_conf
 from deploy.stack import base_images, docker_answers
 from deploy.topology import HTTP_SERVICES, ROOT, STREAM_SERVICES, Site
 from services.common.http import IO_MAX_MS
@@ -148,6 +148,7 @@ def test_native_config_passes_nginx_t(tmp_path):
     for sub in ("run", "log", "nginx"):
         (tmp_path / sub).mkdir()
     conf = tmp_path / "nginx.conf"
+    write_modules_conf(tmp_path / "run" / "modules.conf")
     conf.write_text(nginx_conf("native", site))
     result = subprocess.run([NGINX, "-t", "-c", str(conf), "-e", str(tmp_path / "log" / "error.log")],
                             capture_output=True, text=True)
@@ -181,11 +182,13 @@ def parsed(mode, tmp_path):
     return parse(mode, tmp_path)
 
 
-def test_stream_module_is_loaded_where_it_is_dynamic(parsed, mode):
-    if mode == "compose":  # the image's build decides (nginx/Dockerfile writes modules.conf)
-        assert one(parsed, "include") == [COMPOSE_MODULES_CONF]
-    else:  # Debian's nginx: a dynamic module from libnginx-mod-stream
-        assert one(parsed, "load_module")[0].endswith("/ngx_stream_module.so")
+def test_stream_module_is_loaded_by_the_file_the_script_writes(parsed, mode, tmp_path):
+    """Both modes include a file nginx/stream-module.sh writes (the image's build, or render_native)."""
+    expected = COMPOSE_MODULES_CONF if mode == "compose" else str(SITE.var / "run" / "modules.conf")
+    assert one(parsed, "include") == [expected]
+    write_modules_conf(tmp_path / "modules.conf")  # this host: Debian's nginx, a dynamic module
+    line = (tmp_path / "modules.conf").read_text().strip()
+    assert line.startswith("load_module ") and Path(line.split()[1].rstrip(";")).exists()
 
 
 def test_every_socket_service_is_proxied_on_its_public_port(parsed, mode):
