@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import os
 import socket
 import sys
@@ -169,75 +170,85 @@ def run_echo(host: str, port: int, payload: bytes) -> int:
     return 0 if echoed == payload else 1
 
 
-def compare(host: str, port: int) -> int:
-    """TCP and UDP side by side on the same service: five experiments, each with both transports."""
-    rows: list[tuple[str, str, str]] = []
+# ---------------------------------------------------------------- TCP vs UDP, lesson by lesson
+# Each lesson runs against host:port over one transport and says in words what happened.
 
-    def attempt(transport: str, action: Callable[[], str]) -> str:
-        try:
-            return action()
-        except OSError as error:
-            return explain(error, transport)
+def lesson_setup(host: str, port: int, transport: str) -> str:
+    if transport == "udp":
+        return "none: the first datagram is the request"
+    exchange = ask_time(host, port, "tcp")
+    return f"connect() = SYN, SYN-ACK, ACK: {exchange.connect_ms:.2f} ms before the first byte"
 
-    def pieces_tcp() -> str:
+
+def lesson_pieces(host: str, port: int, transport: str) -> str:
+    pieces = (b"IN", b"FO ", b"three pieces\n")
+    if transport == "tcp":
         with socket.create_connection((host, port), timeout=3) as sock:
-            for piece in (b"IN", b"FO ", b"three pieces\n"):
+            for piece in pieces:
                 sock.sendall(piece)
                 time.sleep(0.05)
             reply = sock.recv(4096)
         return f"one reply; the server framed it: {reply.decode().split(' | ')[-1].strip()}"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(3)
+        sock.connect((host, port))
+        for piece in pieces:
+            sock.send(piece)
+        replies = [sock.recv(4096) for _ in pieces]
+    return f"{len(replies)} replies: each datagram is a whole request (boundaries kept)"
 
-    def pieces_udp() -> str:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.settimeout(3)
-            sock.connect((host, port))
-            for piece in (b"IN", b"FO ", b"three pieces\n"):
-                sock.send(piece)
-            replies = [sock.recv(4096) for _ in range(3)]
-        return f"{len(replies)} replies: each datagram is a whole request (boundaries kept)"
 
-    def large(transport: str) -> Callable[[], str]:
-        def run() -> str:
-            reply = ask_time(host, port, transport, protocol.info_request(100 * 1024)).reply
-            return reply.decode().split(" | ")[-1].strip()
-        return run
+def lesson_large(host: str, port: int, transport: str) -> str:
+    reply = ask_time(host, port, transport, protocol.info_request(100 * 1024)).reply
+    return reply.decode().split(" | ")[-1].strip()
 
-    def small_reads(transport: str) -> Callable[[], str]:
-        def run() -> str:
-            exchange = ask_time(host, port, transport, recv_size=8)
-            if transport == "tcp":
-                return f"whole reply ({len(exchange.reply)} bytes) in {len(exchange.receive_sizes) - 1} recv(8) calls"
-            return f"{len(exchange.reply)} bytes, then MSG_TRUNC={exchange.truncated}: the rest of the datagram is lost"
-        return run
 
-    def down(transport: str) -> Callable[[], str]:
-        def run() -> str:
-            ask_time("127.0.0.1", free_local_port(transport), transport, timeout=1.0)
-            return "answered (?)"
-        return run
+def lesson_small_reads(host: str, port: int, transport: str) -> str:
+    exchange = ask_time(host, port, transport, recv_size=8)
+    if transport == "tcp":
+        return f"whole reply ({len(exchange.reply)} bytes) in {len(exchange.receive_sizes) - 1} recv(8) calls"
+    return f"{len(exchange.reply)} bytes, then MSG_TRUNC={exchange.truncated}: the rest of the datagram is lost"
 
-    def down_unconnected_udp() -> str:
+
+def lesson_server_down(host: str, port: int, transport: str) -> str:
+    """Against a loopback port nobody listens on (not the stack's: its servers stay up)."""
+    if transport == "tcp":
+        return attempt("tcp", lambda: ask_time("127.0.0.1", free_local_port("tcp"), timeout=1.0) and "answered?")
+
+    def unconnected() -> str:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.settimeout(1.0)
             sock.sendto(protocol.TIME_REQUEST, ("127.0.0.1", free_local_port("udp")))
             sock.recvfrom(4096)
-        return "answered (?)"
+        return "answered?"
 
-    def setup_tcp() -> str:
-        exchange = ask_time(host, port, "tcp")
-        return f"connect() = SYN, SYN-ACK, ACK: {exchange.connect_ms:.2f} ms before the first byte"
+    connected = attempt("udp", lambda: ask_time("127.0.0.1", free_local_port("udp"), "udp", timeout=1.0)
+                        and "answered?")
+    return f"{attempt('udp', unconnected)} / connected socket: {connected}"
 
-    rows.append(("set-up before the first byte", attempt("tcp", setup_tcp),
-                 "none: the first datagram is the request"))
-    rows.append(("a request sent in three pieces", attempt("tcp", pieces_tcp), attempt("udp", pieces_udp)))
-    rows.append(("a 100 KiB request", attempt("tcp", large("tcp")), attempt("udp", large("udp"))))
-    rows.append(("reading the reply 8 bytes at a time", attempt("tcp", small_reads("tcp")),
-                 attempt("udp", small_reads("udp"))))
-    rows.append(("the server is down (a port nobody listens on)", attempt("tcp", down("tcp")),
-                 attempt("udp", down_unconnected_udp) + " / connected socket: " + attempt("udp", down("udp"))))
+
+def attempt(transport: str, action: Callable[[], str]) -> str:
+    try:
+        return action()
+    except OSError as error:
+        return explain(error, transport)
+
+
+LESSONS: tuple[tuple[str, Callable[[str, int, str], str]], ...] = (
+    ("set-up before the first byte", lesson_setup),
+    ("a request sent in three pieces", lesson_pieces),
+    ("a 100 KiB request", lesson_large),
+    ("reading the reply 8 bytes at a time", lesson_small_reads),
+    ("the server is down (a port nobody listens on)", lesson_server_down),
+)
+
+
+def compare(host: str, port: int) -> int:
+    """TCP and UDP side by side on the same service: every lesson, with both transports."""
     print(f"TCP vs UDP against the time service at {host}:{port}\n")
-    for lesson, tcp, udp in rows:
-        print(f"{lesson}\n  TCP: {tcp}\n  UDP: {udp}\n")
+    for title, lesson in LESSONS:
+        tcp, udp = (attempt(t, functools.partial(lesson, host, port, t)) for t in ("tcp", "udp"))
+        print(f"{title}\n  TCP: {tcp}\n  UDP: {udp}\n")
     return 0
 
 

@@ -19,10 +19,11 @@ import pytest
 
 from deploy.topology import ROOT
 from services.sockets import protocol
-from services.sockets.client import ask_time, echo_roundtrip, free_local_port
+from services.sockets.client import ask_time, compare, echo_roundtrip, free_local_port
 from services.sockets.echo import EchoServer
 from services.sockets.time_tcp import TimeTCPServer
 from services.sockets.time_udp import TimeUDPServer
+from tests.conftest import free_tcp_udp_port
 
 
 @pytest.fixture
@@ -200,6 +201,21 @@ def test_udp_garbage_does_not_stop_the_server(serve):
         for size in (1, 500, 65_507):
             sock.sendto(os.urandom(size), server.address)
     assert protocol.is_time_reply(ask_time(*server.address, "udp").reply)
+
+
+def test_the_tcp_vs_udp_lessons_say_what_each_transport_did(serve, capsys):
+    port = free_tcp_udp_port()  # one service, two transports, one port number
+    serve(TimeTCPServer("127.0.0.1", port))
+    serve(TimeUDPServer("127.0.0.1", port))
+    assert compare("127.0.0.1", port) == 0
+    out = capsys.readouterr().out
+    for expected in ("UDP: none: the first datagram is the request",
+                     "TCP: one reply; the server framed it: request 18 bytes in",
+                     "UDP: 3 replies: each datagram is a whole request",
+                     "TCP: request 102400 bytes in", "UDP: EMSGSIZE",
+                     "TCP: whole reply (26 bytes) in", "UDP: 8 bytes, then MSG_TRUNC=True",
+                     "TCP: ECONNREFUSED", "UDP: timed out: silence", "connected socket: ECONNREFUSED"):
+        assert expected in out, expected
 
 
 def test_a_server_that_is_down_refused_over_tcp_silence_over_udp():
