@@ -6,18 +6,16 @@ import json
 import statistics
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from loadtest.compare.matrix import (  # noqa: E402
+from loadtest.compare.matrix import (
     BARE_OF,
     BY_NAME,
     TARGET_IO_OF_CEILING,
     TARGET_NGINX_OF_DIRECT,
     TARGET_OF_BARE,
 )
+from loadtest.reporting import fmt as _fmt
+from loadtest.reporting import pct as _pct
+from loadtest.reporting import plt
 
 SATURATED = 0.9  # driver cores: above this the figure measures the driver, not the server
 
@@ -40,10 +38,6 @@ def summarize(cell: dict) -> dict:
         summary["wrk_ceiling_fraction"] = (summary["wrk_rps"] / cell["ceiling_rps"]
                                            if summary["wrk_rps"] is not None else None)
     return summary
-
-
-def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{value:.0%}"
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -106,10 +100,6 @@ def targets(results: dict) -> str:
                      f"{_verdict(io['wrk_ceiling_fraction'], io['ceiling_fraction'], TARGET_IO_OF_CEILING[model])} |")
     lines.append("")
     return "\n".join(lines)
-
-
-def _fmt(value: float | None, digits: int = 0) -> str:
-    return "–" if value is None else f"{value:,.{digits}f}"
 
 
 def tables(results: dict) -> str:

@@ -19,14 +19,14 @@ from importlib import metadata
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from deploy.topology import ROOT, Site
 from loadtest.compare import drivers, report, servers
-from loadtest.compare.matrix import CORES, Cell, expand, io_ceiling
+from loadtest.compare.matrix import Cell, expand, io_ceiling
 from loadtest.compare.wrk import WRK
-
-REPORTS = ROOT / "reports"
+from loadtest.reporting import finish, machine, report_dir
+from loadtest.reporting import progress as progress_bar
 
 
 @dataclass(frozen=True)
@@ -50,13 +50,6 @@ def versions() -> dict[str, str]:
     if WRK:
         found["wrk"] = subprocess.run([WRK, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     return found
-
-
-def machine() -> dict:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    return {"cores": CORES, "cpu_model": model, "loadavg_start": list(os.getloadavg()),
-            "platform": platform.platform()}
 
 
 def measure(cell: Cell, server: servers.Running, nginx: servers.Running | None, settings: Settings,
@@ -128,8 +121,7 @@ def main(quick: bool = False) -> int:
     settings = QUICK if quick else FULL
     cells = expand(quick)
     started = datetime.now()
-    out = REPORTS / f"compare-{started:%Y%m%d-%H%M%S}"
-    out.mkdir(parents=True, exist_ok=True)
+    out = report_dir("compare", started)
     results = {
         "started": started.isoformat(timespec="seconds"),
         "command": "make compare" + (" QUICK=1" if quick else ""),
@@ -140,8 +132,7 @@ def main(quick: bool = False) -> int:
     }
     console = Console()
     steps = len(cells) * settings.repetitions * (2 if settings.wrk else 1) + (0 if quick else settings.repetitions)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task("starting", total=steps)
         for config, group in itertools.groupby(cells, key=lambda cell: cell.config):
             group = list(group)
@@ -168,10 +159,7 @@ def main(quick: bool = False) -> int:
         if not quick:
             results["cells"].append(mixed(settings, progress, task))
             results["settings"]["workloads"].append("mixed")
-    results["machine"]["loadavg_end"] = list(os.getloadavg())
-    results["finished"] = datetime.now().isoformat(timespec="seconds")
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    path = report.render(out / "results.json")
+    path = report.render(finish(results, out))
     console.print(f"\n[bold]report[/bold] {path}\n[bold]data[/bold]   {out / 'results.json'}")
     failures = sum(run["failures"] for cell in results["cells"] for run in cell["runs"])
     if failures or results["errors"]:

@@ -22,9 +22,9 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 GUNICORN = [sys.executable, "-m", "gunicorn", "--no-control-socket", "--keep-alive", "75", "--log-level", "warning"]
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
