@@ -17,6 +17,7 @@ import json
 import os
 import pwd
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -187,6 +188,16 @@ def zone(mode: str, site: Site | None = None) -> dict:
     return {"zone": ZONE, "ttl": 5, "records": records, "txt": {"directory": directory}}
 
 
+SERVICE_FDS = 65536
+
+
+def service_fd_limit() -> int:
+    """The descriptors each supervised process may open: 65,536, or the hard limit if that is lower
+    (supervisord refuses to start when minfds is above what it can get)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return SERVICE_FDS if hard == resource.RLIM_INFINITY else min(SERVICE_FDS, hard)
+
+
 def supervisord_conf(site: Site, python: str = sys.executable) -> str:
     """supervisord's config for the native process set; every path inside the site's var directory."""
     run, logs = site.var / "run", site.var / "log"
@@ -214,6 +225,8 @@ def supervisord_conf(site: Site, python: str = sys.executable) -> str:
         "identifier": f"stack:{site.var}",
         "nodaemon": "false",
         "silent": "true",
+        # Raise the soft descriptor limit the services inherit (often 1024): C10k needs 10,000 sockets.
+        "minfds": str(service_fd_limit()),
     }
     conf["rpcinterface:supervisor"] = {
         "supervisor.rpcinterface_factory": "supervisor.rpcinterface:make_main_rpcinterface"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import configparser
 import inspect
 import os
 import re
+import resource
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,7 +14,14 @@ from pathlib import Path
 import crossplane
 import pytest
 
-from deploy.render import COMPOSE_MODULES_CONF, RATE_LIMITED, STREAM_TCP_TIMEOUT, nginx_conf, write_modules_conf
+from deploy.render import (
+    COMPOSE_MODULES_CONF,
+    RATE_LIMITED,
+    STREAM_TCP_TIMEOUT,
+    nginx_conf,
+    supervisord_conf,
+    write_modules_conf,
+)
 from deploy.stack import base_images, docker_answers
 from deploy.topology import HTTP_SERVICES, ROOT, STREAM_SERVICES, Site
 from services.common.http import IO_MAX_MS
@@ -226,3 +235,18 @@ def test_the_landing_page_names_every_stream_port():
     page = (ROOT / "nginx" / "static" / "index.html").read_text()
     for service in STREAM_SERVICES:
         assert f"{service.public_port}" in page, service.name
+
+
+def test_c10k_fits_one_worker_and_its_descriptors(parsed):
+    """10,000 proxied clients are 20,000 connections, and nothing makes nginx spread them over its workers."""
+    (events,) = find(parsed, "events")
+    assert int(one(events["block"], "worker_connections")[0]) >= 20_000 + 1_000
+    assert int(one(parsed, "worker_rlimit_nofile")[0]) >= 2 * 20_000
+
+
+def test_supervised_services_may_open_enough_descriptors_for_c10k():
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read_string(supervisord_conf(SITE))
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    assert int(conf["supervisord"]["minfds"]) == (65536 if hard == resource.RLIM_INFINITY else min(65536, hard))
+    assert int(conf["supervisord"]["minfds"]) > 10_000 or hard <= 10_000
