@@ -10,7 +10,7 @@ SETUP_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | c
 PYTEST_ARGS ?=
 
 .PHONY: help setup system-deps up down ps logs urls test lint fmt lock clean loadtest loadtest-headless soak compare \
-        trace trace-dns rawhttp tcp-vs-udp
+        trace trace-dns rawhttp tcp-vs-udp iolab
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ soak: setup  ## the locustfile's mix against the running native stack: MINUTES=1
 
 compare: setup  ## worker classes and frameworks side by side: reports/compare-<time>/ (QUICK=1: ~2 min)
 	@$(PY) -m loadtest compare
+
+iolab: setup  ## the IO-models lab side by side: reports/iolab-<time>/ (QUICK=1: ~2 min; SERVERS=epoll-lt,io_uring)
+	@$(PY) -m iolab.run
 
 lint: $(SETUP_STAMP)  ## ruff
 	@$(VENV)/bin/ruff check .

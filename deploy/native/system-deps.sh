@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Native mode needs Debian's nginx and its stream module. The lessons and tests use a few standard network
 # tools as well: dig (DNS), nc and socat (raw TCP/UDP clients), ss (socket states), tcpdump (packet capture),
-# and make compare likes wrk. As root on Debian/Ubuntu they are installed here; anyone else is told exactly
+# make compare likes wrk, and make iolab shows the stack's system calls with strace. As root on Debian/Ubuntu they are installed here; anyone else is told exactly
 # what to install. Compose mode needs none of them, so this only warns.
 set -euo pipefail
 
@@ -17,6 +17,7 @@ need socat socat
 need ss iproute2
 need tcpdump tcpdump
 need wrk wrk
+need strace strace
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then

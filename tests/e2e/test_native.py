@@ -3,6 +3,7 @@ with a stack the user left running."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import os
 import re
@@ -22,6 +23,7 @@ from schemathesis import checks
 from deploy import procs
 from deploy.stack import Native
 from deploy.topology import HTTP_SERVICES, ROOT, SERVICES, STREAM_SERVICES, ZONE, Site
+from iolab import stack as iolab_stack
 from services.catalog.openapi import OPENAPI as CATALOG_OPENAPI
 from services.httpbin.openapi import OPENAPI as HTTPBIN_OPENAPI
 from services.sockets import protocol
@@ -144,6 +146,26 @@ class TestNativeStack(StackContract, HttpSemanticsContract):
             except OSError:
                 time.sleep(0.2)
         assert protocol.is_time_reply(ask_time(*proxied, "tcp", timeout=5).reply)
+
+    @pytest.mark.skipif(os.geteuid() != 0, reason="strace attaching to the stack's processes needs root (ptrace)")
+    def test_each_server_sleeps_in_the_wait_call_its_io_model_says(self, stack):
+        rows = {row["process"]: row for row in iolab_stack.wait_calls(stack.site, seconds=1.0)}
+        for event_loop in ("catalog", "httpbin", "echo", "nginx: worker", "web: gunicorn worker"):
+            assert "epoll_wait" in rows[event_loop]["calls"], rows[event_loop]
+        assert "do_epoll_wait" in rows["catalog"]["idle_in"]
+        for polling in ("time-tcp", "time-udp", "dns"):  # socketserver-style loops: poll() with a timeout
+            assert "poll" in rows[polling]["calls"] and "poll_schedule_timeout" in rows[polling]["idle_in"]
+        assert rows["nginx: master"]["idle_in"] == "sigsuspend"  # it only waits for signals
+
+    def test_many_keep_alive_clients_through_nginx_each_hold_a_service_connection(self, stack):
+        labels = iolab_stack.labelled_processes(stack.site.var)
+        nginx = [pid for pid, (label, _) in labels.items() if label.startswith("nginx")]
+        for service in HTTP_SERVICES:
+            pids = [pid for pid, (label, _) in labels.items() if label.split(":")[0] == service.name]
+            row = asyncio.run(iolab_stack.through_nginx(stack.site, service, pids, nginx, 300, hold_ms=2000))
+            assert (row["ok"], row["errors"]) == (300, {}), row
+            assert row["peak_upstream"] >= 250, row  # nearly every request waited in the service at once
+            assert row["service_kib_per_connection"] is not None
 
     def test_the_locustfile_runs_headless_without_a_failure(self, stack, tmp_path):
         """Every scenario checks status, headers and bodies: zero failures means correct under load."""
