@@ -125,13 +125,14 @@ def sweep(results: dict, mix: str, title: str) -> list[str]:
         return []
 
     def text(cell: dict) -> str:
-        return (f"{fmt(cell['rps'])} · {fmt(cell['p99_ms'], 1)} ms · {_served(cell)} · "
+        return (f"{fmt(cell['rps'])} · {fmt(cell['p50_ms'], 2)}/{fmt(cell['p99_ms'], 1)} ms · {_served(cell)} · "
                 f"{fmt(cell['kib_per_connection'], 1)} KiB · cpu {fmt(cell['server_cpu'], 2)}/"
                 f"{fmt(cell['driver_cpu'], 2)}")
 
     counts = sorted({c["connections"] for c in cells})
-    return [f"### {title}", "", "Each cell: req/s · p99 · clients served/connected · server memory per connection · "
-            "CPU cores, server/driver (the driver at ~1.0 means it, not the server, was the limit).", ""] + \
+    legend = ("Each cell: req/s · p50/p99 · clients served/connected · server memory per connection · CPU cores, "
+              "server/driver (the driver at ~1.0 means it, not the server, was the limit).")
+    return [f"### {title}", "", legend, ""] + \
         markdown_table(["server", *[f"{n:,} connections" for n in counts]], grid(cells, "connections", text)) + [""]
 
 
@@ -142,11 +143,12 @@ def sizes(results: dict) -> list[str]:
 
     def text(cell: dict) -> str:
         mib = cell["rps"] * cell["size"] * 2 / 2**20  # echoed: the bytes cross twice
-        return f"{fmt(cell['rps'])} req/s · {fmt(mib)} MiB/s · p99 {fmt(cell['p99_ms'], 2)} ms · {_served(cell)}"
+        return (f"{fmt(cell['rps'])} req/s · {fmt(mib)} MiB/s · p50/p99 {fmt(cell['p50_ms'], 2)}/"
+                f"{fmt(cell['p99_ms'], 2)} ms · {_served(cell)}")
 
     size_list = sorted({c["size"] for c in cells})
     return [f"### Message sizes, {cells[0]['connections']} connections all active (as in uvloop's echo-server "
-            "benchmark)", "", "Each cell: req/s · MiB/s both ways · p99 · clients served/connected.", ""] + \
+            "benchmark)", "", "Each cell: req/s · MiB/s both ways · p50/p99 · clients served/connected.", ""] + \
         markdown_table(["server", *[f"{size // 1024} KiB" for size in size_list]], grid(cells, "size", text)) + [""]
 
 
