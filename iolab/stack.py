@@ -48,7 +48,8 @@ C10K_ENV = {"WEB_WORKER_CONNECTIONS": "4000"}
 def labelled_processes(var: Path) -> dict[int, tuple[str, str]]:
     """pid -> (label, what it is) for every process of the native stack whose state lives in `var`."""
     root = int((var / "run" / "supervisord.pid").read_text())
-    modules = {**{f"services.{s.name}": s for s in HTTP_SERVICES}, DNS.module or "services.dns": DNS,
+    # `python -m services.<name>` runs the HTTP services and DNS; the socket services name their module.
+    modules = {**{f"services.{s.name}": s for s in (*HTTP_SERVICES, DNS)},
                **{s.module: s for s in STREAM_SERVICES if s.module}}
     found: dict[int, tuple[str, str]] = {}
     for pid in sorted(procs.descendants(root)):
