@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -15,11 +16,22 @@ def connect(path: str | Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     # WAL: readers never block the writer; synchronous=NORMAL is durable across process crashes in WAL mode
-    # (a power cut may lose the last commits, never corrupt the file).
-    conn.execute("PRAGMA journal_mode=WAL")
+    # (a power cut may lose the last commits, never corrupt the file). Switching a fresh file to WAL needs an
+    # exclusive lock that SQLite does not wait for: gunicorn workers booting together on a new data directory
+    # got "database is locked" at once and the master gave up. One process at a time does it, under a lock file.
+    with _exclusive(Path(f"{path}.init-lock")):
+        conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """flock(LOCK_EX) on lock_path: across processes, one holder at a time (released on close or exit)."""
+    with lock_path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 @contextmanager

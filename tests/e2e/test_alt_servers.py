@@ -92,3 +92,22 @@ def test_web_under_each_worker_class_from_the_environment(worker_class):
     assert f"Using worker: {worker_class}" in log
     assert "rid=alt-1" in log  # the access log carries the request id
     assert "MonkeyPatchWarning" not in log
+
+
+def test_many_sync_workers_boot_together_on_a_fresh_data_directory():
+    """Eight workers creating the schema at once once made one exit with "database is locked" and gunicorn's
+    master shut down ("Worker failed to boot"). Three fresh boots; every worker must come up and stay."""
+    import psutil
+
+    for _ in range(3):
+        port = free_port()
+        command = [*GUNICORN, "-c", "services/web/gunicorn_conf.py", "--workers", "8", "--bind", f"127.0.0.1:{port}",
+                   "services.web.wsgi:app"]
+        proc, url = serve(command, port, "/web/", {"WEB_WORKER_CLASS": "sync", "WEB_WORKERS": "8"})
+        deadline = time.monotonic() + 20
+        while len(psutil.Process(proc.pid).children()) < 8 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)  # a worker that fails to boot exits within this, and its master with it
+        assert proc.poll() is None and len(psutil.Process(proc.pid).children()) == 8
+        assert requests.get(url + "healthz", timeout=5).status_code == 200
+        stop(proc)
