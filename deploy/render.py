@@ -29,6 +29,12 @@ NGINX_TEMPLATE = ROOT / "nginx" / "nginx.conf.template"
 MODES = ("native", "compose")
 # Paths nginx rate-limits per client (the `credentials` zone in the template), with the upstream serving them.
 RATE_LIMITED = {"/web/login": "web", "/web/signup": "web"}
+# The errors nginx answers itself, as problem+json, with RFC 9110's titles (429 has its own location, with
+# Retry-After). 494 is nginx's "request header too large", which goes out as a 400.
+EDGE_ERRORS = {400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+               413: "Content Too Large", 414: "URI Too Long", 431: "Request Header Fields Too Large", 494: None,
+               500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+PROBLEM_PATH = "/.problem"  # internal: only error_page reaches it
 # Docker's embedded DNS server, reachable from every container on a user-defined network.
 DOCKER_DNS = "127.0.0.11"
 # Compose: the nginx image's build writes the load_module line there when its nginx has a dynamic stream
@@ -98,6 +104,24 @@ def user_directive() -> str:
     return f"user {pwd.getpwuid(owner.st_uid).pw_name} {grp.getgrgid(owner.st_gid).gr_name};\n"
 
 
+def _problem_titles() -> str:
+    return "".join(f'        {code} "{title}";\n' for code, title in EDGE_ERRORS.items() if title)
+
+
+def _edge_errors(codes: list[int]) -> str:
+    """error_page for nginx's own errors, and the internal location that writes the problem document."""
+    body = ('{"type":"about:blank","title":"$problem_title","status":$status,'
+            '"detail":"answered by nginx, before any service","request_id":"$stack_request_id"}')
+    return (f"        error_page {' '.join(map(str, codes))} {PROBLEM_PATH};\n"
+            f"        location = {PROBLEM_PATH} {{\n"
+            "            internal;\n"
+            "            default_type application/problem+json;\n"
+            "            add_header X-Request-ID $stack_request_id always;\n"
+            "            add_header Cache-Control no-store always;\n"
+            f"            return 200 '{body}';  # the status stays the error's\n"
+            "        }\n")
+
+
 def nginx_conf(mode: str, site: Site | None = None) -> str:
     site = site or Site()
     if mode == "compose":
@@ -152,7 +176,10 @@ def nginx_conf(mode: str, site: Site | None = None) -> str:
         f"            proxy_pass http://{upstream};\n        }}\n"
         for path, upstream in RATE_LIMITED.items()
     )
-    values.update(RESOLVER=resolver, UPSTREAMS=upstreams, LOCATIONS=locations,
+    values.update(RESOLVER=resolver, UPSTREAMS=upstreams, LOCATIONS=locations, PROBLEM_TITLES=_problem_titles(),
+                  EDGE_ERRORS=_edge_errors(list(EDGE_ERRORS)),
+                  # The catch-all server answers only what it cannot parse; 404 there means "no answer".
+                  DEFAULT_SERVER_ERRORS=_edge_errors([code for code in EDGE_ERRORS if code != 404]),
                   STREAM_UPSTREAMS=stream_upstreams, STREAM_SERVERS=stream_servers)
     return _fill(NGINX_TEMPLATE.read_text(), values)
 

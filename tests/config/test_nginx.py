@@ -16,6 +16,8 @@ import pytest
 
 from deploy.render import (
     COMPOSE_MODULES_CONF,
+    EDGE_ERRORS,
+    PROBLEM_PATH,
     RATE_LIMITED,
     STREAM_TCP_TIMEOUT,
     nginx_conf,
@@ -106,11 +108,11 @@ def test_credentials_are_rate_limited_with_429(http_block):
     locations = {tuple(d["args"]): d["block"] for d in find(site_server, "location")}
     for path in RATE_LIMITED:
         assert one(locations[("=", path)], "limit_req")[0] == "zone=credentials"
-    assert one(site_server, "error_page") == ["429", "=", "@too_many_requests"]
+    assert ["429", "=", "@too_many_requests"] in [d["args"] for d in find(site_server, "error_page")]
 
 
 def test_request_id_is_generated_when_absent(http_block):
-    (mapping,) = find(http_block, "map")
+    (mapping,) = [m for m in find(http_block, "map") if m["args"][0] == "$http_x_request_id"]
     assert mapping["args"] == ["$http_x_request_id", "$stack_request_id"]
     assert one(mapping["block"], "default") == ["$request_id"]
 
@@ -128,7 +130,28 @@ def test_default_server_drops_unknown_hosts(http_block):
     servers = [d["block"] for d in find(http_block, "server")]
     default = [s for s in servers if "default_server" in one(s, "listen")]
     assert len(default) == 1
-    assert one(default[0], "return") == ["444"]
+    locations = {tuple(d["args"]): d["block"] for d in find(default[0], "location")}
+    assert one(locations[("/",)], "return") == ["444"]
+    assert one(locations[("@drop",)], "return") == ["444"]  # /.problem asked for from outside: no answer
+    assert ["404", "=", "@drop"] in [d["args"] for d in find(default[0], "error_page")]
+
+
+def test_nginx_answers_its_own_errors_with_problem_documents(http_block):
+    titles = {d["directive"]: d["args"][0] for d in
+              next(m for m in find(http_block, "map") if m["args"] == ["$status", "$problem_title"])["block"]}
+    assert titles["413"] == "Content Too Large" and titles["502"] == "Bad Gateway"
+    for server in (d["block"] for d in find(http_block, "server")):
+        pages = [d["args"] for d in find(server, "error_page") if d["args"][-1] == PROBLEM_PATH]
+        (codes,) = pages
+        expected = {str(code) for code in EDGE_ERRORS} - ({"404"} if "default_server" in one(server, "listen")
+                                                          else set())
+        assert set(codes[:-1]) == expected
+        (problem,) = [d["block"] for d in find(server, "location") if d["args"] == ["=", PROBLEM_PATH]]
+        assert one(problem, "internal") == []
+        assert one(problem, "default_type") == ["application/problem+json"]
+        status, body = one(problem, "return")
+        assert status == "200"  # nginx keeps the error's status for an error_page target
+        assert '"status":$status' in body and '"request_id":"$stack_request_id"' in body
 
 
 def test_each_prefix_is_proxied_to_its_upstream(http_block):

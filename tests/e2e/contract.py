@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import http.client
+import json
 import os
 import re
 import shutil
@@ -110,6 +111,35 @@ class StackContract:
             assert response.headers["Content-Type"].startswith("application/problem+json")
             problem = response.json()
             assert problem["status"] == 400 and problem["request_id"] == response.headers["X-Request-ID"]
+
+    def test_nginx_answers_its_own_errors_as_problem_documents(self, stack):
+        """What nginx refuses before any service sees it is a problem document too, with the request id."""
+        url = stack.url
+        answers = {
+            404: requests.get(url("/no/such/file"), timeout=5),
+            405: requests.post(url("/"), data=b"x", timeout=5),  # the static landing page takes GET only
+            413: requests.post(url("/httpbin/anything"), data=b"x" * (1024 * 1024 + 1), timeout=10),
+            414: requests.get(url("/web/" + "a" * 17_000), timeout=5),
+            400: requests.get(url("/"), headers={"X-Big": "a" * 17_000}, timeout=5),  # nginx's 494, sent as 400
+        }
+        answers[-404] = requests.get(url("/.problem"), timeout=5)  # the internal page is not reachable
+        for status, response in answers.items():
+            assert response.status_code == abs(status), (status, response.text[:200])
+            assert response.headers["Content-Type"] == "application/problem+json"
+            problem = response.json()
+            assert problem["status"] == abs(status) and problem["title"] and problem["type"] == "about:blank"
+            assert problem["request_id"] == response.headers["X-Request-ID"]
+        assert answers[413].json()["title"] == "Content Too Large"
+        # A request line nginx cannot parse: a 400 document (from the catch-all server), then the close.
+        host, port = stack.site.public_host, stack.site.public_port
+        with socket.create_connection((host, port), timeout=5) as sock:
+            sock.sendall(b"GARBAGE\r\n\r\n")
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 ") and b"Content-Type: application/problem+json" in head
+        assert b"Connection: close" in head and json.loads(body)["status"] == 400
 
     def test_landing_page_lists_the_services(self, stack):
         response = requests.get(stack.url("/"), timeout=5)

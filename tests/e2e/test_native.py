@@ -109,6 +109,23 @@ class TestNativeStack(StackContract, HttpSemanticsContract):
         assert "← HTTP/1.1 200 OK" in result.stdout and "nginx closed first" in result.stdout
         assert re.search(r"access line: .* rid=trace-\w+ rt=", result.stdout)  # the logs still tell their part
 
+    def test_a_stopped_http_service_is_a_502_problem_document_from_nginx(self, stack):
+        ctl = [str(Path(sys.executable).parent / "supervisorctl"), "-c", str(stack.site.var / "run" /
+                                                                              "supervisord.conf")]
+        subprocess.run([*ctl, "stop", "catalog"], check=True, capture_output=True, timeout=60)
+        try:
+            response = requests.get(stack.url("/catalog/json"), headers={"X-Request-ID": "down-1"}, timeout=10)
+            assert response.status_code == 502
+            assert response.headers["Content-Type"] == "application/problem+json"
+            assert response.json() | {"detail": ""} == {"type": "about:blank", "title": "Bad Gateway", "status": 502,
+                                                         "detail": "", "request_id": "down-1"}
+        finally:
+            subprocess.run([*ctl, "start", "catalog"], check=True, capture_output=True, timeout=60)
+        deadline = time.monotonic() + 20
+        while requests.get(stack.url("/catalog/healthz"), timeout=5).status_code != 200:
+            assert time.monotonic() < deadline, "catalog did not come back"
+            time.sleep(0.2)
+
     def test_a_stopped_socket_service_refused_directly_hidden_by_the_proxy(self, stack):
         """The seed's TCP-vs-UDP difference when the server is down, and what a layer-4 proxy makes of it."""
         ctl = [str(Path(sys.executable).parent / "supervisorctl"), "-c", str(stack.site.var / "run" /
