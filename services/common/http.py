@@ -33,6 +33,7 @@ CPU_MAX_N = 1_000_000
 
 _IP = re.compile(r"[0-9A-Fa-f:.]{2,45}")
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
+_DECIMAL = re.compile(r"[0-9]{1,18}(?:\.[0-9]{1,18})?")
 
 
 def client_address(real_ip: str | None, peer: str | None) -> str:
@@ -77,6 +78,14 @@ class Problem(Exception):
             body["instance"] = instance
         body["request_id"] = request_id
         return body
+
+
+def decimal(raw: str, name: str) -> float:
+    """A non-negative decimal in ASCII digits ("2", "0.25"). float() alone would also take "nan", "inf", "1e400"
+    (infinite), " 5" and other scripts' digits ("٣"): each of those is a 400 problem here."""
+    if not _DECIMAL.fullmatch(raw):
+        raise Problem(400, "Invalid number", f"{name} must be a non-negative decimal number, got {raw[:40]!r}")
+    return float(raw)
 
 
 def int_param(raw: str | None, name: str, default: int, low: int, high: int) -> int:

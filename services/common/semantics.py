@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode
@@ -15,6 +16,9 @@ from services.common.http import JSON, Problem
 
 MERGE_PATCH_JSON = "application/merge-patch+json"
 MAX_BODY_BYTES = 64 * 1024
+# Deeper documents are refused: Python's parser and encoder recurse, so a few thousand "[" would otherwise
+# end as a RecursionError (a 500) here or in whatever walks the document next (merge patch, the reply).
+MAX_JSON_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -47,9 +51,46 @@ def json_body(content_type: str | None, body: bytes, accepted: tuple[str, ...] =
         raise Problem(415, "Unsupported Media Type",
                       f"send the body as {' or '.join(accepted)}, not {media_type(content_type) or 'nothing'}")
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, ValueError) as error:
+        return parse_json(body)
+    except ValueError as error:
         raise Problem(400, "Malformed JSON", f"the body is not valid JSON: {error}") from None
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON (RFC 8259 has no NaN or Infinity)")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is beyond a double's range")
+    return value
+
+
+def _deeper_than(document: object, limit: int) -> bool:
+    """Nesting depth above `limit`, walked with a list rather than recursion."""
+    pending = [(document, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if depth > limit:
+            return True
+        children = value.values() if isinstance(value, dict) else value
+        pending.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def parse_json(body: bytes) -> object:
+    """RFC 8259 JSON and nothing looser: no NaN/Infinity, numbers a double can hold, at most MAX_JSON_DEPTH
+    levels, UTF-8. Anything else is a ValueError (callers answer 400, or treat the body as not JSON)."""
+    try:
+        document = json.loads(body, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    # Cheap first: a document cannot be deeper than it has brackets.
+    brackets = body.count(b"[") + body.count(b"{")
+    if isinstance(document, (dict, list)) and brackets > MAX_JSON_DEPTH and _deeper_than(document, MAX_JSON_DEPTH):
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    return document
 
 
 def require_acceptable(accept: str | None, offered: str = JSON) -> None:

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, quote
 
 from aiohttp import web
 
-from services.common import http
+from services.common import http, semantics
 
 PREFIX = "/httpbin"
 MAX_DELAY = 10
@@ -25,6 +25,7 @@ REDIRECT_CODES = {301, 302, 303, 307, 308}
 
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field names
+_STATUS = re.compile(r"[0-9]{3}")
 
 
 def header_value(value: str, what: str) -> str:
@@ -73,8 +74,10 @@ def basics(request: web.Request) -> dict:
 
 async def with_body(request: web.Request) -> dict:
     """httpbin's shape for requests with a body: data, form, files and json, as it decodes them."""
-    raw = await request.read()
     kind = (request.content_type or "").lower()
+    # A multipart body is read by aiohttp's own parser, from the stream: reading the body first would leave
+    # it nothing ("Could not find starting boundary" for every upload).
+    raw = b"" if kind.startswith("multipart/") else await request.read()
     form: dict[str, str] = {}
     files: dict[str, str] = {}
     parsed_json = None
@@ -99,7 +102,7 @@ async def with_body(request: web.Request) -> dict:
             data = "data:application/octet-stream;base64," + base64.b64encode(raw).decode()
         if kind.endswith("json"):
             try:
-                parsed_json = json.loads(raw) if raw else None
+                parsed_json = semantics.parse_json(raw) if raw else None
             except ValueError:
                 parsed_json = None
     return {**basics(request), "data": data, "files": files, "form": form, "json": parsed_json}
@@ -138,17 +141,15 @@ async def uuid4(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------- status codes and redirects
 
 def _status_codes(spec: str) -> list[tuple[int, float]]:
-    """"200", "200,404" or weighted "200:0.8,500:0.2", as httpbin accepts."""
+    """"200", "200,404" or weighted "200:0.8,500:0.2", as httpbin accepts: three ASCII digits, decimal weights."""
     choices = []
     for part in spec.split(","):
         code, _, weight = part.partition(":")
-        try:
-            status, chance = int(code), float(weight or 1)
-        except ValueError:
-            raise http.Problem(400, "Invalid status code", f"{part!r} is not a status code") from None
-        if not 100 <= status <= 599 or chance < 0:
-            raise http.Problem(400, "Invalid status code", f"{part!r} is not a status code between 100 and 599")
-        choices.append((status, chance))
+        if not _STATUS.fullmatch(code) or not 100 <= int(code) <= 599:
+            raise http.Problem(400, "Invalid status code", f"{part[:40]!r} is not a status code between 100 and 599")
+        choices.append((int(code), http.decimal(weight, "a weight") if weight else 1.0))
+    if not sum(chance for _, chance in choices) > 0:
+        raise http.Problem(400, "Invalid status code", "the weights must not all be zero")
     return choices
 
 
@@ -191,31 +192,30 @@ async def redirect_to(request: web.Request) -> web.Response:
 
 # ---------------------------------------------------------------- response shaping
 
+# Headers a client may not set through /response-headers: the message's framing and hop-by-hop fields are the
+# server's own (a Content-Length or Transfer-Encoding from the query corrupted the response; RFC 9112 6,
+# RFC 9110 7.6.1), and X-Accel-* would steer nginx (X-Accel-Redirect served any internal location).
+_SERVERS_OWN = {"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer",
+                "proxy-connection"}
+
+
 async def response_headers(request: web.Request) -> web.Response:
     args = args_of(request)
     response = reply(args)
     for key in request.query:
         if not _TOKEN.fullmatch(key):
             raise http.Problem(400, "Invalid header name", f"{key!r} is not a valid header field name")
+        if key.lower() in _SERVERS_OWN or key.lower().startswith("x-accel-"):
+            raise http.Problem(400, "Header not allowed", f"{key} frames or routes the response: the server sets it")
         for value in request.query.getall(key):
             response.headers.add(key, header_value(value, key))
     return response
 
 
 async def delay(request: web.Request) -> web.Response:
-    seconds = min(float(_number(request.match_info["n"], "n")), MAX_DELAY)
-    await asyncio.sleep(max(seconds, 0))
+    seconds = min(http.decimal(request.match_info["n"], "n"), MAX_DELAY)  # httpbin caps the delay, as here
+    await asyncio.sleep(seconds)
     return reply({**(await with_body(request)), "delayed_seconds": seconds})
-
-
-def _number(raw: str, name: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise http.Problem(400, "Invalid number", f"{name} must be a number, got {raw!r}") from None
-    if value != value or value < 0:  # NaN or negative
-        raise http.Problem(400, "Invalid number", f"{name} must be a non-negative number")
-    return value
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
@@ -234,10 +234,10 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 async def drip(request: web.Request) -> web.StreamResponse:
     """numbytes bytes spread over duration seconds: Content-Length is known, the body arrives slowly."""
-    duration = min(_number(request.query.get("duration", "2"), "duration"), MAX_DELAY)
+    duration = min(http.decimal(request.query.get("duration", "2"), "duration"), MAX_DELAY)
     numbytes = http.int_param(request.query.get("numbytes"), "numbytes", 10, 1, 10 * 1024)
     code = http.int_param(request.query.get("code"), "code", 200, 200, 599)
-    initial = min(_number(request.query.get("delay", "0"), "delay"), MAX_DELAY)
+    initial = min(http.decimal(request.query.get("delay", "0"), "delay"), MAX_DELAY)
     await asyncio.sleep(initial)
     response = web.StreamResponse(status=code, headers={"Content-Type": "application/octet-stream",
                                                         "X-Accel-Buffering": "no"})
@@ -258,7 +258,7 @@ async def random_bytes(request: web.Request) -> web.Response:
     return web.Response(body=rng.randbytes(n), content_type="application/octet-stream")
 
 
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")  # [0-9], not \d: that takes any script's digits
 
 
 async def byte_range(request: web.Request) -> web.Response:

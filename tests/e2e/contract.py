@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -140,6 +141,39 @@ class StackContract:
         head, _, body = reply.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 400 ") and b"Content-Type: application/problem+json" in head
         assert b"Connection: close" in head and json.loads(body)["status"] == 400
+
+    def test_hostile_input_gets_4xx_problems_and_other_clients_see_nothing(self, stack):
+        """Bodies and parameters that used to end in a 500 (or a broken response): each a 4xx problem document,
+        while a well-behaved client keeps getting 200s."""
+        bodies = [b"[" * 5000 + b"]" * 5000, b'{"a": NaN}', b"[1e999]", b"1" * 5000, b'{"a": "\xff"}']
+        requests_to_send = [("POST", path, body, {"Content-Type": "application/json"})
+                            for path in ("/catalog/items", "/web/signup", "/httpbin/bins") for body in bodies]
+        requests_to_send += [("GET", path, None, {}) for path in (
+            "/httpbin/delay/%D9%A3", "/httpbin/delay/inf", "/httpbin/status/200:0", "/httpbin/status/200:nan",
+            "/httpbin/status/%D9%A3%D9%A3%D9%A3", "/httpbin/response-headers?Content-Length=1",
+            "/httpbin/response-headers?Transfer-Encoding=chunked", "/httpbin/response-headers?X-Accel-Redirect=/")]
+        requests_to_send.append(("POST", "/httpbin/post", b"--x\r\n\r\n\r\n--x--\r\n",
+                                 {"Content-Type": "multipart/form-data; boundary=x"}))
+        stop, seen = threading.Event(), []
+
+        def well_behaved() -> None:
+            with requests.Session() as session:
+                while not stop.is_set():
+                    for service in HTTP_SERVICES:
+                        seen.append(session.get(stack.url(f"{service.prefix}json"), timeout=10).status_code)
+
+        bystander = threading.Thread(target=well_behaved)
+        bystander.start()
+        try:
+            for method, path, body, headers in requests_to_send:
+                response = requests.request(method, stack.url(path), data=body, headers=headers, timeout=10)
+                assert 400 <= response.status_code < 500, (path, body and body[:20], response.status_code)
+                assert response.headers["Content-Type"].startswith("application/problem+json"), path
+                assert response.json()["request_id"] == response.headers["X-Request-ID"]
+        finally:
+            stop.set()
+            bystander.join(30)
+        assert seen and set(seen) == {200}
 
     def test_landing_page_lists_the_services(self, stack):
         response = requests.get(stack.url("/"), timeout=5)

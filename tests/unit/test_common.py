@@ -1,7 +1,22 @@
+import json
+import math
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.common import db, http, semantics
 from services.common.idempotency import IdempotencyKeys, StoredResponse
+
+
+def json_like() -> st.SearchStrategy[bytes]:
+    """Documents that are JSON or nearly: nesting, huge numbers, constants Python's json accepts and RFC 8259
+    does not, cut short at random."""
+    leaves = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5)
+    documents = st.recursive(leaves, lambda inner: st.lists(inner, max_size=3) |
+                             st.dictionaries(st.text(max_size=3), inner, max_size=3), max_leaves=30)
+    return st.tuples(documents, st.integers(0, 50)).map(
+        lambda pair: json.dumps(pair[0]).encode()[: len(json.dumps(pair[0])) - pair[1]])
 
 
 def test_request_id_keeps_a_well_formed_client_id():
@@ -145,3 +160,46 @@ def test_many_processes_open_a_fresh_database_at_once_without_database_is_locked
         assert [worker.exitcode for worker in workers] == [0] * 8
         assert failures.empty(), failures.get()
         assert db.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest.mark.parametrize("body, reason", [
+    (b"[" * 5000 + b"]" * 5000, "nested deeper"),
+    (b"[" * 65 + b"]" * 65, "nested deeper"),
+    (b'{"a": NaN}', "NaN is not JSON"),
+    (b"[-Infinity]", "Infinity is not JSON"),
+    (b"[1e999]", "beyond a double"),
+    (b"1" * 5000, "limit"),
+    (b'"\xff"', "utf-8"),
+])
+def test_json_bodies_that_are_not_rfc_8259_json_are_400s(body, reason):
+    with pytest.raises(http.Problem) as caught:
+        semantics.json_body("application/json", body)
+    assert caught.value.status == 400 and reason.lower() in caught.value.detail.lower()
+
+
+def test_json_nested_to_the_limit_is_fine():
+    document = semantics.json_body("application/json", b"[" * 64 + b"]" * 64)
+    depth = 0
+    while isinstance(document, list) and document:
+        document, depth = document[0], depth + 1
+    assert depth == 63
+
+
+@given(st.binary(max_size=2000) | st.text(max_size=300).map(str.encode) | json_like())
+@settings(max_examples=300, deadline=None)
+def test_any_body_is_a_document_or_a_4xx_problem(body):
+    try:
+        semantics.json_body("application/json", body)
+    except http.Problem as problem:
+        assert 400 <= problem.status < 500
+
+
+@given(st.text(max_size=30))
+@settings(max_examples=300, deadline=None)
+def test_decimal_takes_only_ascii_decimals(raw):
+    try:
+        value = http.decimal(raw, "n")
+    except http.Problem as problem:
+        assert problem.status == 400
+    else:
+        assert math.isfinite(value) and value >= 0 and raw.isascii() and raw.replace(".", "", 1).isdigit()

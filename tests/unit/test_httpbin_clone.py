@@ -72,7 +72,8 @@ async def test_status_codes(client, codes, status, header):
         assert header in response.headers
 
 
-@pytest.mark.parametrize("codes", ["abc", "99", "600", "100"])
+@pytest.mark.parametrize("codes", ["abc", "99", "600", "100", "\u0663\u0663\u0663", "200:nan", "200:inf,500:1",
+                                   "200:1e400", "200:0,500:0", "200:-1", "2OO"])
 async def test_status_rejects_non_codes(client, codes):
     response = await client.get(f"/httpbin/status/{codes}")
     assert response.status == 400 and response.headers["Content-Type"].startswith("application/problem+json")
@@ -141,6 +142,45 @@ async def test_redirect_to(client):
 async def test_response_headers_are_set_from_the_query(client):
     response = await client.get("/httpbin/response-headers?X-Thing=1&X-Thing=2")
     assert response.headers.getall("X-Thing") == ["1", "2"]
+
+
+@pytest.mark.parametrize("name", ["Content-Length", "transfer-encoding", "Connection", "Keep-Alive", "Upgrade", "TE",
+                                  "Trailer", "X-Accel-Redirect", "x-accel-buffering"])
+async def test_response_headers_cannot_set_framing_or_steer_nginx(client, name):
+    response = await client.get(f"/httpbin/response-headers?{name}=5")
+    assert response.status == 400 and (await response.json())["title"] == "Header not allowed"
+
+
+@pytest.mark.parametrize("n", ["\u0663", "nan", "inf", "1e400", "-1", " 1", "1_0", "0x1"])
+async def test_delay_takes_only_ascii_decimals(client, n):
+    response = await client.get(f"/httpbin/delay/{n}")
+    assert response.status == 400 and (await response.json())["title"] == "Invalid number"
+
+
+async def test_multipart_forms_and_files_are_decoded(client):
+    import aiohttp
+
+    form = aiohttp.FormData()
+    form.add_field("a", "b")
+    form.add_field("upload", b"file body\n", filename="f.txt", content_type="text/plain")
+    response = await client.post("/httpbin/post", data=form)
+    body = await response.json()
+    assert response.status == 200 and body["form"] == {"a": "b"} and body["files"] == {"upload": "file body\n"}
+
+
+@pytest.mark.parametrize("body", [b"garbage", b"--x\r\n\r\n\r\n--x--\r\n",
+                                  b"--x\r\nContent-Disposition: form-data\r\n\r\nb\r\n--x--\r\n",
+                                  b"--x\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nb"])
+async def test_malformed_multipart_is_a_400(client, body):
+    response = await client.post("/httpbin/post", data=body,
+                                 headers={"Content-Type": "multipart/form-data; boundary=x"})
+    assert response.status == 400 and (await response.json())["title"] == "Malformed multipart body"
+
+
+@pytest.mark.parametrize("body", [b"[" * 5000 + b"]" * 5000, b'{"a": NaN}', b"[1e999]", b"1" * 5000, b"\xff\xfe["])
+async def test_json_httpbin_cannot_parse_is_echoed_as_data_with_json_null(client, body):
+    response = await client.post("/httpbin/post", data=body, headers={"Content-Type": "application/json"})
+    assert response.status == 200 and (await response.json())["json"] is None
 
 
 async def test_cache_and_etag_validators(client):
