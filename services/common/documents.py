@@ -35,7 +35,7 @@ def _now() -> str:
 
 
 class Documents:
-    def __init__(self, conn: sqlite3.Connection, require_if_match: bool = False) -> None:
+    def __init__(self, conn: db.Connection, require_if_match: bool = False) -> None:
         self.conn = conn
         self.require_if_match = require_if_match
         conn.execute(SCHEMA)
@@ -64,11 +64,13 @@ class Documents:
 
     # ------------------------------------------------------------ the collection
 
+    @db.off_the_hub
     def list(self, collection: str) -> list[dict]:
         rows = self.conn.execute("SELECT * FROM documents WHERE collection = ? ORDER BY created_at, key",
                                  (collection,)).fetchall()
         return [self.representation(row) for row in rows]
 
+    @db.off_the_hub
     def create(self, collection: str, location_of: Callable[[str], str], headers: Mapping[str, str],
                body: bytes, path: str, validate: Validator) -> tuple[StoredResponse, bool]:
         """POST: a new document under a generated key (Idempotency-Key honoured). Returns (response, replayed)."""
@@ -87,6 +89,7 @@ class Documents:
 
     # ------------------------------------------------------------ one document
 
+    @db.off_the_hub
     def handle(self, method: str, collection: str, key: str, location: str, headers: Mapping[str, str],
                body: bytes, validate: Validator) -> StoredResponse:
         """GET, HEAD, PUT, PATCH or DELETE on one document."""

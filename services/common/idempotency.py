@@ -13,11 +13,11 @@ import hashlib
 import json
 import os
 import re
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from services.common import db
 from services.common.db import transaction
 from services.common.http import Problem
 
@@ -49,7 +49,7 @@ def fingerprint(method: str, path: str, body: bytes) -> str:
 
 
 class IdempotencyKeys:
-    def __init__(self, conn: sqlite3.Connection, ttl: float | None = None, stale_after: float = 60) -> None:
+    def __init__(self, conn: db.Connection, ttl: float | None = None, stale_after: float = 60) -> None:
         self.conn = conn
         self.ttl = ttl if ttl is not None else float(os.environ.get("IDEMPOTENCY_TTL_SECONDS", "86400"))
         self.stale_after = stale_after
@@ -61,6 +61,7 @@ class IdempotencyKeys:
             raise Problem(400, "Invalid Idempotency-Key", "use 1 to 255 visible ASCII characters")
         return key
 
+    @db.off_the_hub
     def claim(self, scope: str, key: str, print_: str) -> StoredResponse | None:
         """None: this request owns the key and must `finish` (or `release`) it. Else the stored response."""
         now = time.time()
@@ -88,6 +89,7 @@ class IdempotencyKeys:
                           "the first request with this Idempotency-Key is still being processed; retry shortly")
         return StoredResponse(row["status"], json.loads(row["headers"]), bytes(row["body"]))
 
+    @db.off_the_hub
     def finish(self, scope: str, key: str, response: StoredResponse) -> None:
         """Store the final response. Call inside the transaction that made the change, when there is one,
         so the change and its record commit together."""
@@ -96,6 +98,7 @@ class IdempotencyKeys:
             (response.status, json.dumps(response.headers), response.body, scope, key),
         )
 
+    @db.off_the_hub
     def release(self, scope: str, key: str) -> None:
         """Forget a claim whose request failed without a stored outcome, so a retry can run."""
         self.conn.execute("DELETE FROM idempotency_keys WHERE scope = ? AND key = ? AND status IS NULL",

@@ -128,3 +128,85 @@ def test_cart_lines_put_is_idempotent_and_patch_merges(client):
     assert patched.status_code == 200 and patched.json["document"] == {"quantity": 4}
     assert [line["key"] for line in client.get("/web/cart").json["items"]] == ["7"]
     assert client.put("/web/cart/items/7", json={"quantity": 0}).status_code == 422
+
+
+def test_threads_get_their_own_connection_and_their_transactions_never_interleave(tmp_path):
+    """gthread workers run requests on several threads of one process: with one shared connection one
+    thread's BEGIN met another's statements ("cannot start a transaction within a transaction")."""
+    import threading
+
+    store = Store(tmp_path / "web.sqlite3")
+    user = store.signup("threads@example.com", "correct horse")
+    connections, errors = [], []
+
+    def place(n: int) -> None:
+        connections.append(store.conn.connection())  # kept alive here, so no two can share an id()
+        for i in range(25):
+            try:
+                store.create_order(user["id"], [{"item_id": n * 100 + i, "name": "x", "unit_price": 1, "quantity": 1}])
+            except Exception as error:  # noqa: BLE001 - every failure is the finding
+                errors.append(repr(error))
+
+    threads = [threading.Thread(target=place, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == [] and len({id(conn) for conn in connections}) == 8
+    assert len(store.orders_page(user["id"], 100, 0)[0]) == 100  # a page; all 200 are there:
+    assert store.conn.execute("SELECT COUNT(*) FROM orders").fetchone()[0] == 8 * 25
+
+
+def test_under_gevent_scrypt_and_sqlite_run_off_the_hub(tmp_path):
+    """A login's scrypt (100-200 ms) on the hub stalled every greenlet of its worker: the store's calls must
+    run on another OS thread (gevent's threadpool), and the hub must serve meanwhile."""
+    import subprocess
+    import sys
+
+    from deploy.topology import ROOT
+
+    program = f"""
+from gevent import monkey
+monkey.patch_all()
+import gevent, werkzeug.security as security
+from services.web import store as web_store
+get_ident = monkey.get_original("_thread", "get_ident")
+hub_thread = get_ident()
+seen = []
+check = web_store.check_password_hash
+def recording(*args):
+    seen.append(get_ident())
+    return check(*args)
+web_store.check_password_hash = recording
+store = web_store.Store({str(tmp_path / "web.sqlite3")!r})
+store.signup("g@example.com", "correct horse")
+ticks = []
+ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.005)) for _ in range(400)])
+logins = [gevent.spawn(store.authenticate, "g@example.com", "correct horse") for _ in range(4)]
+gevent.joinall(logins)
+ticker.kill()
+assert all(login.value and login.value["email"] == "g@example.com" for login in logins)
+assert seen and hub_thread not in seen, (hub_thread, seen)
+print("ticks during logins:", len(ticks))
+assert len(ticks) >= 5  # the hub kept running another greenlet while four scrypts ran
+"""
+    done = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_login_costs_one_scrypt_whether_or_not_the_account_exists(tmp_path, monkeypatch):
+    """An unknown account used to cost two key derivations (hash a fresh password, then check it): twice a
+    known account's time, which tells an attacker which emails have accounts."""
+    from services.web import store as web_store
+
+    store = Store(tmp_path / "web.sqlite3")
+    store.signup("known@example.com", "correct horse")
+    store.authenticate("nobody@example.com", "warm-up")  # the unknown-account hash is made once, then kept
+    calls = []
+    for name in ("generate_password_hash", "check_password_hash"):
+        original = getattr(web_store, name)
+        monkeypatch.setattr(web_store, name, lambda *args, _name=name, _f=original: calls.append(_name) or _f(*args))
+    assert store.authenticate("known@example.com", "wrong") is None
+    known, calls[:] = list(calls), []
+    assert store.authenticate("unknown@example.com", "wrong") is None
+    assert calls == known == ["check_password_hash"]
