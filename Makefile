@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-deps up down ps logs urls test lint fmt lock clean loadtest loadtest-headless soak compare \
+.PHONY: help setup system-deps up down ps logs urls test lint fmt lock clean clean-data loadtest loadtest-headless soak compare \
         trace trace-dns rawhttp tcp-vs-udp iolab
 
 help:  ## list the targets
@@ -82,5 +82,9 @@ lock: $(SETUP_STAMP)  ## re-pin every transitive dependency into constraints.txt
 	@{ echo "# Every transitive pin of the dev group (which includes every service group). Regenerate: make lock"; \
 	   $(PY) -m pip freeze --exclude pip; } > constraints.txt
 
-clean: down  ## stop, then remove the venv and runtime state
-	rm -rf $(VENV) var .pytest_cache .ruff_cache
+clean: down  ## stop, then remove the venv, caches, logs and pid files; the databases stay (make clean-data)
+	rm -rf $(VENV) .pytest_cache .ruff_cache
+	@if [ -d var ]; then find var -mindepth 1 -maxdepth 1 ! -name data -exec rm -rf {} +; fi
+
+clean-data: $(SETUP_STAMP) down  ## delete the services' data (var/data, Compose's volumes), listing what it deletes
+	@$(PY) -m deploy clean-data

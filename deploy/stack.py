@@ -310,9 +310,27 @@ def choose_mode(requested: str | None, site: Site) -> str:
     return "compose" if docker_answers() else "native"
 
 
+def clean_data(site: Site) -> int:
+    """Delete the services' data, saying what: native databases in var/data, Compose's named volumes.
+    Run after `down` (the Makefile does): a live service would keep writing to what is deleted."""
+    data = site.var / "data"
+    files = sorted(p for p in data.rglob("*") if p.is_file()) if data.exists() else []
+    for path in files:
+        log(f"deleting {path} ({path.stat().st_size:,} bytes)")
+    shutil.rmtree(data, ignore_errors=True)
+    if not files:
+        log(f"no native data in {data}")
+    if docker_answers():
+        compose = Compose(site)
+        volumes = compose.run("config", "--volumes", check=False).stdout.split()
+        log("deleting Compose volumes: " + (", ".join(volumes) or "none"))
+        return compose.run("down", "--volumes", "--remove-orphans", check=False).returncode
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["up", "down", "ps", "logs", "urls"])
+    parser.add_argument("command", choices=["up", "down", "ps", "logs", "urls", "clean-data"])
     parser.add_argument("--mode", choices=MODES)
     args = parser.parse_args(argv)
     site = Site.from_env()
@@ -350,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"healthy after {time.monotonic() - started:.1f} s")
         print_urls(site, mode)
         return 0
+
+    if args.command == "clean-data":
+        return clean_data(site)
 
     mode = choose_mode(args.mode, site)
     if args.command == "urls":

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,20 @@ def native_stack(tmp_path_factory):
         pytest.fail(f"native up failed:\n{result.stdout}\n{result.stderr}")
     yield stack
     stack.deploy("down")
+
+
+def wait_for_every_service(stack: RunningStack, timeout: float = 60) -> None:
+    """Until every HTTP service answers its health check through nginx (supervisor restarts the killed)."""
+    deadline = time.monotonic() + timeout
+    for service in HTTP_SERVICES:
+        while True:
+            try:
+                if requests.get(stack.url(service.health_path), timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, f"{service.name} did not come back"
+            time.sleep(0.3)
 
 
 class TestNativeStack(StackContract, HttpSemanticsContract):
@@ -108,6 +123,36 @@ class TestNativeStack(StackContract, HttpSemanticsContract):
         assert "(packets not captured)" in result.stdout
         assert "← HTTP/1.1 200 OK" in result.stdout and "nginx closed first" in result.stdout
         assert re.search(r"access line: .* rid=trace-\w+ rt=", result.stdout)  # the logs still tell their part
+
+    def test_acknowledged_writes_survive_sigkill_and_a_restart_of_the_stack(self, stack):
+        """A 201 is a promise: the write must outlive a SIGKILL of its service (SQLite in WAL, synchronous=NORMAL
+        is durable across a process crash) and `make down && make up`."""
+        tag = uuid.uuid4().hex[:12]
+        item = requests.post(stack.url("/catalog/items"), json={"name": f"durable {tag}", "price": 1, "stock": 1},
+                             timeout=10)
+        account = requests.post(stack.url("/web/signup"), timeout=10,
+                                json={"email": f"{tag}@example.com", "password": "correct horse battery"})
+        document = requests.put(stack.url(f"/httpbin/bins/{tag}"), json={"tag": tag}, timeout=10)
+        assert (item.status_code, account.status_code, document.status_code) == (201, 201, 201)
+
+        def written() -> None:
+            assert requests.get(stack.url(item.headers["Location"]), timeout=10).json()["name"] == f"durable {tag}"
+            login = requests.post(stack.url("/web/login"), timeout=10,
+                                  json={"email": f"{tag}@example.com", "password": "correct horse battery"})
+            assert login.status_code == 200
+            assert requests.get(stack.url(f"/httpbin/bins/{tag}"), timeout=10).json()["document"] == {"tag": tag}
+
+        supervisord = int((stack.site.var / "run" / "supervisord.pid").read_text())
+        for pid in procs.descendants(supervisord):  # every service process, without a chance to flush anything
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if any(name in command for name in (b"services.catalog", b"services.httpbin", b"gunicorn")):
+                os.kill(pid, 9)
+        wait_for_every_service(stack)
+        written()
+        for step in ("down", "up"):
+            result = stack.deploy(step, *(("--mode", "native") if step == "up" else ()))
+            assert result.returncode == 0, result.stdout + result.stderr
+        written()
 
     def test_a_stopped_http_service_is_a_502_problem_document_from_nginx(self, stack):
         ctl = [str(Path(sys.executable).parent / "supervisorctl"), "-c", str(stack.site.var / "run" /
@@ -256,3 +301,22 @@ class TestNativeShutdown:
         assert not {pid for pid in tree if procs.alive(pid)}
         assert procs.marked(native_stack.site.var) == set()
         assert not (native_stack.site.var / "mode").exists()
+
+
+def test_clean_data_says_what_it_deletes_and_make_clean_keeps_the_databases(tmp_path):
+    var = tmp_path / "var"
+    (var / "data").mkdir(parents=True)
+    (var / "log").mkdir()
+    (var / "data" / "catalog.sqlite3").write_bytes(b"x" * 10)
+    (var / "log" / "nginx-access.log").write_text("a line\n")
+    # make clean's own rule for var/, run on this copy: everything but data/ goes.
+    makefile = (ROOT / "Makefile").read_text()
+    rule = next(line.strip() for line in makefile.splitlines() if "! -name data" in line)
+    subprocess.run(["bash", "-c", rule.lstrip("@")], cwd=tmp_path, check=True)
+    assert sorted(p.name for p in var.iterdir()) == ["data"]
+    env = {**os.environ, "STACK_VAR": str(var), "DOCKER_HOST": "unix:///nonexistent.sock"}  # never a real engine
+    result = subprocess.run([sys.executable, "-m", "deploy", "clean-data"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"deleting {var / 'data' / 'catalog.sqlite3'} (10 bytes)" in result.stdout + result.stderr
+    assert not (var / "data").exists()
