@@ -225,7 +225,9 @@ class StackContract:
                 assert all(s["forwarded"]["X-Forwarded-Proto"] == "http" for s in seen)
 
     def test_fanout_waits_concurrently_in_each_concurrency_model(self, stack):
-        """The seed's three examples: 5 fetches of /delay/1 overlap, so the whole takes far less than their sum."""
+        """The seed's three examples: 5 fetches of /delay/1 overlap, so the whole takes far less than their sum.
+        A timing, with a wide margin on purpose: overlapped ≈ 1/5 of the sum, one after another = the sum; the
+        bound is half the sum."""
         for service in HTTP_SERVICES:
             report = requests.get(stack.url(f"{service.prefix}fanout?n=5&delay=1"), timeout=30).json()
             assert [f["status"] for f in report["fetches"]] == [200] * 5, report

@@ -110,7 +110,11 @@ class TestComposeStack(StackContract, HttpSemanticsContract):
 
     def test_containers_run_as_non_root(self, stack):
         for service in ("nginx", *(s.name for s in SERVICES)):
-            assert inspect(stack.container(service))["Config"]["User"] == "10001", service
+            container = stack.container(service)
+            assert inspect(container)["Config"]["User"] == "10001", service
+            # What runs, not only what the image asks for: every process of the container, workers included.
+            processes = docker("top", container, "-eo", "uid,comm").splitlines()[1:]
+            assert processes and {line.split()[0] for line in processes} == {"10001"}, (service, processes)
 
     def test_nginx_reaches_a_recreated_container_without_a_restart(self, stack):
         nginx_before = inspect(stack.container("nginx"))

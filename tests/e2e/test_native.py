@@ -241,7 +241,7 @@ class TestNativeStack(StackContract, HttpSemanticsContract):
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         with (out / "locust_stats.csv").open() as stats:
             rows = {row["Name"]: row for row in csv.DictReader(stats)}
-        assert int(rows["Aggregated"]["Request Count"]) > 100
+        assert int(rows["Aggregated"]["Request Count"]) > 100  # that the load ran (it does thousands), not a speed
         assert int(rows["Aggregated"]["Failure Count"]) == 0
         for name in ("/catalog/items", "/web/orders [POST retry]", "/httpbin/get", "io"):
             assert int(rows[name]["Request Count"]) > 0, name

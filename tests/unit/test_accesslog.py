@@ -1,5 +1,6 @@
 """The buffered access log: every line exactly once, across a fork and at exit, and soon without an exit."""
 
+import select
 import subprocess
 import sys
 import textwrap
@@ -41,9 +42,12 @@ def test_a_line_reaches_stdout_within_the_flush_interval_while_the_process_runs(
         time.sleep(15)
     """)
     try:
-        line = proc.stdout.readline()  # blocks until the flusher thread writes the buffer
-        assert "rid=early" in line
-        assert proc.poll() is None  # still asleep (15 s): the thread flushed it, not the exit
+        # The flusher writes every 0.5 s; 5 s is generous for a loaded machine and far below the 15 s after
+        # which the exit flush would deliver the line even with the flusher thread broken.
+        ready, _, _ = select.select([proc.stdout], [], [], 5)
+        assert ready, "no line within 5 s: the flusher thread did not write it"
+        assert "rid=early" in proc.stdout.readline()
+        assert proc.poll() is None  # still asleep: the thread flushed it, not the exit
     finally:
         proc.kill()
         proc.wait()

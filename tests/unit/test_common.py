@@ -51,10 +51,11 @@ def test_cpu_n_bounds():
         http.cpu_n(str(http.CPU_MAX_N + 1))
 
 
-def test_cpu_work_is_deterministic_and_depends_on_n():
-    assert http.cpu_work(1000) == http.cpu_work(1000)
+def test_cpu_work_is_the_polynomial_hash_it_claims_and_depends_on_n():
+    prime = 1_000_000_007
+    for n in (0, 1, 3, 1000, 1001):  # the same hash from its closed form: sum of i * 31^(n-1-i), mod p
+        assert http.cpu_work(n) == sum(i * pow(31, n - 1 - i, prime) for i in range(n)) % prime
     assert http.cpu_work(1000) != http.cpu_work(1001)
-    assert http.cpu_work(3) == (0 * 31 + 1) * 31 + 2
 
 
 def test_problem_document_has_rfc9457_members_and_the_request_id():
