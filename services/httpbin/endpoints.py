@@ -8,11 +8,12 @@ import base64
 import binascii
 import gzip
 import json
+import os
 import random
 import re
 import uuid
 from email.utils import formatdate
-from urllib.parse import parse_qsl, quote
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from aiohttp import web
 
@@ -181,12 +182,30 @@ async def redirect(request: web.Request) -> web.Response:
     raise web.HTTPFound(target)
 
 
+def redirect_allowed(target: str, request: web.Request) -> bool:
+    """Relative targets, and absolute http(s) ones to this host or to REDIRECT_HOSTS (comma-separated): never an
+    open redirect to anywhere. "//host" and backslashes are refused: browsers read "/\\host" as "//host"."""
+    if "\\" in target or target.startswith("//") or any(ord(c) < 0x21 for c in target[:1]):
+        return False
+    parts = urlsplit(target)
+    if not parts.scheme and not parts.netloc:
+        return True
+    own = urlsplit(url_of(request)).hostname
+    extra = {h.strip().lower() for h in os.environ.get("REDIRECT_HOSTS", "").split(",") if h.strip()}
+    return parts.scheme in ("http", "https") and parts.hostname is not None and parts.hostname in {own, *extra}
+
+
 async def redirect_to(request: web.Request) -> web.Response:
-    params = request.query if request.method == "GET" else await request.post()
-    target = params.get("url")
+    # ?url= works for every method (a 307/308 test POSTs with the target in the query), a form field too.
+    form = await request.post() if request.method in ("POST", "PUT", "PATCH") else {}
+    target = request.query.get("url") or form.get("url")
     if not target:
         raise http.Problem(400, "Missing url", "redirect-to needs ?url=")
-    code = http.int_param(params.get("status_code"), "status_code", 302, 300, 399)
+    if not redirect_allowed(str(target), request):
+        raise http.Problem(400, "Redirect target not allowed",
+                           "a relative URL, or one to this host (or to a host listed in REDIRECT_HOSTS)")
+    status = request.query.get("status_code") or form.get("status_code")
+    code = http.int_param(str(status) if status else None, "status_code", 302, 300, 399)
     return web.Response(status=code, headers={"Location": header_value(str(target), "url")})
 
 
@@ -207,9 +226,30 @@ async def response_headers(request: web.Request) -> web.Response:
             raise http.Problem(400, "Invalid header name", f"{key!r} is not a valid header field name")
         if key.lower() in _SERVERS_OWN or key.lower().startswith("x-accel-"):
             raise http.Problem(400, "Header not allowed", f"{key} frames or routes the response: the server sets it")
+        if key.lower() == "set-cookie":
+            for value in request.query.getall(key):
+                _cookie_stays_here(value)
         for value in request.query.getall(key):
-            response.headers.add(key, header_value(value, key))
+            if key.lower() == "content-type":  # one field only: the client's replaces the JSON default
+                response.headers["Content-Type"] = header_value(value, key)
+            else:
+                response.headers.add(key, header_value(value, key))
+    # Whatever the client made of this response (text/html with a script, say), it runs sandboxed: an opaque
+    # origin that cannot read this origin's cookies or call its APIs with them. Sniffing is off too.
+    response.headers.add("Content-Security-Policy", "sandbox")
+    response.headers["X-Content-Type-Options"] = "nosniff"
     return response
+
+
+def _cookie_stays_here(set_cookie: str) -> None:
+    """A Set-Cookie from the query may not leave httpbin: no Domain, and a Path (if any) under the prefix."""
+    for attribute in set_cookie.split(";")[1:]:
+        name, _, value = attribute.strip().partition("=")
+        path = value.strip()
+        if name.lower() == "domain" or (name.lower() == "path" and path != PREFIX
+                                        and not path.startswith(PREFIX + "/")):
+            raise http.Problem(400, "Cookie not allowed",
+                               f"cookies set here stay under {PREFIX}/: no Domain, and Path within {PREFIX}")
 
 
 async def delay(request: web.Request) -> web.Response:
@@ -295,17 +335,21 @@ def _cookie_name(name: str) -> str:
     return name
 
 
+# Cookies live under the prefix, as httpbin.org's live under its root: /cookies sees them, web's pages do not
+# (a cookie at "/" from here could shadow or fixate web's session cookie on the same origin).
+
+
 async def cookies_set(request: web.Request) -> web.Response:
     response = web.HTTPFound(f"{PREFIX}/cookies")
     for name, value in request.query.items():
-        response.set_cookie(_cookie_name(name), header_value(value, name), path="/")
+        response.set_cookie(_cookie_name(name), header_value(value, name), path=PREFIX)
     raise response
 
 
 async def cookies_delete(request: web.Request) -> web.Response:
     response = web.HTTPFound(f"{PREFIX}/cookies")
     for name in request.query:
-        response.del_cookie(_cookie_name(name), path="/")
+        response.del_cookie(_cookie_name(name), path=PREFIX)
     raise response
 
 

@@ -236,3 +236,46 @@ async def test_fanout_runs_the_fetches_concurrently(client):
     body = await (await client.get("/httpbin/fanout?n=5&delay=0")).json()
     assert body["n"] == 5 and [f["status"] for f in body["fetches"]] == [200] * 5
     assert "gather" in body["model"]
+
+
+@pytest.mark.parametrize("target, allowed", [
+    ("/httpbin/get", True), ("get", True), ("http://{host}/httpbin/get", True),
+    ("https://evil.example/", False), ("//evil.example/", False), ("/\\evil.example/", False),
+    ("javascript:alert(1)", False), ("http://evil.example@{host}.evil.example/", False),
+])
+async def test_redirect_to_goes_only_here_never_anywhere(client, target, allowed):
+    host = f"{client.server.host}"
+    url = target.format(host=host)
+    response = await client.get("/httpbin/redirect-to", params={"url": url}, allow_redirects=False)
+    if allowed:
+        assert response.status == 302 and response.headers["Location"] == url
+    else:
+        assert response.status == 400 and (await response.json())["title"] == "Redirect target not allowed"
+
+
+async def test_redirect_to_takes_the_url_from_the_query_on_post_too(client):
+    response = await client.post("/httpbin/redirect-to?url=/httpbin/post&status_code=307", data=b"kept",
+                                 allow_redirects=False)
+    assert response.status == 307 and response.headers["Location"] == "/httpbin/post"
+
+
+@pytest.mark.parametrize("cookie, allowed", [
+    ("a=1", True), ("a=1; Path=/httpbin", True), ("a=1; Path=/httpbin/cookies; HttpOnly", True),
+    ("sid=x; Path=/", False), ("sid=x; Path=/web", False), ("a=1; Domain=example.com", False),
+    ("a=1; path=/httpbinx", False),
+])
+async def test_response_headers_cookies_stay_under_the_prefix(client, cookie, allowed):
+    response = await client.get("/httpbin/response-headers", params={"Set-Cookie": cookie})
+    assert response.status == (200 if allowed else 400)
+
+
+async def test_response_headers_content_runs_sandboxed(client):
+    response = await client.get("/httpbin/response-headers", params={"Content-Type": "text/html"})
+    assert response.headers["Content-Type"].startswith("text/html")
+    assert "sandbox" in response.headers.getall("Content-Security-Policy")
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+async def test_cookies_set_here_are_scoped_to_the_prefix(client):
+    response = await client.get("/httpbin/cookies/set?flavour=oat", allow_redirects=False)
+    assert "Path=/httpbin" in response.headers["Set-Cookie"]
