@@ -113,8 +113,8 @@ class TestComposeStack(StackContract, HttpSemanticsContract):
             container = stack.container(service)
             assert inspect(container)["Config"]["User"] == "10001", service
             # What runs, not only what the image asks for: every process of the container, workers included.
-            processes = docker("top", container, "-eo", "uid,comm").splitlines()[1:]
-            assert processes and {line.split()[0] for line in processes} == {"10001"}, (service, processes)
+            processes = docker("top", container, "-eo", "pid,uid,comm").splitlines()[1:]  # docker top needs pid
+            assert processes and {line.split()[1] for line in processes} == {"10001"}, (service, processes)
 
     def test_nginx_reaches_a_recreated_container_without_a_restart(self, stack):
         nginx_before = inspect(stack.container("nginx"))
