@@ -79,7 +79,9 @@ TARGET_NGINX_OF_DIRECT = 0.75  # for a configuration that leaves a core free (on
 TARGET_IO_OF_CEILING = {"blocking": 0.90, "event loop": 0.85}
 
 WORKLOADS = (Workload("plaintext", 64), Workload("json", 64), Workload("io", 200), Workload("cpu", 64))
-QUICK_CONFIGS = ("web-sync", "web-gevent", "catalog-tornado", "httpbin-aiohttp", "nginx-static")
+# QUICK still covers every worker class and server the stack can run under (no bare references).
+QUICK_CONFIGS = ("web-sync", "web-gthread", "web-gevent", "catalog-tornado", "catalog-gunicorn", "httpbin-aiohttp",
+                 "httpbin-gunicorn", "nginx-static")
 QUICK_WORKLOADS = ("json", "io")
 
 

@@ -40,7 +40,7 @@ class Settings:
 
 
 FULL = Settings(warmup_s=1.0, measure_s=4.0, repetitions=3, wrk=WRK is not None)
-QUICK = Settings(warmup_s=1.0, measure_s=3.0, repetitions=1, wrk=WRK is not None, wrk_s=3.0)
+QUICK = Settings(warmup_s=1.0, measure_s=2.0, repetitions=1, wrk=WRK is not None, wrk_s=2.0)
 
 
 def versions() -> dict[str, str]:
