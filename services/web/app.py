@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import gevent
 from flask import Flask, Response, current_app, g, request
@@ -128,6 +128,21 @@ def _credentials() -> tuple[str, str]:
     if not isinstance(password, str) or not 8 <= len(password) <= 128:
         raise http.Problem(422, "Invalid password", "password must be 8 to 128 characters")
     return email.strip(), password
+
+
+def refuse_cross_site(headers: Mapping[str, str]) -> None:
+    """A browser's unsafe request (POST, PUT, PATCH, DELETE) from another site is refused, cookie or not: it
+    would act with the user's session (CSRF), or log them into someone else's account. Browsers say where a
+    request comes from (Sec-Fetch-Site, Origin); clients that send neither (curl, scripts) are not browsers
+    carrying a victim's cookie, and pass. SameSite=Lax on the session cookie is the first line; this the second."""
+    site = headers.get("Sec-Fetch-Site")
+    if site is not None and site not in ("same-origin", "none"):
+        raise http.Problem(403, "Cross-site request refused", f"Sec-Fetch-Site: {site[:40]}")
+    origin = headers.get("Origin")
+    if origin is not None:
+        own = f"{headers.get('X-Forwarded-Proto', 'http')}://{headers.get('X-Forwarded-Host') or headers.get('Host')}"
+        if origin.lower() != own.lower():
+            raise http.Problem(403, "Cross-site request refused", f"Origin {origin[:80]} is not {own[:80]}")
 
 
 def _unauthorized(detail: str) -> http.Problem:
@@ -307,6 +322,8 @@ def create_app(config: dict | None = None) -> Flask:
             _requests_per_socket[sock] = _requests_per_socket.get(sock, 0) + 1
         if request.endpoint in JSON_RESOURCES:
             semantics.require_acceptable(request.headers.get("Accept"))
+        if not semantics.METHODS.get(request.method, semantics.METHODS["POST"]).safe:
+            refuse_cross_site(request.headers)
 
     @app.after_request
     def echo_request_id(response: Response) -> Response:

@@ -210,3 +210,27 @@ def test_a_login_costs_one_scrypt_whether_or_not_the_account_exists(tmp_path, mo
     known, calls[:] = list(calls), []
     assert store.authenticate("unknown@example.com", "wrong") is None
     assert calls == known == ["check_password_hash"]
+
+
+@pytest.mark.parametrize("headers, allowed", [
+    ({}, True),  # curl, scripts: no browser, no victim's cookie
+    ({"Origin": "http://localhost"}, True),  # the test client's own origin
+    ({"Sec-Fetch-Site": "same-origin"}, True),
+    ({"Sec-Fetch-Site": "none"}, True),  # typed in the address bar
+    ({"Origin": "https://evil.example"}, False),
+    ({"Sec-Fetch-Site": "cross-site"}, False),
+    ({"Sec-Fetch-Site": "same-site", "Origin": "http://localhost"}, False),  # a sibling subdomain
+])
+def test_unsafe_requests_from_another_site_are_refused(client, headers, allowed):
+    response = client.post("/web/signup", json={"email": "csrf@example.com", "password": "correct horse"},
+                           headers=headers)
+    if allowed:
+        assert response.status_code == 201
+    else:
+        assert response.status_code == 403 and response.json["title"] == "Cross-site request refused"
+        assert response.headers["Content-Type"].startswith("application/problem+json")
+
+
+def test_safe_requests_from_anywhere_still_work(client):
+    assert client.get("/web/json", headers={"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
+                      ).status_code == 200
