@@ -55,6 +55,16 @@ def test_every_service_is_healthchecked_non_root_capable_and_init():
     }
 
 
+def test_every_container_is_hardened():
+    """No capabilities, no privilege gain, bounded processes and memory, a read-only root filesystem."""
+    for name, service in compose_config()["services"].items():
+        assert service["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in service["security_opt"], name
+        assert 0 < service["pids_limit"] <= 4096, name
+        assert 0 < int(service["mem_limit"]) <= 2**30, name
+        assert service["read_only"] is True, name
+
+
 def test_published_ports_are_loopback_only_and_match_the_topology():
     services = compose_config()["services"]
     published = {

@@ -116,6 +116,16 @@ class TestComposeStack(StackContract, HttpSemanticsContract):
             processes = docker("top", container, "-eo", "pid,uid,comm").splitlines()[1:]  # docker top needs pid
             assert processes and {line.split()[1] for line in processes} == {"10001"}, (service, processes)
 
+    def test_containers_run_without_capabilities_and_within_limits(self, stack):
+        for service in ("nginx", *(s.name for s in SERVICES)):
+            container = stack.container(service)
+            host = inspect(container)["HostConfig"]
+            assert host["CapDrop"] == ["ALL"] and any("no-new-privileges" in o for o in host["SecurityOpt"]), service
+            assert host["Memory"] > 0 and host["PidsLimit"] > 0 and host["ReadonlyRootfs"], service
+            status = docker("exec", container, "cat", "/proc/1/status")  # the kernel's view of the main process
+            fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+            assert int(fields["CapEff"], 16) == 0 and fields["NoNewPrivs"].strip() == "1", (service, fields)
+
     def test_nginx_reaches_a_recreated_container_without_a_restart(self, stack):
         nginx_before = inspect(stack.container("nginx"))
         old = stack.container("catalog")
