@@ -35,9 +35,14 @@ def _now() -> str:
 
 
 class Documents:
-    def __init__(self, conn: db.Connection, require_if_match: bool = False) -> None:
+    """JSON documents by collection and key. `ttl_s` and `max_per_collection` bound what anonymous clients can
+    store (httpbin's bins): documents not updated for ttl_s go, and a full collection takes no new key (507)."""
+
+    def __init__(self, conn: db.Connection, require_if_match: bool = False, ttl_s: float | None = None,
+                 max_per_collection: int | None = None) -> None:
         self.conn = conn
         self.require_if_match = require_if_match
+        self.ttl_s, self.max_per_collection = ttl_s, max_per_collection
         conn.execute(SCHEMA)
         self.keys = IdempotencyKeys(conn)
 
@@ -69,6 +74,13 @@ class Documents:
         rows = self.conn.execute("SELECT * FROM documents WHERE collection = ? ORDER BY created_at, key",
                                  (collection,)).fetchall()
         return [self.representation(row) for row in rows]
+
+    @db.off_the_hub
+    def page(self, collection: str, limit: int, after: str) -> tuple[list[dict], bool]:
+        """Keyset pagination by key: documents with key > after, and whether more follow."""
+        rows = self.conn.execute("SELECT * FROM documents WHERE collection = ? AND key > ? ORDER BY key LIMIT ?",
+                                 (collection, after, limit + 1)).fetchall()
+        return [self.representation(row) for row in rows[:limit]], len(rows) > limit
 
     @db.off_the_hub
     def create(self, collection: str, location_of: Callable[[str], str], headers: Mapping[str, str],
@@ -142,6 +154,17 @@ class Documents:
             return self.response(self._row(collection, key), 200, location)
 
     def _insert(self, collection: str, key: str, document: dict) -> None:
+        if self.ttl_s is not None:
+            cutoff = datetime.fromtimestamp(datetime.now(UTC).timestamp() - self.ttl_s, UTC)
+            self.conn.execute("DELETE FROM documents WHERE collection = ? AND updated_at < ?",
+                              (collection, cutoff.isoformat(timespec="milliseconds").replace("+00:00", "Z")))
+        if self.max_per_collection is not None:
+            (count,) = self.conn.execute("SELECT COUNT(*) FROM documents WHERE collection = ?",
+                                         (collection,)).fetchone()
+            if count >= self.max_per_collection:
+                raise Problem(507, "Insufficient Storage",
+                              f"{collection} holds at most {self.max_per_collection} documents; delete some, or "
+                              f"wait: each expires {self.ttl_s or 0:.0f} s after its last change")
         stamp = _now()
         self.conn.execute(
             "INSERT INTO documents (collection, key, body, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",

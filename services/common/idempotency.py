@@ -48,11 +48,15 @@ def fingerprint(method: str, path: str, body: bytes) -> str:
     return hashlib.sha256(b"\0".join([method.encode(), path.encode(), body])).hexdigest()
 
 
+PURGE_EVERY_S = 60
+
+
 class IdempotencyKeys:
     def __init__(self, conn: db.Connection, ttl: float | None = None, stale_after: float = 60) -> None:
         self.conn = conn
         self.ttl = ttl if ttl is not None else float(os.environ.get("IDEMPOTENCY_TTL_SECONDS", "86400"))
         self.stale_after = stale_after
+        self._purged = 0.0
         conn.execute(SCHEMA)
 
     @staticmethod
@@ -65,6 +69,10 @@ class IdempotencyKeys:
     def claim(self, scope: str, key: str, print_: str) -> StoredResponse | None:
         """None: this request owns the key and must `finish` (or `release`) it. Else the stored response."""
         now = time.time()
+        if now - self._purged > PURGE_EVERY_S:  # expired keys of every scope, not only this one: bounded table
+            self._purged = now
+            with transaction(self.conn):
+                self.conn.execute("DELETE FROM idempotency_keys WHERE created < ?", (now - self.ttl,))
         with transaction(self.conn):
             self.conn.execute(
                 "DELETE FROM idempotency_keys WHERE scope = ? AND key = ? AND "

@@ -130,10 +130,16 @@ def document_paths(collection: str, item: str, key_param: dict, schema: dict, ex
         "key": {"type": "string"}, "document": schema, "created_at": {"type": "string"},
         "updated_at": {"type": "string"}}}
     listing_key = "items" if not with_post else "bins"
-    collection_ops: dict = {"get": operation("Every document", {"200": json_response("The documents", {
-        "type": "object", "required": [listing_key], "properties": {listing_key: {"type": "array",
-                                                                                  "items": stored}}})},
-        extra or None, tags=[tag])}
+    listing: dict = {"type": "object", "required": [listing_key],
+                     "properties": {listing_key: {"type": "array", "items": stored}}}
+    paging: list = []
+    if with_post:  # anyone's collection (bins) is paginated by key; a user's cart is listed whole
+        listing["properties"]["next_cursor"] = {"type": ["string", "null"]}
+        paging = [query_int("limit", 1, 100, "documents per page (20)"),
+                  {"name": "cursor", "in": "query", "required": False, "description": "a next_cursor",
+                   "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{0,64}$"}}]
+    collection_ops: dict = {"get": operation("Every document, a page at a time", {
+        "200": json_response("The documents", listing)}, [*extra, *paging] or None, tags=[tag])}
     if with_post:
         collection_ops["post"] = operation("Store a new document under a generated key", {
             "201": json_response("Stored", stored, {"Location": LOCATION, "ETag": ETAG})},

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
+import re
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -101,6 +103,9 @@ async def fanout(request: web.Request) -> web.Response:
 
 DOCUMENTS = web.AppKey("documents", Documents)
 BIN_NAME = r"[A-Za-z0-9._-]{1,64}"
+# Anyone may store bins: they are bounded. A bin not changed for a week goes; at 10,000 bins a new one is a 507.
+BIN_TTL_S = float(os.environ.get("HTTPBIN_BIN_TTL_SECONDS", str(7 * 86400)))
+MAX_BINS = int(os.environ.get("HTTPBIN_MAX_BINS", "10000"))
 
 
 def bin_document(document: object) -> dict:
@@ -123,7 +128,18 @@ async def bins(request: web.Request) -> web.Response:
         stored, replayed = documents.create("bins", lambda key: f"{PREFIX}/bins/{key}", request.headers,
                                             await request.read(), request.path, bin_document)
         return _send(stored, replayed)
-    return _json({"bins": documents.list("bins")})
+    limit = http.int_param(request.query.get("limit"), "limit", 20, 1, 100)
+    after = request.query.get("cursor", "")
+    if after and not re.fullmatch(BIN_NAME, after):
+        raise http.Problem(400, "Invalid query parameter", "cursor must be a bin name from a next_cursor")
+    page, more = documents.page("bins", limit, after)
+    next_cursor = page[-1]["key"] if more else None
+    response = _json({"bins": page, "next_cursor": next_cursor})
+    link = semantics.link_header(request.path, {"limit": str(limit)},
+                                 {"first": {"cursor": ""}, "next": {"cursor": next_cursor} if next_cursor else None})
+    if link:
+        response.headers["Link"] = link
+    return response
 
 
 async def one_bin(request: web.Request) -> web.Response:
@@ -201,7 +217,8 @@ async def unrouted(request: web.Request) -> web.Response:
 
 def create_app(db_path: str | None = None) -> web.Application:
     app = web.Application(client_max_size=semantics.MAX_BODY_BYTES + 1024)
-    app[DOCUMENTS] = Documents(db.connect(db_path or db.default_path(SERVICE)))
+    app[DOCUMENTS] = Documents(db.connect(db_path or db.default_path(SERVICE)), ttl_s=BIN_TTL_S,
+                               max_per_collection=MAX_BINS)
     for method, path, handler in ROUTES:
         if method == "GET":
             app.router.add_get(PREFIX + path, guarded(handler))  # answers HEAD too

@@ -204,3 +204,32 @@ def test_decimal_takes_only_ascii_decimals(raw):
         assert problem.status == 400
     else:
         assert math.isfinite(value) and value >= 0 and raw.isascii() and raw.replace(".", "", 1).isdigit()
+
+
+def test_documents_expire_and_a_full_collection_takes_no_new_key(tmp_path):
+    from services.common.documents import Documents
+
+    def put(documents: Documents, key: str) -> int:
+        return documents.handle("PUT", "bins", key, f"/bins/{key}", {"Content-Type": "application/json"},
+                                b'{"a": 1}', lambda d: d).status
+
+    expiring = Documents(db.connect(tmp_path / "ttl.sqlite3"), ttl_s=-1)  # every existing one is past its time
+    assert put(expiring, "first") == 201 and put(expiring, "second") == 201
+    assert [d["key"] for d in expiring.list("bins")] == ["second"]
+    bounded = Documents(db.connect(tmp_path / "cap.sqlite3"), max_per_collection=2)
+    assert put(bounded, "a") == 201 and put(bounded, "b") == 201 and put(bounded, "a") == 200  # replacing is fine
+    with pytest.raises(http.Problem) as full:
+        put(bounded, "c")
+    assert full.value.status == 507
+
+
+def test_expired_idempotency_keys_of_every_scope_are_purged(tmp_path, monkeypatch):
+    from services.common import idempotency
+
+    keys = IdempotencyKeys(db.connect(tmp_path / "k.sqlite3"), ttl=3600)
+    keys.claim("someone", "old-key", "print")
+    keys.conn.execute("UPDATE idempotency_keys SET created = created - 7200")  # two hours ago
+    monkeypatch.setattr(idempotency, "PURGE_EVERY_S", 0)
+    keys.claim("someone-else", "new-key", "print")
+    scopes = [row[0] for row in keys.conn.execute("SELECT scope FROM idempotency_keys")]
+    assert scopes == ["someone-else"]

@@ -279,3 +279,17 @@ async def test_response_headers_content_runs_sandboxed(client):
 async def test_cookies_set_here_are_scoped_to_the_prefix(client):
     response = await client.get("/httpbin/cookies/set?flavour=oat", allow_redirects=False)
     assert "Path=/httpbin" in response.headers["Set-Cookie"]
+
+
+async def test_bins_are_listed_a_page_at_a_time_by_key(client):
+    for name in ("a1", "b2", "c3", "d4", "e5"):
+        assert (await client.put(f"/httpbin/bins/{name}", json={"n": name})).status == 201
+    response = await client.get("/httpbin/bins?limit=2")
+    body = await response.json()
+    assert [b["key"] for b in body["bins"]] == ["a1", "b2"] and body["next_cursor"] == "b2"
+    assert 'rel="next"' in response.headers["Link"] and "cursor=b2" in response.headers["Link"]
+    body = await (await client.get("/httpbin/bins?limit=2&cursor=b2")).json()
+    assert [b["key"] for b in body["bins"]] == ["c3", "d4"]
+    body = await (await client.get("/httpbin/bins?limit=2&cursor=d4")).json()
+    assert [b["key"] for b in body["bins"]] == ["e5"] and body["next_cursor"] is None
+    assert (await client.get("/httpbin/bins?cursor=%2F..")).status == 400
