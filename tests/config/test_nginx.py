@@ -290,3 +290,15 @@ def test_gixy_finds_nothing_in_the_rendered_config(mode, tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert json.loads(result.stdout or "[]") == [], result.stdout
     assert result.returncode == 0, result.stderr
+
+
+def test_only_a_plain_host_and_port_is_forwarded(http_block):
+    (mapping,) = [m for m in find(http_block, "map") if m["args"] == ["$http_host", "$forwarded_host"]]
+    rules = {d["directive"]: d["args"] for d in mapping["block"]}
+    assert rules["default"] == ["$host"]
+    (pattern,) = [k for k in rules if k.startswith("~")]
+    for good in ("localhost", "127.0.0.1:8080", "nginx.stack.internal"):
+        assert re.fullmatch(pattern[1:].strip("^$"), good), good
+    for bad in ("localhost:80@evil.example", "a b", "localhost:8080/x", "[::1]:8080"):
+        assert not re.fullmatch(pattern[1:].strip("^$"), bad), bad
+    assert ["X-Forwarded-Host", "$forwarded_host"] in [d["args"] for d in find(http_block, "proxy_set_header")]

@@ -175,6 +175,18 @@ class StackContract:
             bystander.join(30)
         assert seen and set(seen) == {200}
 
+    def test_a_crafted_host_header_cannot_steer_absolute_urls_or_redirects(self, stack):
+        """nginx routes on the name only: "localhost:80@evil.example" reached the site and its absolute URLs
+        (and redirect-to's idea of "this host") pointed at evil.example."""
+        crafted = {"Host": "localhost:80@evil.example"}
+        echoed = requests.get(stack.url("/httpbin/get"), headers=crafted, timeout=10).json()["url"]
+        assert "evil" not in echoed and echoed.startswith("http://localhost/"), echoed
+        redirect = requests.get(stack.url("/httpbin/redirect-to"), params={"url": "http://evil.example/"},
+                                headers=crafted, allow_redirects=False, timeout=10)
+        assert redirect.status_code == 400
+        plain = requests.get(stack.url("/httpbin/get"), headers={"Host": "localhost:8080"}, timeout=10).json()
+        assert plain["url"].startswith("http://localhost:8080/")  # a well-formed host[:port] goes through
+
     def test_landing_page_lists_the_services(self, stack):
         response = requests.get(stack.url("/"), timeout=5)
         assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/html")
