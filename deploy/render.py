@@ -30,10 +30,12 @@ MODES = ("native", "compose")
 # Paths nginx rate-limits per client (the `credentials` zone in the template), with the upstream serving them.
 RATE_LIMITED = {"/web/login": "web", "/web/signup": "web"}
 # The errors nginx answers itself, as problem+json, with RFC 9110's titles (429 has its own location, with
-# Retry-After). 494 is nginx's "request header too large", which goes out as a 400.
+# Retry-After). 494 is nginx's "request header too large", which goes out as a 400. 501 (a transfer coding it
+# does not implement) and 505 (HTTP/2+ in an HTTP/1 request line) are what RFC 9112 asks for there.
 EDGE_ERRORS = {400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
                413: "Content Too Large", 414: "URI Too Long", 431: "Request Header Fields Too Large", 494: None,
-               500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+               500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
+               504: "Gateway Timeout", 505: "HTTP Version Not Supported"}
 PROBLEM_PATH = "/.problem"  # internal: only error_page reaches it
 # Docker's embedded DNS server, reachable from every container on a user-defined network.
 DOCKER_DNS = "127.0.0.11"

@@ -97,7 +97,7 @@ def test_upstreams_keep_connections_alive_over_http11(http_block, mode):
     assert headers["Connection"] == ""
     assert headers["X-Forwarded-For"] == "$remote_addr"
     assert headers["X-Forwarded-Proto"] == "$scheme"
-    assert headers["X-Forwarded-Host"] == "$http_host"
+    assert headers["X-Forwarded-Host"] == "$forwarded_host"  # the client's Host when plain (see the map)
     assert headers["X-Request-ID"] == "$stack_request_id"
 
 

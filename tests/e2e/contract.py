@@ -14,8 +14,9 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -59,6 +60,26 @@ def assert_framing(response: requests.Response) -> None:
         assert int(headers["Content-Length"]) == len(response.content)
     else:
         assert headers["Transfer-Encoding"] == "chunked"
+
+
+@contextmanager
+def bystander(stack: RunningStack) -> Iterator[list[int]]:
+    """A well-behaved client requesting every service's /json until the block ends: the statuses it saw."""
+    stop, seen = threading.Event(), []
+
+    def well_behaved() -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                for service in HTTP_SERVICES:
+                    seen.append(session.get(stack.url(f"{service.prefix}json"), timeout=10).status_code)
+
+    thread = threading.Thread(target=well_behaved)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join(30)
 
 
 def wait_for_log(stack: RunningStack, service: str, needle: str, count: int = 1, timeout: float = 10) -> str:
@@ -154,25 +175,12 @@ class StackContract:
             "/httpbin/response-headers?Transfer-Encoding=chunked", "/httpbin/response-headers?X-Accel-Redirect=/")]
         requests_to_send.append(("POST", "/httpbin/post", b"--x\r\n\r\n\r\n--x--\r\n",
                                  {"Content-Type": "multipart/form-data; boundary=x"}))
-        stop, seen = threading.Event(), []
-
-        def well_behaved() -> None:
-            with requests.Session() as session:
-                while not stop.is_set():
-                    for service in HTTP_SERVICES:
-                        seen.append(session.get(stack.url(f"{service.prefix}json"), timeout=10).status_code)
-
-        bystander = threading.Thread(target=well_behaved)
-        bystander.start()
-        try:
+        with bystander(stack) as seen:
             for method, path, body, headers in requests_to_send:
                 response = requests.request(method, stack.url(path), data=body, headers=headers, timeout=10)
                 assert 400 <= response.status_code < 500, (path, body and body[:20], response.status_code)
                 assert response.headers["Content-Type"].startswith("application/problem+json"), path
                 assert response.json()["request_id"] == response.headers["X-Request-ID"]
-        finally:
-            stop.set()
-            bystander.join(30)
         assert seen and set(seen) == {200}
 
     def test_a_crafted_host_header_cannot_steer_absolute_urls_or_redirects(self, stack):
@@ -186,6 +194,69 @@ class StackContract:
         assert redirect.status_code == 400
         plain = requests.get(stack.url("/httpbin/get"), headers={"Host": "localhost:8080"}, timeout=10).json()
         assert plain["url"].startswith("http://localhost:8080/")  # a well-formed host[:port] goes through
+
+    def test_malformed_http_gets_a_problem_or_a_close_from_nginx(self, stack):
+        """Request-line and header abuse, sent raw: nginx answers each with a problem document (4xx, or the
+        501/505 RFC 9112 asks for) or closes; a well-behaved client alongside sees only 200s."""
+        cases = {
+            b"GET /web/json HTTP/1.1\r\nHost: localhost\r\nHost: other\r\n\r\n": 400,  # duplicate Host
+            b"POST /web/json HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nTransfer-Encoding: chunked"
+            b"\r\n\r\n0\r\n\r\n": 400,  # CL and TE: a smuggling attempt
+            b"GET /web/json HTTP/1.1\r\nHost: localhost\r\nBad Header: x\r\n\r\n": 400,
+            b"GET /web/json HTTP/1.1\r\nHost: localhost\r\nX-A: a\r\n b\r\n\r\n": 400,  # obs-fold
+            b"GET /web/json HTTP/1.1\r\nHost: localhost\r\nX-A: a\x00b\r\n\r\n": 400,
+            b"POST /web/json HTTP/1.1\r\nHost: localhost\r\nContent-Length: -1\r\n\r\n": 400,
+            b"POST /web/json HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1, 2\r\n\r\nx": 400,
+            b"POST /web/json HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n": 400,
+            b"POST /web/json HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip\r\n\r\n": 501,
+            b"GET /web/json HTTP/9.9\r\nHost: localhost\r\n\r\n": 505,
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n": 400,
+            b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + b"x" * 50: 400,  # a TLS hello on the HTTP port
+        }
+        host, port = stack.site.public_host, stack.site.public_port
+        with bystander(stack) as seen:
+            for raw, status in cases.items():
+                with socket.create_connection((host, port), timeout=10) as sock:
+                    sock.sendall(raw)
+                    reply = b""
+                    while chunk := sock.recv(65536):
+                        reply += chunk
+                head, _, body = reply.partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 %d " % status), (raw[:60], head[:80])
+                assert b"Content-Type: application/problem+json" in head, raw[:60]
+                assert json.loads(body)["status"] == status
+        assert seen and set(seen) == {200}
+
+    def test_slow_clients_are_cut_off_without_stalling_anyone(self, stack):
+        """Slowloris: headers a byte at a time never finish; nginx drops the connection once
+        client_header_timeout (10 s) passes, and serves everyone else meanwhile."""
+        host, port = stack.site.public_host, stack.site.public_port
+        slow = [socket.create_connection((host, port), timeout=30) for _ in range(3)]
+        started = time.monotonic()
+        try:
+            with bystander(stack) as seen:
+                for sock in slow:
+                    sock.sendall(b"GET /web/json HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+                ended = []
+                while len(ended) < len(slow) and time.monotonic() - started < 25:
+                    for sock in slow:
+                        if sock in ended:
+                            continue
+                        try:
+                            sock.sendall(b"a")
+                            sock.settimeout(0.5)
+                            if sock.recv(65536) == b"":
+                                ended.append(sock)
+                        except TimeoutError:
+                            pass
+                        except OSError:
+                            ended.append(sock)
+            assert len(ended) == len(slow), "a slow client was never cut off"
+            assert 9 <= time.monotonic() - started < 25  # client_header_timeout, not earlier
+            assert seen and set(seen) == {200}
+        finally:
+            for sock in slow:
+                sock.close()
 
     def test_landing_page_lists_the_services(self, stack):
         response = requests.get(stack.url("/"), timeout=5)
