@@ -187,8 +187,12 @@ class StackContract:
         """nginx routes on the name only: "localhost:80@evil.example" reached the site and its absolute URLs
         (and redirect-to's idea of "this host") pointed at evil.example."""
         crafted = {"Host": "localhost:80@evil.example"}
-        echoed = requests.get(stack.url("/httpbin/get"), headers=crafted, timeout=10).json()["url"]
-        assert "evil" not in echoed and echoed.startswith("http://localhost/"), echoed
+        response = requests.get(stack.url("/httpbin/get"), headers=crafted, timeout=10)
+        if response.status_code == 400:  # newer nginx (Compose's) refuses such a Host outright: fine too
+            assert response.headers["Content-Type"] == "application/problem+json"
+        else:  # Debian 12's nginx 1.22 routes it: the forwarded Host must be the plain name
+            echoed = response.json()["url"]
+            assert "evil" not in echoed and echoed.startswith("http://localhost/"), echoed
         redirect = requests.get(stack.url("/httpbin/redirect-to"), params={"url": "http://evil.example/"},
                                 headers=crafted, allow_redirects=False, timeout=10)
         assert redirect.status_code == 400
