@@ -156,18 +156,25 @@ class Store:
     @db.off_the_hub
     def order(self, order_id: int) -> dict | None:
         row = self.conn.execute("SELECT * FROM orders WHERE id = ?", (order_id,)).fetchone()
-        if row is None:
-            return None
-        lines = self.conn.execute(
-            "SELECT item_id, name, unit_price, quantity FROM order_lines WHERE order_id = ? ORDER BY item_id",
-            (order_id,),
-        ).fetchall()
-        return {"id": row["id"], "user_id": row["user_id"], "total": row["total"], "created_at": row["created_at"],
-                "lines": [dict(line) for line in lines]}
+        return None if row is None else self._orders_with_lines([row])[0]
 
     @db.off_the_hub
     def orders_page(self, user_id: int, limit: int, after: int) -> tuple[list[dict], bool]:
-        ids = [r["id"] for r in self.conn.execute(
-            "SELECT id FROM orders WHERE user_id = ? AND id > ? ORDER BY id LIMIT ?", (user_id, after, limit + 1)
-        )]
-        return [self.order(i) for i in ids[:limit]], len(ids) > limit
+        rows = self.conn.execute(
+            "SELECT * FROM orders WHERE user_id = ? AND id > ? ORDER BY id LIMIT ?", (user_id, after, limit + 1)
+        ).fetchall()
+        return self._orders_with_lines(rows[:limit]), len(rows) > limit
+
+    def _orders_with_lines(self, rows: list[sqlite3.Row]) -> list[dict]:
+        """The orders with their lines, in two queries whatever the page size (not one more per order)."""
+        ids = [row["id"] for row in rows]
+        lines: dict[int, list[dict]] = {order_id: [] for order_id in ids}
+        if ids:
+            placeholders = ",".join("?" * len(ids))
+            for line in self.conn.execute(
+                "SELECT order_id, item_id, name, unit_price, quantity FROM order_lines "
+                f"WHERE order_id IN ({placeholders}) ORDER BY order_id, item_id", ids,
+            ):
+                lines[line["order_id"]].append({k: line[k] for k in ("item_id", "name", "unit_price", "quantity")})
+        return [{"id": row["id"], "user_id": row["user_id"], "total": row["total"], "created_at": row["created_at"],
+                 "lines": lines[row["id"]]} for row in rows]
