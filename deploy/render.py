@@ -21,6 +21,7 @@ import resource
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from deploy.topology import DNS, HTTP_SERVICES, NGINX_PORT, ROOT, STREAM_SERVICES, ZONE, Service, Site
@@ -218,6 +219,24 @@ def zone(mode: str, site: Site | None = None) -> dict:
 
 
 SERVICE_FDS = 65536
+# web's gunicorn settings (services/web/gunicorn_conf.py reads them). Written into web's program entry so that a
+# second `make up` with a changed value changes that entry, and supervisor's `update` restarts web with it
+# (inherited from supervisord's own start, a new value never arrived: web kept its first worker class).
+WEB_SETTINGS = ("WEB_WORKER_CLASS", "WEB_WORKERS", "WEB_THREADS", "WEB_WORKER_CONNECTIONS")
+_SETTING_VALUE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def web_settings(environ: Mapping[str, str]) -> str:
+    """supervisor's environment entries for the WEB_* settings that are set (a bad value stops `make up`)."""
+    entries = []
+    for name in WEB_SETTINGS:
+        value = environ.get(name, "").strip()
+        if not value:
+            continue
+        if not _SETTING_VALUE.fullmatch(value):
+            raise SystemExit(f"{name}={value!r}: use letters, digits, '.', '_', ':' or '-'")
+        entries.append(f'{name}="{value}"')
+    return ",".join(entries)
 
 
 def service_fd_limit() -> int:
@@ -269,6 +288,7 @@ def supervisord_conf(site: Site, python: str = sys.executable) -> str:
             "environment": ",".join(filter(None, [
                 f'PYTHONPATH="{ROOT}",PYTHONUNBUFFERED="1",STACK_VAR="{site.var}",STACK_DATA="{site.var / "data"}"',
                 by_name if name in {s.name for s in HTTP_SERVICES} else None,
+                web_settings(os.environ) if name == "web" else None,
             ])),
             "priority": str(priority * 10),  # dns first, nginx last
             "autostart": "true",

@@ -170,7 +170,20 @@ class Native:
             log("native stack is not running")
             return 0
         print(self.ctl("status", check=False).stdout, end="")
+        print(self.web_workers())
         return 0
+
+    def web_workers(self) -> str:
+        """web's worker class and count as they run (gunicorn's master environment and its children)."""
+        pidfile = self.site.var / "run" / "web.pid"
+        try:
+            master = int(pidfile.read_text())
+            environ = dict(item.split("=", 1) for item in Path(f"/proc/{master}/environ").read_text().split("\0")
+                           if "=" in item)
+        except (OSError, ValueError):
+            return "web      gunicorn is not running"
+        workers = len(procs.descendants(master))
+        return f"web      gunicorn {environ.get('WEB_WORKER_CLASS', 'gevent')} workers: {workers}"
 
     def log_text(self, name: str) -> str:
         """What a program has logged so far: nginx is its access log, nginx-stream its stream log."""

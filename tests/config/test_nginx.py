@@ -302,3 +302,18 @@ def test_only_a_plain_host_and_port_is_forwarded(http_block):
     for bad in ("localhost:80@evil.example", "a b", "localhost:8080/x", "[::1]:8080"):
         assert not re.fullmatch(pattern[1:].strip("^$"), bad), bad
     assert ["X-Forwarded-Host", "$forwarded_host"] in [d["args"] for d in find(http_block, "proxy_set_header")]
+
+
+def test_web_settings_reach_webs_program_entry(monkeypatch):
+    monkeypatch.setenv("WEB_WORKER_CLASS", "gthread")
+    monkeypatch.setenv("WEB_THREADS", "4")
+    monkeypatch.delenv("WEB_WORKERS", raising=False)
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read_string(supervisord_conf(SITE))
+    assert 'WEB_WORKER_CLASS="gthread"' in conf["program:web"]["environment"]
+    assert 'WEB_THREADS="4"' in conf["program:web"]["environment"]
+    assert "WEB_WORKERS" not in conf["program:web"]["environment"]
+    assert "WEB_" not in conf["program:catalog"]["environment"]
+    monkeypatch.setenv("WEB_WORKERS", '2",EVIL="1')  # a value cannot inject another variable
+    with pytest.raises(SystemExit):
+        supervisord_conf(SITE)

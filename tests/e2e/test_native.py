@@ -124,6 +124,26 @@ class TestNativeStack(StackContract, HttpSemanticsContract):
         assert "← HTTP/1.1 200 OK" in result.stdout and "nginx closed first" in result.stdout
         assert re.search(r"access line: .* rid=trace-\w+ rt=", result.stdout)  # the logs still tell their part
 
+    def test_a_second_up_with_a_changed_worker_class_applies_it(self, stack):
+        """`make up` with WEB_WORKER_CLASS=sync on a running stack used to restart web and silently keep gevent."""
+        def ps() -> str:
+            result = stack.deploy("ps")
+            assert result.returncode == 0, result.stderr
+            return result.stdout
+
+        assert "web      gunicorn gevent workers:" in ps()
+        try:
+            result = subprocess.run([sys.executable, "-m", "deploy", "up", "--mode", "native"], cwd=ROOT,
+                                    env={**stack.env, "WEB_WORKER_CLASS": "sync", "WEB_WORKERS": "2"},
+                                    capture_output=True, text=True, timeout=120)
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert re.search(r"web +gunicorn sync workers: 2\b", ps())
+            assert requests.get(stack.url("/web/json"), timeout=10).status_code == 200
+        finally:
+            restored = stack.deploy("up", "--mode", "native")  # the fixture's settings again: gevent
+            assert restored.returncode == 0, restored.stdout + restored.stderr
+        assert "web      gunicorn gevent workers:" in ps()
+
     def test_acknowledged_writes_survive_sigkill_and_a_restart_of_the_stack(self, stack):
         """A 201 is a promise: the write must outlive a SIGKILL of its service (SQLite in WAL, synchronous=NORMAL
         is durable across a process crash) and `make down && make up`."""
