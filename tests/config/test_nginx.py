@@ -313,7 +313,7 @@ def test_web_settings_reach_webs_program_entry(monkeypatch):
     assert 'WEB_WORKER_CLASS="gthread"' in conf["program:web"]["environment"]
     assert 'WEB_THREADS="4"' in conf["program:web"]["environment"]
     assert "WEB_WORKERS" not in conf["program:web"]["environment"]
-    assert "WEB_" not in conf["program:catalog"]["environment"]
+    assert "WEB_WORKER_CLASS" not in conf["program:catalog"]["environment"]
     monkeypatch.setenv("WEB_WORKERS", '2",EVIL="1')  # a value cannot inject another variable
     with pytest.raises(SystemExit):
         supervisord_conf(SITE)
