@@ -187,17 +187,21 @@ def redirect_allowed(target: str, request: web.Request) -> bool:
     open redirect to anywhere. "//host" and backslashes are refused: browsers read "/\\host" as "//host"."""
     if "\\" in target or target.startswith("//") or any(ord(c) < 0x21 for c in target[:1]):
         return False
-    parts = urlsplit(target)
-    if not parts.scheme and not parts.netloc:
-        return True
-    own = urlsplit(url_of(request)).hostname
+    try:
+        parts = urlsplit(target)
+        if not parts.scheme and not parts.netloc:
+            return True
+        own = urlsplit(url_of(request)).hostname
+        hostname = parts.hostname
+    except ValueError:  # not a URL at all, e.g. "http://[zz]/"
+        return False
     extra = {h.strip().lower() for h in os.environ.get("REDIRECT_HOSTS", "").split(",") if h.strip()}
-    return parts.scheme in ("http", "https") and parts.hostname is not None and parts.hostname in {own, *extra}
+    return parts.scheme in ("http", "https") and hostname is not None and hostname in {own, *extra}
 
 
 async def redirect_to(request: web.Request) -> web.Response:
     # ?url= works for every method (a 307/308 test POSTs with the target in the query), a form field too.
-    form = await request.post() if request.method in ("POST", "PUT", "PATCH") else {}
+    form = (await with_body(request))["form"] if request.method in ("POST", "PUT", "PATCH") else {}
     target = request.query.get("url") or form.get("url")
     if not target:
         raise http.Problem(400, "Missing url", "redirect-to needs ?url=")

@@ -242,6 +242,7 @@ async def test_fanout_runs_the_fetches_concurrently(client):
     ("/httpbin/get", True), ("get", True), ("http://{host}/httpbin/get", True),
     ("https://evil.example/", False), ("//evil.example/", False), ("/\\evil.example/", False),
     ("javascript:alert(1)", False), ("http://evil.example@{host}.evil.example/", False),
+    ("http://[zz]/", False), ("http://[::1", False),  # not URLs at all: a 400, not urlsplit's ValueError
 ])
 async def test_redirect_to_goes_only_here_never_anywhere(client, target, allowed):
     host = f"{client.server.host}"
@@ -251,6 +252,21 @@ async def test_redirect_to_goes_only_here_never_anywhere(client, target, allowed
         assert response.status == 302 and response.headers["Location"] == url
     else:
         assert response.status == 400 and (await response.json())["title"] == "Redirect target not allowed"
+
+
+@pytest.mark.parametrize("content_type, body", [
+    ("multipart/form-data", b"x"), ("multipart/form-data; boundary=x", b"garbage"),
+])
+async def test_redirect_to_with_a_malformed_form_is_a_400(client, content_type, body):
+    response = await client.post("/httpbin/redirect-to", data=body, headers={"Content-Type": content_type},
+                                 allow_redirects=False)
+    assert response.status == 400
+
+
+async def test_redirect_to_reads_a_form_that_is_not_utf8_without_failing(client):
+    response = await client.post("/httpbin/redirect-to", data=b"\xff\xfe=%ff&url=/httpbin/get",
+                                 headers={"Content-Type": "application/x-www-form-urlencoded"}, allow_redirects=False)
+    assert response.status == 302 and response.headers["Location"] == "/httpbin/get"
 
 
 async def test_redirect_to_takes_the_url_from_the_query_on_post_too(client):
