@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Native mode needs Debian's nginx and its stream module. The lessons and tests use a few standard network
-# tools as well: dig (DNS), nc and socat (raw TCP/UDP clients), ss (socket states), tcpdump (packet capture),
-# make compare likes wrk, and make iolab shows the stack's system calls with strace. As root on Debian/Ubuntu they are installed here; anyone else is told exactly
-# what to install. Compose mode needs none of them, so this only warns.
+# tools as well: dig (DNS), nc and socat (raw TCP/UDP clients), ss (socket states), tcpdump (packet capture);
+# make compare likes wrk, and make iolab shows the stack's system calls with strace. As root on Debian/Ubuntu
+# they are installed here; anyone else is told exactly what to install. Compose mode needs none of them, so
+# this only warns.
 set -euo pipefail
 
 missing=()

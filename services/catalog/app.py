@@ -213,12 +213,7 @@ class ItemsHandler(ItemsBase):
         after = http.int_param(self.query("cursor"), "cursor", 0, 0, 2**53 - 1)
         page, more = self.items.page(limit, after)
         next_cursor = str(page[-1]["id"]) if more else None
-        link = semantics.link_header(
-            self.request.path, {"limit": str(limit)},
-            {"first": {"cursor": ""}, "next": {"cursor": next_cursor} if next_cursor else None},
-        )
-        if link:
-            self.set_header("Link", link)
+        self.set_header("Link", semantics.page_link(self.request.path, limit, next_cursor))
         self.write_json({"items": page, "next_cursor": next_cursor})
 
     def post(self) -> None:

@@ -11,7 +11,7 @@ import json
 import secrets
 import sqlite3
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from services.common import db, http, semantics
 from services.common.http import JSON, Problem
@@ -30,8 +30,12 @@ CREATE TABLE IF NOT EXISTS documents (
 Validator = Callable[[object], dict]
 
 
+def _stamp(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return _stamp(datetime.now(UTC))
 
 
 class Documents:
@@ -155,9 +159,9 @@ class Documents:
 
     def _insert(self, collection: str, key: str, document: dict) -> None:
         if self.ttl_s is not None:
-            cutoff = datetime.fromtimestamp(datetime.now(UTC).timestamp() - self.ttl_s, UTC)
+            cutoff = datetime.now(UTC) - timedelta(seconds=self.ttl_s)
             self.conn.execute("DELETE FROM documents WHERE collection = ? AND updated_at < ?",
-                              (collection, cutoff.isoformat(timespec="milliseconds").replace("+00:00", "Z")))
+                              (collection, _stamp(cutoff)))
         if self.max_per_collection is not None:
             (count,) = self.conn.execute("SELECT COUNT(*) FROM documents WHERE collection = ?",
                                          (collection,)).fetchone()

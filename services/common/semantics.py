@@ -197,6 +197,12 @@ def link_header(path: str, query: Mapping[str, str], rels: Mapping[str, Mapping[
     return ", ".join(links) or None
 
 
+def page_link(path: str, limit: int, next_cursor: str | None) -> str:
+    """The Link header of one page of a keyset-paginated listing: rel=first, and rel=next while more follow."""
+    return link_header(path, {"limit": str(limit)},
+                       {"first": {"cursor": ""}, "next": {"cursor": next_cursor} if next_cursor else None}) or ""
+
+
 def allow_header(methods: list[str]) -> str:
     """The Allow value for a resource: what it implements, in the seed table's order, HEAD with GET."""
     present = set(methods) | ({"HEAD"} if "GET" in methods else set()) | {"OPTIONS"}

@@ -135,10 +135,7 @@ async def bins(request: web.Request) -> web.Response:
     page, more = documents.page("bins", limit, after)
     next_cursor = page[-1]["key"] if more else None
     response = _json({"bins": page, "next_cursor": next_cursor})
-    link = semantics.link_header(request.path, {"limit": str(limit)},
-                                 {"first": {"cursor": ""}, "next": {"cursor": next_cursor} if next_cursor else None})
-    if link:
-        response.headers["Link"] = link
+    response.headers["Link"] = semantics.page_link(request.path, limit, next_cursor)
     return response
 
 

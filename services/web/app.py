@@ -226,10 +226,7 @@ def list_orders() -> Response:
     page, more = store().orders_page(user["id"], limit, after)
     next_cursor = str(page[-1]["id"]) if more else None
     response = _json({"orders": page, "next_cursor": next_cursor})
-    link = semantics.link_header(request.path, {"limit": str(limit)},
-                                 {"first": {"cursor": ""}, "next": {"cursor": next_cursor} if next_cursor else None})
-    if link:
-        response.headers["Link"] = link
+    response.headers["Link"] = semantics.page_link(request.path, limit, next_cursor)
     return response
 
 
