@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-deps up down ps logs urls test lint fmt lock clean clean-data loadtest loadtest-headless soak compare \
+.PHONY: help setup system-deps up down restart reload ps logs urls test lint fmt lock clean clean-data loadtest loadtest-headless soak compare \
         trace trace-dns rawhttp tcp-vs-udp iolab
 
 help:  ## list the targets
@@ -32,6 +32,12 @@ up: setup  ## start the stack and wait until every hop answers (a second `make u
 
 down:  ## stop everything `make up` started
 	@if [ -x $(PY) ]; then $(PY) -m deploy down; fi
+
+restart: setup  ## restart every instance of SERVICE=web|catalog|httpbin (default: all), one at a time, no downtime
+	@$(PY) -m deploy restart $(foreach s,$(SERVICE),--service $(s))
+
+reload:  ## nginx re-reads its config; old workers finish their requests (no connection is dropped mid-request)
+	@$(PY) -m deploy reload
 
 ps:  ## each service's state and health
 	@$(PY) -m deploy ps

@@ -58,11 +58,19 @@ def _fill(template: str, values: dict[str, str]) -> str:
     return re.sub(r"@@([A-Z_]+)@@", replace, template)
 
 
-def _upstream(name: str, server: str) -> str:
+# Passive health checks: one failed connection takes an instance out of rotation for this long, after which
+# nginx tries it again with one request (a restarting instance refuses connections; nothing is lost, because
+# a refused connection is retried on the next instance, whatever the method: nothing was sent).
+UPSTREAM_FAIL_TIMEOUT_S = 3
+
+
+def _upstream(name: str, servers: list[str]) -> str:
+    lines = "".join(f"        server {server} max_fails=1 fail_timeout={UPSTREAM_FAIL_TIMEOUT_S}s;\n"
+                    for server in servers)
     return (
         f"    upstream {name} {{\n"
         f"        zone upstream_{name} 64k;\n"
-        f"        server {server};\n"
+        f"{lines}"
         f"        keepalive 32;\n"
         f"        keepalive_timeout 60s;\n"
         f"        keepalive_requests 1000;\n"
@@ -131,7 +139,8 @@ def nginx_conf(mode: str, site: Site | None = None) -> str:
         # Upstreams named by Compose service name and re-resolved through Docker's DNS while running
         # (`resolve`, nginx >= 1.27.3): a recreated container with a new address is reached without a reload.
         resolver = f"    resolver {DOCKER_DNS} valid=2s ipv6=off;\n    resolver_timeout 2s;\n"
-        upstreams = "".join(_upstream(s.name, f"{s.name}:{s.port} resolve") for s in HTTP_SERVICES)
+        # One name, every replica: Docker's DNS answers each replica's address and nginx balances over them.
+        upstreams = "".join(_upstream(s.name, [f"{s.name}:{s.port} resolve"]) for s in HTTP_SERVICES)
         stream_upstreams = "".join(_stream_upstream(s, f"{s.name}:{s.port} resolve") for s in STREAM_SERVICES)
         stream_servers = "".join(_stream_server(s, str(s.public_port)) for s in STREAM_SERVICES)
         values = {
@@ -148,7 +157,7 @@ def nginx_conf(mode: str, site: Site | None = None) -> str:
         }
     elif mode == "native":
         resolver = ""
-        upstreams = "".join(_upstream(s.name, f"{site.address(s)}:{s.port}") for s in HTTP_SERVICES)
+        upstreams = "".join(_upstream(s.name, list(site.instances(s).values())) for s in HTTP_SERVICES)
         stream_upstreams = "".join(_stream_upstream(s, f"{site.address(s)}:{s.port}") for s in STREAM_SERVICES)
         stream_servers = "".join(
             _stream_server(s, f"{site.public_host}:{site.public_port_of(s)}") for s in STREAM_SERVICES
@@ -198,7 +207,12 @@ def zone(mode: str, site: Site | None = None) -> dict:
         records = {s.name: s.name for s in services}
         records.update({"": "nginx", "nginx": "nginx"})
     else:
-        records = {s.name: site.address(s) for s in services}
+        records = {}
+        for s in services:
+            addresses = site.instance_addresses(s)
+            records[s.name] = addresses if len(addresses) > 1 else addresses[0]
+            if s.instances > 1:  # web-1, web-2: one instance by name (make restart waits on each)
+                records.update(zip(s.instance_names(), addresses, strict=True))
         records.update({"": site.public_host, "nginx": site.public_host})
     directory = [
         f"service=nginx name=nginx.{ZONE} transport=http+tcp+udp address={records['nginx']}:{NGINX_PORT} "
@@ -212,12 +226,16 @@ def zone(mode: str, site: Site | None = None) -> dict:
         else:
             public = ""
         transport = "http" if s.prefix else "udp+tcp" if s is DNS else s.transport
+        targets = records[s.name] if isinstance(records[s.name], list) else [records[s.name]]
         directory.append(f"service={s.name} name={s.name}.{ZONE} transport={transport} "
-                         f"address={records[s.name]}:{s.port}{public} "
+                         f"address={','.join(f'{t}:{s.port}' for t in targets)}{public} "
                          f"framework={s.framework} server={s.server}")
     return {"zone": ZONE, "ttl": 5, "records": records, "txt": {"directory": directory}}
 
 
+# Seconds a stopping service gets before SIGKILL: above gunicorn's graceful_timeout (20 s), so in-flight
+# requests finish (supervisor's stopwaitsecs, Compose's stop_grace_period, `docker restart --time`).
+STOP_GRACE_SECONDS = 25
 SERVICE_FDS = 65536
 # web's gunicorn settings (services/web/gunicorn_conf.py reads them). Written into web's program entry so that a
 # second `make up` with a changed value changes that entry, and supervisor's `update` restarts web with it
@@ -250,16 +268,21 @@ def supervisord_conf(site: Site, python: str = sys.executable) -> str:
     """supervisord's config for the native process set; every path inside the site's var directory."""
     run, logs = site.var / "run", site.var / "log"
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    addr = {s.name: f"{site.address(s)}:{s.port}" for s in (*HTTP_SERVICES, *STREAM_SERVICES, DNS)}
+    addr = {s.name: f"{site.address(s)}:{s.port}" for s in (*STREAM_SERVICES, DNS)}
+    launch = {
+        "web": lambda name, bind: f"{python} -m gunicorn -c services/web/gunicorn_conf.py --bind {bind} "
+                                  f"--pid {run / (name + '.pid')} services.web.wsgi:app",
+        "catalog": lambda name, bind: f"{python} -m services.catalog --bind {bind}",
+        "httpbin": lambda name, bind: f"{python} -m services.httpbin --bind {bind}",
+    }
     programs = {
         "dns": f"{python} -m services.dns --zone-file {run / 'zone.json'} --bind {addr['dns']}",
-        "web": f"{python} -m gunicorn -c services/web/gunicorn_conf.py --bind {addr['web']} --pid {run / 'web.pid'} "
-        "services.web.wsgi:app",
-        "catalog": f"{python} -m services.catalog --bind {addr['catalog']}",
-        "httpbin": f"{python} -m services.httpbin --bind {addr['httpbin']}",
+        # One program per instance (web-1, web-2, ...), each on its own address.
+        **{name: launch[s.name](name, bind) for s in HTTP_SERVICES for name, bind in site.instances(s).items()},
         **{s.name: f"{python} -m {s.module} --bind {addr[s.name]}" for s in STREAM_SERVICES},
         "nginx": f"{nginx} -c {run / 'nginx.conf'} -e {logs / 'nginx-error.log'} -g 'daemon off;'",
     }
+    service_of = {name: s for s in HTTP_SERVICES for name in s.instance_names()}
     # Services reach each other by name, resolved through the stack's DNS server.
     by_name = f'STACK_DNS="{addr["dns"]}",' + ",".join(
         f'STACK_{s.name.upper()}_URL="http://{s.name}.{ZONE}:{s.port}"' for s in HTTP_SERVICES
@@ -287,15 +310,16 @@ def supervisord_conf(site: Site, python: str = sys.executable) -> str:
             # STACK_VAR marks every process of this instance, so `down` can prove none is left behind.
             "environment": ",".join(filter(None, [
                 f'PYTHONPATH="{ROOT}",PYTHONUNBUFFERED="1",STACK_VAR="{site.var}",STACK_DATA="{site.var / "data"}"',
-                by_name if name in {s.name for s in HTTP_SERVICES} else None,
-                web_settings(os.environ) if name == "web" else None,
+                by_name if name in service_of else None,
+                f'STACK_INSTANCE="{name}"' if name in service_of else None,
+                web_settings(os.environ) if name in service_of and service_of[name].name == "web" else None,
             ])),
             "priority": str(priority * 10),  # dns first, nginx last
             "autostart": "true",
             "autorestart": "true",
             "startsecs": "1",
             "stopsignal": "QUIT" if name == "nginx" else "TERM",  # nginx: graceful; gunicorn: graceful on TERM
-            "stopwaitsecs": "25",  # above gunicorn's graceful_timeout
+            "stopwaitsecs": str(STOP_GRACE_SECONDS),  # above gunicorn's graceful_timeout
             "stopasgroup": "true",
             "killasgroup": "true",
             "redirect_stderr": "true",

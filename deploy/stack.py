@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from deploy import procs
-from deploy.render import MODES, render_native
+from deploy.render import MODES, STOP_GRACE_SECONDS, UPSTREAM_FAIL_TIMEOUT_S, render_native
 from deploy.topology import HTTP_SERVICES, ROOT, STREAM_SERVICES, ZONE, Site
 from services.common.healthcheck import check
 
@@ -100,6 +100,13 @@ def print_urls(site: Site, mode: str) -> None:
     print("  stop with     make down   (state: make ps, logs: make logs)\n")
 
 
+def back_in_rotation() -> None:
+    """Wait until nginx sends requests to a restarted instance again before the next one stops. nginx took it
+    out of rotation when it refused a connection, for fail_timeout; stopping the next instance sooner would
+    leave nginx with no live instance and a 502 for every request meanwhile."""
+    time.sleep(UPSTREAM_FAIL_TIMEOUT_S + 0.5)
+
+
 # ---------------------------------------------------------------- native mode (supervisor)
 
 class Native:
@@ -107,7 +114,11 @@ class Native:
         self.site = site
         self.conf = site.var / "run" / "supervisord.conf"
         self.pidfile = site.var / "run" / "supervisord.pid"
+        self.nginx_conf = site.var / "run" / "nginx.conf"
         self.bin = Path(sys.executable).parent
+        # supervisor program name -> (service, instance's host:port) for every HTTP service instance
+        self.instances = {name: (service, bind) for service in HTTP_SERVICES
+                          for name, bind in site.instances(service).items()}
 
     def supervisord_pid(self) -> int | None:
         try:
@@ -127,6 +138,7 @@ class Native:
         if not nginx:
             log("nginx is missing: run `make up` as root on Debian, or `apt-get install nginx libnginx-mod-stream`")
             return 1
+        nginx_conf_before = self.nginx_conf.read_text() if self.nginx_conf.exists() else ""
         render_native(self.site)
         test = subprocess.run(
             [nginx, "-t", "-q", "-c", str(self.site.var / "run" / "nginx.conf"),
@@ -137,12 +149,57 @@ class Native:
             log(f"nginx -t failed:\n{test.stderr}")
             return 1
         if self.supervisord_pid():
-            log("supervisord already runs: applying any config change and starting what is stopped")
-            self.ctl("update")
+            log("supervisord already runs: applying any config change, one instance at a time")
+            self.apply_changes()
             self.ctl("start", "all", check=False)
+            if nginx_conf_before != self.nginx_conf.read_text():
+                self.reload()
         else:
             env = {**os.environ, "PYTHONPATH": str(ROOT)}
             subprocess.run([str(self.bin / "supervisord"), "-c", str(self.conf)], check=True, env=env, cwd=ROOT)
+        return 0
+
+    def instance_healthy(self, name: str, timeout: float = UP_TIMEOUT) -> bool:
+        """Wait until one instance answers its health check on its own address (not through nginx)."""
+        service, bind = self.instances[name]
+        deadline = time.monotonic() + timeout
+        while http_status(f"http://{bind}{service.health_path}", timeout=1.0) != 200:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+        return True
+
+    def apply_changes(self) -> None:
+        """supervisor's `update`, one program at a time: a changed instance is stopped (gracefully), started
+        with its new settings and healthy before the next one goes, so the service never stops answering."""
+        changes = self.ctl("reread", check=False).stdout.split("\n")
+        names = [line.split(":")[0] for line in changes if line.endswith((": changed", ": available", ": disappeared"))]
+        for name in names:
+            log(f"applying the new settings of {name}")
+            self.ctl("update", name, check=False)
+            if name in self.instances:
+                if not self.instance_healthy(name):
+                    raise SystemExit(f"[stack] {name} did not become healthy with its new settings; see `make logs`")
+                back_in_rotation()
+
+    def restart(self, services: list[str]) -> int:
+        """Restart every instance of the named HTTP services, one at a time: each is stopped gracefully
+        (nginx sends its requests to the others meanwhile) and healthy again before the next one goes."""
+        for name, (service, _) in self.instances.items():
+            if service.name in services:
+                started = time.monotonic()
+                self.ctl("restart", name)
+                if not self.instance_healthy(name):
+                    log(f"{name} did not come back; see `make logs`")
+                    return 1
+                log(f"{name} restarted and healthy in {time.monotonic() - started:.1f} s")
+                back_in_rotation()
+        return 0
+
+    def reload(self) -> int:
+        """nginx re-reads its config: new workers start, old ones finish their requests and exit."""
+        self.ctl("signal", "HUP", "nginx")
+        log("nginx reloaded")
         return 0
 
     def down(self) -> int:
@@ -170,28 +227,36 @@ class Native:
             log("native stack is not running")
             return 0
         print(self.ctl("status", check=False).stdout, end="")
-        print(self.web_workers())
+        for name, (service, bind) in self.instances.items():
+            state = "healthy" if http_status(f"http://{bind}{service.health_path}", 1.0) == 200 else "NOT healthy"
+            workers = self.web_workers(name) if service.name == "web" else "one process, one event loop"
+            print(f"instance {name:<10} {bind:<20} {state:<12} {workers}")
         return 0
 
-    def web_workers(self) -> str:
-        """web's worker class and count as they run (gunicorn's master environment and its children)."""
-        pidfile = self.site.var / "run" / "web.pid"
+    def web_workers(self, name: str) -> str:
+        """A web instance's worker class and count as they run (gunicorn master's environment, its children)."""
+        pidfile = self.site.var / "run" / f"{name}.pid"
         try:
             master = int(pidfile.read_text())
             environ = dict(item.split("=", 1) for item in Path(f"/proc/{master}/environ").read_text().split("\0")
                            if "=" in item)
         except (OSError, ValueError):
-            return "web      gunicorn is not running"
+            return "gunicorn is not running"
         workers = len(procs.descendants(master))
-        return f"web      gunicorn {environ.get('WEB_WORKER_CLASS', 'gevent')} workers: {workers}"
+        return f"gunicorn {environ.get('WEB_WORKER_CLASS', 'gevent')} workers: {workers}"
 
     def log_text(self, name: str) -> str:
         """What a program has logged so far: nginx is its access log, nginx-stream its stream log."""
-        file = {"nginx": "nginx-access.log"}.get(name, f"{name}.log")
-        try:
-            return (self.site.var / "log" / file).read_text(errors="replace")
-        except OSError:  # not written yet, or not readable by this user
-            return ""
+        services = {s.name: s for s in HTTP_SERVICES}
+        files = ([f"{instance}.log" for instance in services[name].instance_names()] if name in services
+                 else [{"nginx": "nginx-access.log"}.get(name, f"{name}.log")])
+        text = ""
+        for file in files:  # a service's instances one after another
+            try:
+                text += (self.site.var / "log" / file).read_text(errors="replace")
+            except OSError:  # not written yet, or not readable by this user
+                pass
+        return text
 
     def logs(self) -> int:
         files = sorted(str(p) for p in (self.site.var / "log").glob("*.log"))
@@ -295,6 +360,40 @@ class Compose:
     def ps(self) -> int:
         return self.run("ps", check=False).returncode
 
+    def containers(self, service: str) -> list[str]:
+        """The ids of a service's running containers (its replicas), in Compose's order."""
+        command = [*compose_command(), "-f", str(COMPOSE_FILE), "ps", "--quiet", service]
+        return subprocess.run(command, env=self.env, cwd=ROOT, capture_output=True, text=True).stdout.split()
+
+    def container_healthy(self, container: str, timeout: float = UP_TIMEOUT) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = subprocess.run(["docker", "inspect", "--format", "{{.State.Health.Status}}", container],
+                                   capture_output=True, text=True).stdout.strip()
+            if state == "healthy":
+                return True
+            time.sleep(0.5)
+        return False
+
+    def restart(self, services: list[str]) -> int:
+        """Restart a service's replicas one at a time, each healthy again before the next goes. nginx re-resolves
+        the name every 2 s and skips a replica that refuses connections meanwhile."""
+        for service in services:
+            for container in self.containers(service):
+                started = time.monotonic()
+                subprocess.run(["docker", "restart", "--time", str(STOP_GRACE_SECONDS), container],
+                               check=True, capture_output=True)
+                if not self.container_healthy(container):
+                    log(f"{service} replica {container[:12]} did not come back; see `make logs`")
+                    return 1
+                log(f"{service} replica {container[:12]} restarted and healthy in {time.monotonic() - started:.1f} s")
+                back_in_rotation()
+        return 0
+
+    def reload(self) -> int:
+        """nginx re-reads its config (the one baked into its image) and replaces its workers gracefully."""
+        return self.run("kill", "--signal", "HUP", "nginx", check=False).returncode
+
     def log_text(self, name: str) -> str:
         """What a container has logged so far (nginx and nginx-stream share nginx's output)."""
         service = "nginx" if name == "nginx-stream" else name
@@ -343,8 +442,10 @@ def clean_data(site: Site) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["up", "down", "ps", "logs", "urls", "clean-data"])
+    parser.add_argument("command", choices=["up", "down", "ps", "logs", "urls", "clean-data", "restart", "reload"])
     parser.add_argument("--mode", choices=MODES)
+    parser.add_argument("--service", action="append", choices=[s.name for s in HTTP_SERVICES],
+                        help="restart: this service's instances, one at a time (default: every HTTP service)")
     args = parser.parse_args(argv)
     site = Site.from_env()
     state = site.var / "mode"
@@ -389,6 +490,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "urls":
         print_urls(site, mode)
         return 0
+    if args.command == "restart":
+        return driver(mode, site).restart(args.service or [s.name for s in HTTP_SERVICES])
+    if args.command == "reload":
+        return driver(mode, site).reload()
     if args.command == "ps":
         code = driver(mode, site).ps()
         for name, hop in health(site, mode).items():

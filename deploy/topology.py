@@ -13,6 +13,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 ZONE = "stack.internal"
 NGINX_PORT = 8080  # nginx's listening port inside its container, and the default public port
+# How many processes (native) or replicas (Compose) of each HTTP service run behind nginx: two, so that one can
+# restart while the other serves. A number, not a layout: every config below is rendered from it.
+HTTP_INSTANCES = 2
+MAX_INSTANCES = 10  # instance k > 1 lives at .(10 x octet + k - 1): ten addresses per service
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,18 @@ class Service:
     module: str | None = None  # `python -m <module> --bind HOST:PORT` launches it (the socket services)
     public_port: int | None = None  # where nginx's stream {} proxy publishes it on the public host
     probe: str | None = None  # health probe scheme for services.common.healthcheck: time+tcp, time+udp, echo
+    instances: int = 1  # processes (native) or replicas (Compose) behind the one name
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.instances <= MAX_INSTANCES:
+            raise ValueError(f"{self.name}: 1 to {MAX_INSTANCES} instances, not {self.instances}")
+
+    def instance_names(self) -> list[str]:
+        """Supervisor program names and DNS labels of its instances: web-1, web-2 (the service's own name when
+        it runs once)."""
+        if self.instances == 1:
+            return [self.name]
+        return [f"{self.name}-{k}" for k in range(1, self.instances + 1)]
 
     @property
     def health_path(self) -> str | None:
@@ -43,9 +59,9 @@ class Service:
 
 
 HTTP_SERVICES: tuple[Service, ...] = (
-    Service("web", "Flask", "gunicorn, gevent workers", 8001, 11, "/web/"),
-    Service("catalog", "Tornado", "Tornado HTTPServer, own IOLoop", 8002, 12, "/catalog/"),
-    Service("httpbin", "aiohttp", "aiohttp web.run_app", 8003, 13, "/httpbin/"),
+    Service("web", "Flask", "gunicorn, gevent workers", 8001, 11, "/web/", instances=HTTP_INSTANCES),
+    Service("catalog", "Tornado", "Tornado HTTPServer, own IOLoop", 8002, 12, "/catalog/", instances=HTTP_INSTANCES),
+    Service("httpbin", "aiohttp", "aiohttp web.run_app", 8003, 13, "/httpbin/", instances=HTTP_INSTANCES),
 )
 # The seed's socket programs, behind nginx's stream {} proxy (layer 4: bytes and datagrams, no HTTP).
 # time-tcp and time-udp are one service on two transports: the same address and port number, like DNS.
@@ -90,8 +106,17 @@ class Site:
         )
 
     def address(self, service: Service) -> str:
-        """The service's own loopback address in native mode."""
+        """The service's own loopback address in native mode (its first instance's)."""
         return f"{self.net}.{service.octet}"
+
+    def instance_addresses(self, service: Service) -> list[str]:
+        """Every instance's loopback address in native mode: .octet, then .(10 x octet + 1), + 2, ..."""
+        return [self.address(service)] + [f"{self.net}.{10 * service.octet + k}" for k in range(1, service.instances)]
+
+    def instances(self, service: Service) -> dict[str, str]:
+        """Instance name -> its host:port in native mode."""
+        return {name: f"{address}:{service.port}"
+                for name, address in zip(service.instance_names(), self.instance_addresses(service), strict=True)}
 
     def public_port_of(self, service: Service) -> int:
         """Where nginx's stream proxy publishes a socket service for clients."""

@@ -11,7 +11,8 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.process
 
-from services.catalog.app import make_app
+from services.catalog.app import DRAIN, make_app
+from services.common import drain
 
 
 async def serve(host: str, port: int, reuse_port: bool) -> None:
@@ -21,7 +22,12 @@ async def serve(host: str, port: int, reuse_port: bool) -> None:
     # Each process binds its own SO_REUSEPORT socket so the kernel spreads connections across processes
     # (with one shared socket, one process tends to take them all).
     server.add_sockets(tornado.netutil.bind_sockets(port, host, reuse_port=reuse_port, backlog=2048))
-    await asyncio.Event().wait()
+    signum = await drain.stop_requested()
+    logging.getLogger("catalog").info("signal %d: draining, then stopping", signum)
+    server.stop()  # no new connections
+    server.conn_params.no_keep_alive = True  # each request from now on gets Connection: close
+    await DRAIN.settle()
+    await server.close_all_connections()
 
 
 def main() -> None:

@@ -17,12 +17,13 @@ from tornado.httpclient import AsyncHTTPClient
 
 from services.catalog.openapi import OPENAPI
 from services.catalog.store import Items, validate
-from services.common import accesslog, db, http, semantics, stack_dns
+from services.common import accesslog, db, drain, http, semantics, stack_dns
 from services.common.idempotency import HEADER as IDEMPOTENCY_KEY
 from services.common.idempotency import StoredResponse, fingerprint, run_once
 
 SERVICE = "catalog"
 PREFIX = "/catalog"
+DRAIN = drain.Drain()  # this process's requests in flight, for a graceful stop (services/common/drain.py)
 # Requests served per TCP connection (Tornado keeps one IOStream per connection across requests).
 _requests_per_stream: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
@@ -33,11 +34,17 @@ class BaseHandler(tornado.web.RequestHandler):
     request_id: str = ""
 
     def prepare(self) -> None:
+        DRAIN.started()
+        self._counted = True
         self.request_id = http.request_id(self.request.headers.get(http.REQUEST_ID_HEADER))
         self.set_header(http.REQUEST_ID_HEADER, self.request_id)
         stream = getattr(self.request.connection, "stream", None)
         if stream is not None:
             _requests_per_stream[stream] = _requests_per_stream.get(stream, 0) + 1
+
+    def on_finish(self) -> None:
+        if getattr(self, "_counted", False):
+            DRAIN.finished()
 
     def query(self, name: str) -> str | None:
         return self.get_query_argument(name, None)
@@ -152,19 +159,25 @@ class FanoutHandler(BaseHandler):
         delay = http.int_param(self.query("delay"), "delay", 1, 0, 3)
         base = stack_dns.HTTPBIN_URL
         try:
-            address = await stack_dns.resolver.address_async(urlsplit(base).hostname or "")
+            addresses = await stack_dns.resolver.addresses_async(urlsplit(base).hostname or "")
         except stack_dns.NameNotFound as error:
             raise http.Problem(502, "Bad Gateway", str(error)) from None
-        prefix, host = stack_dns.by_address(base, address)
+        host = urlsplit(base).netloc
         path = f"/httpbin/delay/{delay}"
         # The shared AsyncHTTPClient runs at most 10 requests at once and queues the rest; a private one
         # sized for the fan-out lets all N wait together.
         client = AsyncHTTPClient(force_instance=True, max_clients=http.FANOUT_MAX)
 
         async def fetch(i: int) -> dict:
+            """Fetch i goes to instance i mod n; an instance that refuses (restarting) passes it on."""
             started = time.perf_counter()
-            response = await client.fetch(prefix + path, raise_error=False, request_timeout=15,
-                                          headers={"Host": host, http.REQUEST_ID_HEADER: self.request_id})
+            turn = addresses[i % len(addresses):] + addresses[:i % len(addresses)]
+            for address in turn:
+                prefix, _ = stack_dns.by_address(base, address)
+                response = await client.fetch(prefix + path, raise_error=False, request_timeout=15,
+                                              headers={"Host": host, http.REQUEST_ID_HEADER: self.request_id})
+                if not isinstance(response.error, ConnectionRefusedError):
+                    break
             if response.code >= 500 or response.code == 599:
                 raise http.Problem(502, "Bad Gateway", f"GET {base}{path}: {response.code} {response.reason}")
             return http.fetch_record(i, response.code, len(response.body or b""), started)

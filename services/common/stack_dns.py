@@ -27,32 +27,43 @@ class NameNotFound(Exception):
 
 
 class StackResolver:
+    """Every A record of a name (one per instance), handed out in turn: each call starts at the next one, so
+    callers spread their connections over the instances and try the others when one refuses."""
+
     def __init__(self, server: str | None) -> None:
         self.server = server
-        self._cache: dict[str, tuple[str, float]] = {}
+        self._cache: dict[str, tuple[list[str], float]] = {}
+        self._turn: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def _cached(self, name: str) -> str | None:
+    def _in_turn(self, name: str, addresses: list[str]) -> list[str]:
+        with self._lock:
+            turn = self._turn[name] = self._turn.get(name, -1) + 1
+        start = turn % len(addresses)
+        return addresses[start:] + addresses[:start]
+
+    def _cached(self, name: str) -> list[str] | None:
         with self._lock:
             hit = self._cache.get(name)
-        return hit[0] if hit and hit[1] > time.monotonic() else None
+        return self._in_turn(name, hit[0]) if hit and hit[1] > time.monotonic() else None
 
-    def _remember(self, name: str, reply: dns.message.Message) -> str:
-        for rrset in reply.answer:
-            if rrset.rdtype == dns.rdatatype.A:
-                with self._lock:
-                    self._cache[name] = (rrset[0].address, time.monotonic() + rrset.ttl)
-                return rrset[0].address
-        raise NameNotFound(f"{name} does not resolve at the stack's DNS server {self.server}")
+    def _remember(self, name: str, reply: dns.message.Message) -> list[str]:
+        rrsets = [rrset for rrset in reply.answer if rrset.rdtype == dns.rdatatype.A]
+        addresses = [record.address for rrset in rrsets for record in rrset]
+        if not addresses:
+            raise NameNotFound(f"{name} does not resolve at the stack's DNS server {self.server}")
+        with self._lock:
+            self._cache[name] = (addresses, time.monotonic() + min(rrset.ttl for rrset in rrsets))
+        return self._in_turn(name, addresses)
 
     def _where(self) -> tuple[str, int]:
         host, _, port = (self.server or "").rpartition(":")
         return host, int(port)
 
-    def address(self, name: str) -> str:
+    def addresses(self, name: str) -> list[str]:
         """Blocking lookup (cooperative under gevent)."""
         if not self.server:
-            return name  # the system resolver (Docker's DNS in Compose) resolves it at connect time
+            return [name]  # the system resolver (Docker's DNS in Compose) resolves it at connect time
         if cached := self._cached(name):
             return cached
         host, port = self._where()
@@ -62,10 +73,10 @@ class StackResolver:
             raise NameNotFound(f"the stack's DNS server {self.server} did not answer: {error}") from None
         return self._remember(name, reply)
 
-    async def address_async(self, name: str) -> str:
+    async def addresses_async(self, name: str) -> list[str]:
         """Lookup for asyncio code (Tornado, aiohttp)."""
         if not self.server:
-            return name
+            return [name]
         if cached := self._cached(name):
             return cached
         host, port = self._where()

@@ -1,10 +1,11 @@
 """An authoritative server for the stack's zone (default `stack.internal`).
 
 The zone comes from a JSON file rendered by `deploy/render.py` from the one topology:
-  {"zone": "stack.internal", "ttl": 5, "records": {"": "127.0.0.1", "web": "127.0.10.11", ...}}
-A record's value is an IPv4 address (native mode: each service's own loopback address) or a host name that is
-looked up when a query arrives (Compose: the service name, which Docker's embedded DNS resolves to the
-container's current address, so answers follow a recreated container).
+  {"zone": "stack.internal", "ttl": 5, "records": {"": "127.0.0.1", "web": ["127.0.10.11", "127.0.10.111"], ...}}
+A record's value is an IPv4 address (native mode: each instance's own loopback address; a list when a service
+runs several instances, one A record each) or a host name that is looked up when a query arrives (Compose: the
+service name, which Docker's embedded DNS resolves to every replica's current address, so answers follow a
+recreated container).
 
 A zone may also carry TXT records (`"txt": {"directory": ["...", ...]}`): the stack's directory lists every
 service, and is deliberately larger than a UDP answer may be — DNS's own lesson in TCP vs UDP.
@@ -36,7 +37,7 @@ UDP_LIMIT_EDNS = 1232  # the most we send over UDP, whatever a client's EDNS(0) 
 @dataclass(frozen=True)
 class Zone:
     origin: str
-    records: dict[str, str]
+    records: dict[str, str | list[str]]
     ttl: int = 5
     txt: dict[str, list[str]] | None = None  # label -> one TXT record per string
 
@@ -84,7 +85,9 @@ class ZoneResolver(BaseResolver):
             reply.add_auth(RR(self.origin, QTYPE.SOA, rdata=self.soa, ttl=self.zone.ttl))
             return reply
         if qtype in ("A", "ANY") and label in self.zone.records:
-            for address in addresses_of(self.zone.records[label]):
+            targets = self.zone.records[label]
+            for address in dict.fromkeys(a for t in ([targets] if isinstance(targets, str) else targets)
+                                         for a in addresses_of(t)):
                 reply.add_answer(RR(qname, QTYPE.A, rdata=A(address), ttl=self.zone.ttl))
         if qtype in ("TXT", "ANY") and texts:
             for text in texts:

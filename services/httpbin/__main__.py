@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 
 from aiohttp import web
 
-from services.httpbin.app import AccessLogger, create_app
+from services.common import drain
+from services.httpbin.app import DRAIN, AccessLogger, create_app
+
+
+async def serve(host: str, port: int) -> None:
+    # keepalive_timeout (75 s) outlives nginx's upstream keepalive_timeout (60 s): nginx closes idle first.
+    runner = web.AppRunner(create_app(), access_log_class=AccessLogger, keepalive_timeout=75,
+                           handle_signals=False, shutdown_timeout=drain.LIMIT_S)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=2048)
+    await site.start()
+    signum = await drain.stop_requested()
+    logging.getLogger("httpbin").info("signal %d: draining, then stopping", signum)
+    await site.stop()  # no new connections
+    await DRAIN.settle()  # responses say Connection: close until nothing is in flight and nginx has gone quiet
+    await runner.cleanup()  # closes the idle connections, waits for any request still running
 
 
 def main() -> None:
@@ -17,11 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     host, _, port = args.bind.rpartition(":")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(process)d %(message)s")
-    # keepalive_timeout (75 s) outlives nginx's upstream keepalive_timeout (60 s): nginx closes idle first.
-    web.run_app(
-        create_app(), host=host, port=int(port), access_log_class=AccessLogger,
-        keepalive_timeout=75, backlog=2048, print=None,
-    )
+    asyncio.run(serve(host, int(port)))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from services.common import accesslog, db, http, semantics
+from services.common import accesslog, db, drain, http, semantics
 from services.common.documents import Documents
 from services.common.idempotency import StoredResponse
 from services.httpbin import endpoints
@@ -166,6 +166,9 @@ ROUTES: list[tuple[str, str, Handler]] = [
 ]
 
 
+DRAIN = drain.Drain()  # this process's requests in flight, for a graceful stop (services/common/drain.py)
+
+
 def _problem(request: web.Request, problem: http.Problem) -> web.Response:
     return _json(problem.document(request[REQUEST_ID], request.path), problem.status, http.PROBLEM_JSON)
 
@@ -180,6 +183,7 @@ def guarded(handler: Handler) -> Handler:
         transport = request.transport
         if transport is not None:
             _requests_per_connection[transport] = _requests_per_connection.get(transport, 0) + 1
+        DRAIN.started()
         try:
             response = await handler(request)
         except http.Problem as problem:
@@ -190,7 +194,11 @@ def guarded(handler: Handler) -> Handler:
             if error.status < 400:
                 raise  # redirects and the like pass through untouched
             response = _problem(request, http.Problem(error.status, error.reason, error.text or error.reason))
+        finally:
+            DRAIN.finished()
         response.headers[http.REQUEST_ID_HEADER] = rid
+        if DRAIN.active and not response.prepared:
+            response.force_close()  # stopping: nginx retires this connection after this response
         return response
 
     return functools.update_wrapper(run, handler)

@@ -22,6 +22,7 @@ from deploy.render import (
     PROBLEM_PATH,
     RATE_LIMITED,
     STREAM_TCP_TIMEOUT,
+    UPSTREAM_FAIL_TIMEOUT_S,
     nginx_conf,
     supervisord_conf,
     write_modules_conf,
@@ -86,12 +87,18 @@ def test_upstreams_keep_connections_alive_over_http11(http_block, mode):
         assert int(one(block, "keepalive")[0]) > 0
         # Shorter than the services' own idle timeouts (gunicorn keepalive, aiohttp/Tornado 75 s).
         assert seconds(one(block, "keepalive_timeout")[0]) < 75
-        server = one(block, "server")
-        if mode == "native":
-            assert server == [f"{SITE.address(service)}:{service.port}"]
-        else:
-            assert server == [f"{service.name}:{service.port}", "resolve"]
+        servers = [d["args"] for d in find(block, "server")]
+        # Passive health checks: one refused connection takes an instance out of rotation for a few seconds.
+        health = ["max_fails=1", f"fail_timeout={UPSTREAM_FAIL_TIMEOUT_S}s"]
+        if mode == "native":  # every instance on its own address
+            assert servers == [[bind, *health] for bind in SITE.instances(service).values()]
+            assert len(servers) == service.instances >= 2
+        else:  # one name; Docker's DNS answers every replica's address
+            assert servers == [[f"{service.name}:{service.port}", "resolve", *health]]
             assert find(http_block, "resolver")
+    # Another instance is tried only when this one could not be reached or timed out: never for a POST that was
+    # sent (no non_idempotent), never on a 5xx (httpbin's /status/503 is an answer, not a dead instance).
+    assert one(http_block, "proxy_next_upstream") == ["error", "timeout"]
     assert one(http_block, "proxy_http_version") == ["1.1"]
     headers = {d["args"][0]: d["args"][1] for d in find(http_block, "proxy_set_header")}
     assert headers["Connection"] == ""
@@ -310,10 +317,17 @@ def test_web_settings_reach_webs_program_entry(monkeypatch):
     monkeypatch.delenv("WEB_WORKERS", raising=False)
     conf = configparser.ConfigParser(interpolation=None)
     conf.read_string(supervisord_conf(SITE))
-    assert 'WEB_WORKER_CLASS="gthread"' in conf["program:web"]["environment"]
-    assert 'WEB_THREADS="4"' in conf["program:web"]["environment"]
-    assert "WEB_WORKERS" not in conf["program:web"]["environment"]
-    assert "WEB_WORKER_CLASS" not in conf["program:catalog"]["environment"]
+    for instance in ("web-1", "web-2"):  # every instance gets them, and says which instance it is
+        environment = conf[f"program:{instance}"]["environment"]
+        assert 'WEB_WORKER_CLASS="gthread"' in environment
+        assert 'WEB_THREADS="4"' in environment
+        assert "WEB_WORKERS" not in environment
+        assert f'STACK_INSTANCE="{instance}"' in environment
+        assert f"--pid {SITE.var / 'run' / instance}.pid" in conf[f"program:{instance}"]["command"]
+    assert "WEB_WORKER_CLASS" not in conf["program:catalog-1"]["environment"]
+    binds = [conf[f"program:{name}"]["command"].split("--bind ")[1].split()[0]
+             for name in ("web-1", "web-2", "catalog-1", "catalog-2", "httpbin-1", "httpbin-2")]
+    assert len(set(binds)) == 6  # each instance on its own address
     monkeypatch.setenv("WEB_WORKERS", '2",EVIL="1')  # a value cannot inject another variable
     with pytest.raises(SystemExit):
         supervisord_conf(SITE)

@@ -177,7 +177,8 @@ class TestNativeStack(StackContract, HttpSemanticsContract):
     def test_a_stopped_http_service_is_a_502_problem_document_from_nginx(self, stack):
         ctl = [str(Path(sys.executable).parent / "supervisorctl"), "-c", str(stack.site.var / "run" /
                                                                               "supervisord.conf")]
-        subprocess.run([*ctl, "stop", "catalog"], check=True, capture_output=True, timeout=60)
+        catalog = next(s for s in HTTP_SERVICES if s.name == "catalog")
+        subprocess.run([*ctl, "stop", *catalog.instance_names()], check=True, capture_output=True, timeout=60)
         try:
             response = requests.get(stack.url("/catalog/json"), headers={"X-Request-ID": "down-1"}, timeout=10)
             assert response.status_code == 502
@@ -185,7 +186,7 @@ class TestNativeStack(StackContract, HttpSemanticsContract):
             assert response.json() | {"detail": ""} == {"type": "about:blank", "title": "Bad Gateway", "status": 502,
                                                          "detail": "", "request_id": "down-1"}
         finally:
-            subprocess.run([*ctl, "start", "catalog"], check=True, capture_output=True, timeout=60)
+            subprocess.run([*ctl, "start", *catalog.instance_names()], check=True, capture_output=True, timeout=60)
         deadline = time.monotonic() + 20
         while requests.get(stack.url("/catalog/healthz"), timeout=5).status_code != 200:
             assert time.monotonic() < deadline, "catalog did not come back"

@@ -15,7 +15,8 @@ import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
 
 from deploy.render import zone
-from deploy.topology import ROOT
+from deploy.topology import HTTP_SERVICES, ROOT, Site
+from services.common.stack_dns import NameNotFound, StackResolver
 from services.dns.server import UDP_LIMIT_EDNS, Zone, ZoneResolver, addresses_of
 from tests.conftest import free_tcp_udp_port
 
@@ -31,6 +32,27 @@ def test_a_record_is_an_authoritative_answer():
     reply = ask("web.stack.internal")
     assert reply.header.aa == 1 and reply.header.rcode == RCODE.NOERROR
     assert [(str(rr.rdata), rr.ttl) for rr in reply.rr] == [("127.0.10.11", 5)]
+
+
+def test_a_service_with_instances_has_one_a_record_each_and_each_instance_its_own_name():
+    rendered = zone("native")
+    resolver = ZoneResolver(Zone(rendered["zone"], rendered["records"], rendered["ttl"], rendered["txt"]))
+    web = next(s for s in HTTP_SERVICES if s.name == "web")
+    addresses = Site().instance_addresses(web)
+    reply = resolver.resolve(DNSRecord.question("web.stack.internal"), None)
+    assert [str(rr.rdata) for rr in reply.rr] == addresses and len(addresses) == web.instances >= 2
+    for name, address in zip(web.instance_names(), addresses, strict=True):
+        assert [str(rr.rdata) for rr in resolver.resolve(DNSRecord.question(f"{name}.stack.internal"), None).rr] \
+            == [address]
+
+
+def test_the_stack_resolver_hands_out_every_instance_in_turn(dns_server):
+    resolver = StackResolver(f"127.0.0.1:{dns_server}")
+    first, second, third = (resolver.addresses("pair.stack.internal") for _ in range(3))
+    assert sorted(first) == ["127.0.10.11", "127.0.10.111"]
+    assert second == first[::-1] and third == first  # each call starts at the next instance
+    with pytest.raises(NameNotFound):
+        resolver.addresses("nope.stack.internal")
 
 
 def test_apex_answers_a_soa_and_ns():
@@ -63,7 +85,8 @@ def test_names_outside_the_zone_are_refused():
 @pytest.fixture
 def dns_server(tmp_path):
     zone_file = tmp_path / "zone.json"
-    zone_file.write_text(json.dumps({"zone": "stack.internal", "ttl": 5, "records": {"web": "127.0.10.11"},
+    zone_file.write_text(json.dumps({"zone": "stack.internal", "ttl": 5, "records": {"web": "127.0.10.11",
+                                                                              "pair": ["127.0.10.11", "127.0.10.111"]},
                                      "txt": {"big": BIG_TXT, "small": ["fits"]}}))
     port = free_tcp_udp_port()
     proc = subprocess.Popen(
