@@ -404,8 +404,9 @@ class Compose:
         return self.run("logs", "--follow", "--tail", "50", check=False).returncode
 
 
-def driver(mode: str, site: Site) -> Native | Compose:
-    return Native(site) if mode == "native" else Compose(site)
+def driver(mode: str, site: Site, environ: Mapping[str, str] | None = None) -> Native | Compose:
+    """The mode's driver; `environ`: Compose's environment (default: this process's)."""
+    return Native(site) if mode == "native" else Compose(site, environ)
 
 
 # ---------------------------------------------------------------- command line

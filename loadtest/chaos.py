@@ -148,8 +148,9 @@ def _at(history: list[tuple[float, int, int]], when: float) -> tuple[int, int]:
     return before[-1] if before else (0, 0)
 
 
-def run(site: Site, mode: str, faults: list[str], users: int, settle: float, warmup: float, out: Path) -> dict:
-    stack = driver(mode, site)
+def run(stack: Native | Compose, faults: list[str], users: int, settle: float, warmup: float, out: Path) -> dict:
+    """Apply `faults` one after another under the mix at `users`; requests and failures per fault."""
+    site, mode = stack.site, "native" if isinstance(stack, Native) else "compose"
     out.mkdir(parents=True, exist_ok=True)
     budget = int(warmup + len(faults) * (FAULT_TIMEOUT_S + settle) + 30)
     command = [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"), "--headless",
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown faults {sorted(unknown)}; choose from {', '.join(FAULTS)}")
     site = Site.from_env()
     mode = choose_mode(None, site)
-    report = run(site, mode, faults, args.users, args.settle, args.warmup,
+    report = run(driver(mode, site), faults, args.users, args.settle, args.warmup,
                  REPORTS / f"chaos-{datetime.now():%Y%m%d-%H%M%S}")
     print_report(report)
     return 0 if report["failures"] == 0 else 1

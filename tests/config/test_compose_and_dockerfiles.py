@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from deploy.render import STOP_GRACE_SECONDS
 from deploy.stack import COMPOSE_FILE, compose_command
 from deploy.topology import DNS, HTTP_SERVICES, NGINX_PORT, ROOT, SERVICES, STREAM_SERVICES
+from services.web import gunicorn_conf
 
 DOCKERFILES = [*sorted(ROOT.glob("services/*/Dockerfile")), ROOT / "nginx" / "Dockerfile",
                ROOT / "loadtest" / "Dockerfile"]
@@ -63,6 +65,17 @@ def test_every_container_is_hardened():
         assert 0 < service["pids_limit"] <= 4096, name
         assert 0 < int(service["mem_limit"]) <= 2**30, name
         assert service["read_only"] is True, name
+
+
+def test_http_services_run_their_topology_instances_and_stop_gracefully():
+    """Replicas as many as deploy/topology.py says; a stop is a drain that Docker does not cut short."""
+    services = compose_config()["services"]
+    for service in HTTP_SERVICES:
+        assert services[service.name]["deploy"]["replicas"] == service.instances >= 2, service.name
+    for name, service in services.items():
+        assert service["stop_grace_period"] == f"{STOP_GRACE_SECONDS}s", name
+    assert services["nginx"]["stop_signal"] == "SIGQUIT"  # graceful; SIGTERM would drop requests in flight
+    assert STOP_GRACE_SECONDS > gunicorn_conf.graceful_timeout
 
 
 def test_published_ports_are_loopback_only_and_match_the_topology():

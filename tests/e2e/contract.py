@@ -26,7 +26,9 @@ import dns.rcode
 import pytest
 import requests
 
+from deploy.stack import Compose, Native, driver
 from deploy.topology import HTTP_SERVICES, ROOT, STREAM_SERVICES, ZONE, Site
+from loadtest import chaos
 from services.sockets import protocol
 from services.sockets.client import ask_time, echo_roundtrip
 
@@ -39,10 +41,13 @@ class RunningStack:
     mode: str
     env: dict[str, str]
     logs: Callable[[str], str]  # service name ("nginx" too) -> its log so far
-    address_of: Callable[[str], str]  # DNS label ("" is the apex) -> the address the stack's DNS must answer
+    addresses_of: Callable[[str], list[str]]  # DNS label ("" is the apex) -> the addresses its A records give
 
     def url(self, path: str) -> str:
         return self.site.base_url + path
+
+    def driver(self) -> Native | Compose:
+        return driver(self.mode, self.site, self.env)
 
     def deploy(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "deploy", *args], env=self.env, cwd=ROOT,
@@ -350,12 +355,24 @@ class StackContract:
             for transport in (dns.query.udp, dns.query.tcp):
                 reply = transport(dns.message.make_query(name, "A"), host, port=port, timeout=3)
                 assert reply.rcode() == dns.rcode.NOERROR, name
-                assert [item.address for item in reply.answer[0]] == [stack.address_of(label)], name
+                assert sorted(item.address for item in reply.answer[0]) == sorted(stack.addresses_of(label)), name
         reply = dns.query.udp(dns.message.make_query(f"nope.{ZONE}", "A"), host, port=port, timeout=3)
         assert reply.rcode() == dns.rcode.NXDOMAIN
 
     def test_ps_shows_every_service_healthy(self, stack):
         ps_output(stack)
+
+    # ------------------------------------------------------------ operations: faults under load
+
+    CHAOS_FAULTS: tuple[str, ...] = tuple(chaos.FAULTS)  # a mode may run fewer (Compose restarts are slower)
+
+    def test_faults_under_steady_load_lose_no_request(self, stack, tmp_path):
+        """make chaos, bounded: Locust's mix at 10 users while nginx reloads, gunicorn re-execs its workers,
+        a worker and whole instances are SIGKILLed and every service restarts one instance at a time."""
+        report = chaos.run(stack.driver(), list(self.CHAOS_FAULTS), users=10, settle=2, warmup=6, out=tmp_path)
+        assert [w["fault"] for w in report["windows"]] == list(self.CHAOS_FAULTS)
+        assert all(w["requests"] > 0 for w in report["windows"]), report["windows"]  # load ran through each
+        assert report["failures"] == 0, (report["windows"], report["failure_messages"])
 
     def test_second_up_is_harmless(self, stack):
         result = stack.deploy("up", "--mode", stack.mode, timeout=600)
@@ -425,7 +442,7 @@ class StackContract:
         out = result.stdout
         assert result.returncode == 0 and "Traceback" not in result.stderr, out + result.stderr
         rid = re.search(r"request id (trace-[0-9a-f]+)", out).group(1)
-        assert f"A {stack.address_of('')} TTL 5 s; NOERROR, authoritative (AA)" in out  # 1. the DNS answer
+        assert f"A {stack.addresses_of('')[0]} TTL 5 s; NOERROR, authoritative (AA)" in out  # 1. the DNS answer
         for flags in ("SYN", "SYN-ACK", "ACK"):  # 2. the handshake, captured
             assert re.search(rf"→ \S+ +{flags} +seq=", out), flags
         assert f"X-Request-ID: {rid}\\r\\n" in out  # 3. the request bytes

@@ -138,6 +138,17 @@ class HttpSemanticsContract:
         other = subject.request("POST", subject.collection, {**subject.post_body(), "extra": 1}, key)
         assert_problem(other, 422)  # the same key with another body
 
+    def test_a_retry_with_the_same_idempotency_key_after_a_rolling_restart_makes_one(self, subject, stack):
+        """Keys live in the service's database, not in a process: every instance is replaced in between."""
+        before, key = subject.count(), {"Idempotency-Key": uuid.uuid4().hex}
+        first = subject.request("POST", subject.collection, subject.post_body(), key)
+        assert first.status_code == 201, first.text
+        assert stack.driver().restart([subject.name]) == 0
+        retry = subject.request("POST", subject.collection, subject.post_body(), key)
+        assert retry.status_code == 201 and retry.headers["Idempotent-Replayed"] == "true", retry.text
+        assert retry.headers["Location"] == first.headers["Location"]
+        assert subject.count() == before + 1
+
     def test_twenty_concurrent_retries_make_one(self, subject):
         before, key = subject.count(), {"Idempotency-Key": uuid.uuid4().hex}
         body = subject.post_body()

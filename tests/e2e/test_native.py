@@ -4,6 +4,7 @@ with a stack the user left running."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import csv
 import os
 import re
@@ -31,7 +32,7 @@ from services.sockets import protocol
 from services.sockets.client import ask_time
 from services.web.openapi import OPENAPI as WEB_OPENAPI
 from tests.conftest import free_port
-from tests.e2e.contract import RunningStack, StackContract, ps_output
+from tests.e2e.contract import RunningStack, StackContract, bystander, ps_output
 from tests.e2e.http_contract import HttpSemanticsContract
 
 pytestmark = pytest.mark.e2e
@@ -47,10 +48,10 @@ def native_stack(tmp_path_factory):
 
     by_name = {s.name: s for s in SERVICES}
 
-    def address_of(label: str) -> str:
-        return site.public_host if label in ("", "nginx") else site.address(by_name[label])
+    def addresses_of(label: str) -> list[str]:
+        return [site.public_host] if label in ("", "nginx") else site.instance_addresses(by_name[label])
 
-    stack = RunningStack(site, "native", env, Native(site).log_text, address_of)
+    stack = RunningStack(site, "native", env, Native(site).log_text, addresses_of)
     result = stack.deploy("up", "--mode", "native")
     if result.returncode:
         stack.deploy("down")
@@ -80,14 +81,19 @@ class TestNativeStack(StackContract, HttpSemanticsContract):
 
     def test_ps_lists_every_supervised_program_running(self, stack):
         out = ps_output(stack)
-        for name in ("nginx", *(s.name for s in SERVICES)):
+        for name in ("nginx", *(instance for s in SERVICES for instance in s.instance_names())):
             assert re.search(rf"^{name}\s+RUNNING\s+pid \d+", out, re.M), out
+        for service in HTTP_SERVICES:  # each instance: its address, health and (web) worker class and count
+            for name, bind in stack.site.instances(service).items():
+                workers = r"gunicorn gevent workers: [1-9]" if service.name == "web" else "one process"
+                assert re.search(rf"^instance {name}\s+{re.escape(bind)}\s+healthy\s+{workers}", out, re.M), out
 
     def test_each_service_answers_directly_on_its_own_loopback_address(self, stack):
         for service in HTTP_SERVICES:
-            direct = f"http://{stack.site.address(service)}:{service.port}{service.prefix}json"
-            response = requests.get(direct, headers={"X-Request-ID": "direct-1"}, timeout=5)
-            assert response.status_code == 200 and response.json() == {"message": "Hello, World!"}
+            for address in stack.site.instance_addresses(service):  # every instance
+                direct = f"http://{address}:{service.port}{service.prefix}json"
+                response = requests.get(direct, headers={"X-Request-ID": "direct-1"}, timeout=5)
+                assert response.status_code == 200 and response.json() == {"message": "Hello, World!"}
             assert response.headers["X-Request-ID"] == "direct-1"
             assert response.headers["Server"] != "nginx"  # the framework's own server answered
 
@@ -124,25 +130,32 @@ class TestNativeStack(StackContract, HttpSemanticsContract):
         assert "← HTTP/1.1 200 OK" in result.stdout and "nginx closed first" in result.stdout
         assert re.search(r"access line: .* rid=trace-\w+ rt=", result.stdout)  # the logs still tell their part
 
-    def test_a_second_up_with_a_changed_worker_class_applies_it(self, stack):
-        """`make up` with WEB_WORKER_CLASS=sync on a running stack used to restart web and silently keep gevent."""
+    def test_a_second_up_with_a_changed_worker_class_applies_it_one_instance_at_a_time(self, stack):
+        """`make up` with WEB_WORKER_CLASS=sync on a running stack used to restart web and silently keep gevent;
+        now each instance is replaced in turn while the other serves: a client sees no error meanwhile."""
         def ps() -> str:
             result = stack.deploy("ps")
             assert result.returncode == 0, result.stderr
             return result.stdout
 
-        assert "web      gunicorn gevent workers:" in ps()
+        def workers(worker_class: str, count: str = r"\d+") -> list[str]:
+            return re.findall(rf"^instance (web-\d)\s.*gunicorn {worker_class} workers: {count}\b", ps(), re.M)
+
+        assert workers("gevent") == ["web-1", "web-2"]
         try:
-            result = subprocess.run([sys.executable, "-m", "deploy", "up", "--mode", "native"], cwd=ROOT,
-                                    env={**stack.env, "WEB_WORKER_CLASS": "sync", "WEB_WORKERS": "2"},
-                                    capture_output=True, text=True, timeout=120)
+            with bystander(stack) as seen:
+                result = subprocess.run([sys.executable, "-m", "deploy", "up", "--mode", "native"], cwd=ROOT,
+                                        env={**stack.env, "WEB_WORKER_CLASS": "sync", "WEB_WORKERS": "2"},
+                                        capture_output=True, text=True, timeout=180)
             assert result.returncode == 0, result.stdout + result.stderr
-            assert re.search(r"web +gunicorn sync workers: 2\b", ps())
-            assert requests.get(stack.url("/web/json"), timeout=10).status_code == 200
+            assert "applying the new settings of web-1" in result.stdout  # one instance, then the other
+            assert result.stdout.index("web-1") < result.stdout.index("applying the new settings of web-2")
+            assert workers("sync", "2") == ["web-1", "web-2"]
+            assert seen and set(seen) == {200}, collections.Counter(seen)
         finally:
-            restored = stack.deploy("up", "--mode", "native")  # the fixture's settings again: gevent
+            restored = stack.deploy("up", "--mode", "native", timeout=180)  # the fixture's settings again: gevent
             assert restored.returncode == 0, restored.stdout + restored.stderr
-        assert "web      gunicorn gevent workers:" in ps()
+        assert workers("gevent") == ["web-1", "web-2"]
 
     def test_acknowledged_writes_survive_sigkill_and_a_restart_of_the_stack(self, stack):
         """A 201 is a promise: the write must outlive a SIGKILL of its service (SQLite in WAL, synchronous=NORMAL
