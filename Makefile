@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-deps up down restart reload ps logs urls test lint fmt lock clean clean-data loadtest loadtest-headless soak compare \
+.PHONY: help setup system-deps up down restart reload ps logs urls test lint fmt lock clean clean-data loadtest loadtest-headless soak chaos compare \
         trace trace-dns rawhttp tcp-vs-udp iolab
 
 help:  ## list the targets
@@ -68,6 +68,9 @@ loadtest-headless: setup  ## a bounded Locust run: USERS=50 RATE=10 TIME=30s CLA
 
 soak: setup  ## the locustfile's mix against the running native stack: MINUTES=10 USERS=100; p99 and RSS over time
 	@$(PY) -m loadtest soak
+
+chaos: setup  ## faults under Locust's mix against the running stack, failures per fault: USERS=20 FAULTS=nginx-reload,...
+	@$(PY) -m loadtest.chaos
 
 compare: setup  ## worker classes and frameworks side by side: reports/compare-<time>/ (QUICK=1: ~2 min)
 	@$(PY) -m loadtest compare

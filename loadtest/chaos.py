@@ -35,6 +35,9 @@ from deploy.topology import HTTP_SERVICES, ROOT, Site
 REPORTS = ROOT / "reports"
 MIX = ("CatalogBrowser", "Shopper", "HttpbinCaller")
 FAULT_TIMEOUT_S = 150.0
+# The request type under which the locustfile counts POSTs it resent with their Idempotency-Key (locustfile.RETRY;
+# not imported: importing Locust monkey-patches this process with gevent).
+RETRY = "RETRY"
 
 
 @dataclass
@@ -105,7 +108,6 @@ def worker_sigkill(stack: Native | Compose) -> None:
 
 def instance_kill(service: str) -> Callable[[Native | Compose], None]:
     def kill(stack: Native | Compose) -> None:
-        """A whole instance dies without warning; supervisor (or Docker) starts a new one."""
         pid = _instance_main(stack, service)
         for child in procs.descendants(pid) | {pid}:
             try:
@@ -114,7 +116,7 @@ def instance_kill(service: str) -> Callable[[Native | Compose], None]:
                 pass
         _wait_replaced(stack, pid, service)
 
-    kill.__doc__ = f"SIGKILL every process of {service}'s first instance"
+    kill.__doc__ = f"SIGKILL every process of {service}'s first instance; supervisor (or Docker) starts a new one"
     return kill
 
 
@@ -123,6 +125,7 @@ def rolling_restart(service: str) -> Callable[[Native | Compose], None]:
         if stack.restart([service]):
             raise RuntimeError(f"make restart SERVICE={service} failed")
 
+    restart.__doc__ = f"make restart SERVICE={service}: each instance drained, restarted, healthy, then the next"
     return restart
 
 
@@ -186,8 +189,10 @@ def run(stack: Native | Compose, faults: list[str], users: int, settle: float, w
     with (out / "locust_failures.csv").open() as failures_csv:
         failures = [dict(r) for r in csv.DictReader(failures_csv)]
     total_requests, total_failures = (history[-1][1], history[-1][2]) if history else (0, 0)
+    with (out / "locust_stats.csv").open() as stats_csv:  # POSTs resent with their Idempotency-Key
+        retries = {r["Name"]: int(r["Request Count"]) for r in csv.DictReader(stats_csv) if r["Type"] == RETRY}
     report = {"mode": mode, "users": users, "settle_s": settle, "requests": total_requests,
-              "failures": total_failures,
+              "failures": total_failures, "client_retries": retries,
               "windows": [{"fault": w.fault, "seconds": round(w.ended - w.started, 1), "requests": w.requests,
                            "failures": w.failures} for w in windows],
               "failure_messages": failures, "locust_stderr_tail": stderr[-2000:]}
@@ -200,6 +205,8 @@ def print_report(report: dict) -> None:
     for w in report["windows"]:
         print(f"{w['fault']:<18} {w['seconds']:>8} {w['requests']:>9} {w['failures']:>9}")
     print(f"{'whole run':<18} {'':>8} {report['requests']:>9} {report['failures']:>9}")
+    for name, count in report["client_retries"].items():
+        print(f"  {count} x resent with the same Idempotency-Key (counted in requests above): {name}")
     for failure in report["failure_messages"]:
         print(f"  {failure['Occurrences']} x {failure['Method']} {failure['Name']}: {failure['Error'][:160]}")
 

@@ -48,6 +48,29 @@ def post_with_backoff(user: FastHttpUser, path: str, body: dict, status: int, he
     return None
 
 
+# "Maybe done": the instance died or was cut off mid-request (nginx never retries a POST it has sent).
+UNANSWERED = (0, 502, 503, 504)
+RETRY = "RETRY"  # the request type under which such retries show in Locust's statistics
+
+
+def post_until_answered(user: FastHttpUser, path: str, body: str, headers: dict, name: str,
+                        status: int, header: str, attempts: int = 6) -> object | None:
+    """POST as a careful client with an Idempotency-Key: when no real answer came (a dropped connection, 502,
+    503, 504) or the first attempt is still in flight (409), send the same request with the same key again: it
+    is done once, or replayed if it was done. Each resend is counted as a RETRY row in Locust's statistics, not
+    hidden. The response when it met `status` and had `header` (else it is a failure), or None."""
+    for attempt in range(attempts):
+        with user.client.post(path, data=body, headers=headers, catch_response=True, name=name) as response:
+            retryable = response.status_code in UNANSWERED or (attempt > 0 and response.status_code == 409)
+            if not retryable or attempt == attempts - 1:
+                return response if expect(response, status, header) else None
+            response.success()
+        user.environment.events.request.fire(request_type=RETRY, name=f"{name} after {response.status_code}",
+                                             response_time=0, response_length=0, exception=None, context={})
+        gevent.sleep(0.1 * 2**attempt)
+    return None
+
+
 def expect(response, status: int, header: str | None = None, check=None) -> bool:  # noqa: ANN001
     """Mark the response failed unless it has the status, the header and passes `check(body)`."""
     if response.status_code != status:
@@ -145,10 +168,9 @@ class Shopper(FastHttpUser):
             return
         body = json.dumps({"lines": [{"item_id": self.item_id, "quantity": random.randint(1, 3)}]})
         headers = {**JSON, "Idempotency-Key": uuid.uuid4().hex}
-        with self.client.post("/web/orders", data=body, headers=headers, catch_response=True,
-                              name="/web/orders [POST]") as first:
-            if not expect(first, 201, "Location"):
-                return
+        first = post_until_answered(self, "/web/orders", body, headers, "/web/orders [POST]", 201, "Location")
+        if first is None:
+            return
         with self.client.post("/web/orders", data=body, headers=headers, catch_response=True,
                               name="/web/orders [POST retry]") as retry:
             expect(retry, 201, "Idempotent-Replayed",

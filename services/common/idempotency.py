@@ -3,19 +3,25 @@ so every worker process sees the same keys.
 
 The first request with a key claims it; its final response is stored and replayed to any retry with the same
 key and the same request. The same key with a different request is 422; a retry while the first is still in
-flight is 409. Keys expire after `ttl` seconds; an in-flight claim whose process died is released after
-`stale_after` seconds.
+flight is 409. Keys expire after `ttl` seconds. An in-flight claim whose process died (SIGKILL, a crash, an
+instance replaced mid-request) is taken over at once by the retry: every claiming process holds an flock on its
+own file beside the database for as long as it lives, and the kernel drops that lock when it dies, so any
+process on the same filesystem (another worker, another instance, another container on the same volume) can
+tell. `stale_after` seconds remain the fallback where that cannot be checked.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import re
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from services.common import db
 from services.common.db import transaction
@@ -32,9 +38,57 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     status INTEGER,           -- NULL while the first request is in flight
     headers TEXT,
     body BLOB,
+    owner TEXT,               -- the claiming process (see Liveness) while in flight
     PRIMARY KEY (scope, key)
 )
 """
+
+
+class Liveness:
+    """Is the process that made a claim still alive? Each process takes an exclusive flock on
+    <directory>/<token>.lock on its first claim and keeps it until it exits; the kernel releases it however the
+    process ends. Another process that can take that lock knows the owner is gone."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+        self._pid = 0
+        self._token = ""
+        self._held: object = None  # the open lock file, kept for the process's lifetime
+
+    def me(self) -> str | None:
+        if self.directory is None:
+            return None
+        if self._pid != os.getpid():  # first claim in this process (gunicorn forks workers after import)
+            self.directory.mkdir(parents=True, exist_ok=True)
+            for leftover in self.directory.glob("*.lock"):  # files of processes that ended
+                self.gone(leftover.stem)
+            self._token = secrets.token_hex(8)
+            held = (self.directory / f"{self._token}.lock").open("a")
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._held, self._pid = held, os.getpid()
+        return self._token
+
+    def gone(self, owner: str | None) -> bool:
+        """True when `owner` has certainly exited (its lock file is free or was removed)."""
+        if self.directory is None or not owner or not re.fullmatch(r"[0-9a-f]{16}", owner):
+            return False
+        path = self.directory / f"{owner}.lock"
+        try:
+            with path.open("r") as probe:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                path.unlink(missing_ok=True)  # ours now, and no process will use it again
+        except FileNotFoundError:
+            return True
+        except BlockingIOError:
+            return False
+        return True
+
+
+def _owners_directory(conn: db.Connection) -> Path | None:
+    """<database file>.owners beside the database; None for an in-memory database."""
+    row = conn.execute("PRAGMA database_list").fetchone()
+    return Path(f"{row['file']}.owners") if row and row["file"] else None
+
 
 
 @dataclass(frozen=True)
@@ -58,6 +112,9 @@ class IdempotencyKeys:
         self.stale_after = stale_after
         self._purged = 0.0
         conn.execute(SCHEMA)
+        if "owner" not in {column["name"] for column in conn.execute("PRAGMA table_info(idempotency_keys)")}:
+            conn.execute("ALTER TABLE idempotency_keys ADD COLUMN owner TEXT")  # a database from before owners
+        self.liveness = Liveness(_owners_directory(conn))
 
     @staticmethod
     def validate(key: str) -> str:
@@ -80,13 +137,18 @@ class IdempotencyKeys:
                 (scope, key, now - self.ttl, now - self.stale_after),
             )
             row = self.conn.execute(
-                "SELECT fingerprint, status, headers, body FROM idempotency_keys WHERE scope = ? AND key = ?",
+                "SELECT fingerprint, status, headers, body, owner FROM idempotency_keys WHERE scope = ? AND key = ?",
                 (scope, key),
             ).fetchone()
+            if row is not None and row["status"] is None and row["fingerprint"] == print_ \
+                    and self.liveness.gone(row["owner"]):
+                # The first attempt's process died mid-request: its transaction rolled back, nothing was made.
+                self.conn.execute("DELETE FROM idempotency_keys WHERE scope = ? AND key = ?", (scope, key))
+                row = None
             if row is None:
                 self.conn.execute(
-                    "INSERT INTO idempotency_keys (scope, key, fingerprint, created) VALUES (?, ?, ?, ?)",
-                    (scope, key, print_, now),
+                    "INSERT INTO idempotency_keys (scope, key, fingerprint, created, owner) VALUES (?, ?, ?, ?, ?)",
+                    (scope, key, print_, now, self.liveness.me()),
                 )
                 return None
         if row["fingerprint"] != print_:

@@ -1,11 +1,15 @@
 import json
 import math
+import multiprocessing
+import os
+import signal
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.common import db, http, semantics
+from services.common.http import Problem
 from services.common.idempotency import IdempotencyKeys, StoredResponse
 
 
@@ -233,3 +237,33 @@ def test_expired_idempotency_keys_of_every_scope_are_purged(tmp_path, monkeypatc
     keys.claim("someone-else", "new-key", "print")
     scopes = [row[0] for row in keys.conn.execute("SELECT scope FROM idempotency_keys")]
     assert scopes == ["someone-else"]
+
+
+def test_a_claim_whose_process_died_is_taken_over_by_the_retry_at_once(tmp_path):
+    """A SIGKILLed request leaves its key in flight; the retry must not wait `stale_after` (an hour here) for it,
+    while a claim whose process lives is still a 409."""
+    path = tmp_path / "k.sqlite3"
+    claimed, release = multiprocessing.get_context("fork").Event(), multiprocessing.get_context("fork").Event()
+
+    def first_attempt() -> None:
+        keys = IdempotencyKeys(db.connect(path), stale_after=3600)
+        assert keys.claim("s", "key-1", "print") is None
+        claimed.set()
+        release.wait(30)  # "processing" until killed
+
+    child = multiprocessing.get_context("fork").Process(target=first_attempt)
+    child.start()
+    try:
+        assert claimed.wait(30)
+        retry = IdempotencyKeys(db.connect(path), stale_after=3600)
+        with pytest.raises(Problem) as in_flight:
+            retry.claim("s", "key-1", "print")
+        assert in_flight.value.status == 409  # its owner is alive: still in flight
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(10)
+        assert retry.claim("s", "key-1", "print") is None  # the owner is gone: this retry owns the key now
+        assert list((tmp_path / "k.sqlite3.owners").glob("*.lock")) == [
+            tmp_path / "k.sqlite3.owners" / f"{retry.liveness.me()}.lock"]  # the dead owner's file went too
+    finally:
+        if child.is_alive():
+            child.kill()
