@@ -309,7 +309,8 @@ def supervisord_conf(site: Site, python: str = sys.executable) -> str:
             "directory": str(ROOT),
             # STACK_VAR marks every process of this instance, so `down` can prove none is left behind.
             "environment": ",".join(filter(None, [
-                f'PYTHONPATH="{ROOT}",PYTHONUNBUFFERED="1",STACK_VAR="{site.var}",STACK_DATA="{site.var / "data"}"',
+                f'PYTHONPATH="{ROOT}",PYTHONUNBUFFERED="1",STACK_VAR="{site.var}",STACK_DATA="{site.var / "data"}",'
+                f'STACK_SECRETS="{site.secrets}"',
                 by_name if name in service_of else None,
                 f'STACK_INSTANCE="{name}"' if name in service_of else None,
                 web_settings(os.environ) if name in service_of and service_of[name].name == "web" else None,

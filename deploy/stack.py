@@ -25,6 +25,7 @@ from pathlib import Path
 from deploy import procs
 from deploy.render import MODES, STOP_GRACE_SECONDS, UPSTREAM_FAIL_TIMEOUT_S, render_native
 from deploy.topology import HTTP_SERVICES, ROOT, STREAM_SERVICES, ZONE, Site
+from services.common import credentials
 from services.common.healthcheck import check
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -334,6 +335,7 @@ class Compose:
         self.site = site
         self.env = {
             **(os.environ if environ is None else environ),
+            "STACK_VAR": str(site.var),  # docker-compose.yml's secrets are files under it
             "STACK_PORT": str(site.public_port),
             "STACK_DNS_PORT": str(site.dns_port),
             **{s.port_env: str(site.public_port_of(s)) for s in STREAM_SERVICES},
@@ -469,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         if mode not in MODES:
             raise SystemExit(f"MODE must be one of {', '.join(MODES)}, not {mode!r}")
         log(f"starting the {mode} stack")
+        credentials.ensure(site.secrets)  # once: the catalog operator's and web's tokens (kept across runs)
         started = time.monotonic()
         if driver(mode, site).up():
             return 1

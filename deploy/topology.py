@@ -125,6 +125,11 @@ class Site:
         return self.stream_ports.get(service.name, service.public_port)
 
     @property
+    def secrets(self) -> Path:
+        """Where the stack's credentials live (services/common/credentials.py); Compose mounts them as secrets."""
+        return self.var / "secrets"
+
+    @property
     def base_url(self) -> str:
         return f"http://{self.public_host}:{self.public_port}"
 

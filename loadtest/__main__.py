@@ -33,6 +33,12 @@ def locust() -> list[str]:
     return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
 
 
+def locust_env(site: Site) -> dict[str, str]:
+    """Locust's environment: STACK_VAR marks its processes as this stack's (`make down` stops any left behind);
+    STACK_SECRETS is where the locustfile finds the catalog operator's token."""
+    return {**os.environ, "STACK_VAR": str(site.var), "STACK_SECRETS": str(site.secrets)}
+
+
 def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
@@ -47,8 +53,7 @@ def ui(site: Site, workers: int) -> int:
         if code == 0:
             print(f"\nLocust's web UI: {url}  (target: http://nginx:8080 inside Compose; `make down` stops it)\n")
         return code
-    # STACK_VAR marks them as this stack's processes, so `make down` stops any that outlive this command.
-    env = {**os.environ, "STACK_VAR": str(site.var)}
+    env = locust_env(site)
     master = subprocess.Popen([*locust(), "--master", "--class-picker", "--host", site.base_url,
                                "--web-host", UI_HOST, "--web-port", str(UI_PORT), "--expect-workers", str(workers)],
                               cwd=ROOT, start_new_session=True, env=env)
@@ -81,7 +86,7 @@ def headless(site: Site, users: int, rate: float, duration: str, classes: list[s
                "--host", site.base_url, "--csv", str(out / "locust"), "--html", str(out / "report.html"),
                "--only-summary", "--stop-timeout", "10", *classes]
     print("$", " ".join(command[2:]), flush=True)
-    code = subprocess.run(command, cwd=ROOT).returncode
+    code = subprocess.run(command, cwd=ROOT, env=locust_env(site)).returncode
     print(f"\nreport: {out / 'report.html'}  CSV: {out}/locust_*.csv  exit code: {code}")
     return code
 
@@ -109,7 +114,7 @@ def soak(site: Site, minutes: float, users: int, out: Path) -> int:
     command = [*locust(), "--headless", "--users", str(users), "--spawn-rate", "10", "--run-time",
                f"{int(minutes * 60)}s", "--host", site.base_url, "--csv", str(out / "locust"), "--csv-full-history",
                "--only-summary", "CatalogBrowser", "Shopper", "HttpbinCaller"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, env=locust_env(site))
     samples = []
     started = time.monotonic()
     while process.poll() is None:

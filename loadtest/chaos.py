@@ -31,6 +31,7 @@ from pathlib import Path
 from deploy import procs
 from deploy.stack import Compose, Native, choose_mode, driver
 from deploy.topology import HTTP_SERVICES, ROOT, Site
+from loadtest.__main__ import locust_env
 
 REPORTS = ROOT / "reports"
 MIX = ("CatalogBrowser", "Shopper", "HttpbinCaller")
@@ -160,9 +161,8 @@ def run(stack: Native | Compose, faults: list[str], users: int, settle: float, w
                "--users", str(users), "--spawn-rate", str(max(1, users)), "--run-time", f"{budget}s",
                "--host", site.base_url, "--csv", str(out / "locust"), "--csv-full-history", "--only-summary",
                "--stop-timeout", "10", *MIX]
-    env = {**os.environ, "STACK_VAR": str(site.var)}  # `make down` stops it if this command dies
-    locust = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True, start_new_session=True)
+    locust = subprocess.Popen(command, cwd=ROOT, env=locust_env(site), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
     windows: list[Window] = []
     try:
         time.sleep(warmup)  # users sign up, log in and create their items first

@@ -19,12 +19,16 @@ import logging
 import os
 import random
 import uuid
+from pathlib import Path
 
 import gevent
 from locust import FastHttpUser, between, events, tag, task
 
 log = logging.getLogger("loadtest")
 JSON = {"Content-Type": "application/json"}
+# Creating catalog items takes the operator's credential (services/common/credentials.py; `make up` makes it).
+_OPERATOR_TOKEN = Path(os.environ.get("STACK_SECRETS", "var/secrets"), "catalog_operator")
+OPERATOR = {"Authorization": f"Bearer {_OPERATOR_TOKEN.read_text().strip()}"} if _OPERATOR_TOKEN.exists() else {}
 
 
 def weight(name: str, default: int = 1) -> int:
@@ -105,7 +109,7 @@ class CatalogBrowser(FastHttpUser):
         self.item_ids = []
         self.etags: dict[int, str] = {}
         with self.client.post("/catalog/items", json={"name": f"load {uuid.uuid4().hex[:8]}", "price": 100,
-                                                       "stock": 1000}, catch_response=True,
+                                                       "stock": 1000}, headers=OPERATOR, catch_response=True,
                               name="/catalog/items [POST]") as response:
             if expect(response, 201, "Location"):
                 self.item_ids.append(response.json()["id"])
@@ -157,7 +161,7 @@ class Shopper(FastHttpUser):
         post_with_backoff(self, "/web/signup", credentials, 201)
         post_with_backoff(self, "/web/login", credentials, 200, "Set-Cookie")
         with self.client.post("/catalog/items", json={"name": "stock for shoppers", "price": 250,
-                                                       "stock": 10**9}, catch_response=True,
+                                                       "stock": 10**9}, headers=OPERATOR, catch_response=True,
                               name="/catalog/items [POST]") as r:
             self.item_id = r.json()["id"] if expect(r, 201) else None
 

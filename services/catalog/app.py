@@ -17,7 +17,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from services.catalog.openapi import OPENAPI
 from services.catalog.store import Items, validate
-from services.common import accesslog, db, drain, http, semantics, stack_dns
+from services.common import accesslog, credentials, db, drain, http, semantics, stack_dns
 from services.common.idempotency import HEADER as IDEMPOTENCY_KEY
 from services.common.idempotency import StoredResponse, fingerprint, run_once
 
@@ -87,6 +87,8 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_status(problem.status)
         if problem.status == 405:
             self.set_header("Allow", semantics.allow_header(self.allowed()))
+        if problem.status == 401:
+            self.set_header("WWW-Authenticate", getattr(self, "challenge", 'Bearer realm="catalog"'))
         if problem.status == 415 and self.request.method == "PATCH":
             self.set_header("Accept-Patch", semantics.MERGE_PATCH_JSON)
         if not self.request_id:  # the error happened before prepare() ran
@@ -200,10 +202,33 @@ def item_response(item: dict, status: int = 200) -> StoredResponse:
     return StoredResponse(status, headers, http.to_json(item).encode())
 
 
+WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
 class ItemsBase(BaseHandler):
+    """Reads are open to anyone; a change needs a credential (services/common/credentials.py): the operator's
+    for anything, web's only for an item's stock (what placing an order does)."""
+
+    principal: str | None = None
+
     def prepare(self) -> None:
         super().prepare()
+        if self.request.method in WRITES:
+            token = credentials.bearer(self.request.headers.get("Authorization"))
+            self.principal = credentials.who(token, self.settings["tokens"])
+            if self.principal is None:
+                self.challenge = 'Bearer realm="catalog"' + (', error="invalid_token"' if token else "")
+                raise http.Problem(401, "Unauthorized", "changing the catalog needs the operator's bearer token "
+                                   "(var/secrets/catalog_operator)" if not token else "this token is not valid here")
         semantics.require_acceptable(self.request.headers.get("Accept"))
+
+    def only_operator(self) -> None:
+        if self.principal != credentials.OPERATOR:
+            raise http.Problem(403, "Forbidden", "web's credential may change an item's stock, nothing else")
+
+    def scope(self) -> str:
+        """Idempotency-Keys belong to the caller: another credential's key is another key."""
+        return f"{self.principal} POST {self.request.path}"
 
     @property
     def items(self) -> Items:
@@ -241,8 +266,9 @@ class ItemsHandler(ItemsBase):
             self.items.create(fields, then=then)
             return created[0]
 
+        self.only_operator()
         response, replayed = run_once(
-            self.items.keys, self.request.headers.get(IDEMPOTENCY_KEY), f"POST {self.request.path}",
+            self.items.keys, self.request.headers.get(IDEMPOTENCY_KEY), self.scope(),
             fingerprint("POST", self.request.path, self.request.body), act,
         )
         self.send(response, replayed)
@@ -266,6 +292,7 @@ class ItemHandler(ItemsBase):
 
 
     def put(self, item_id: str) -> None:
+        self.only_operator()
         fields = validate(self.json_body())
         item, created = self.items.put(
             int(item_id), fields, self.request.headers.get("If-Match"), self.request.headers.get("If-None-Match")
@@ -274,10 +301,13 @@ class ItemHandler(ItemsBase):
 
     def patch(self, item_id: str) -> None:
         patch = self.json_body((semantics.MERGE_PATCH_JSON,))
+        if not (isinstance(patch, dict) and set(patch) == {"stock"}):
+            self.only_operator()
         item = self.items.patch(int(item_id), patch, self.request.headers.get("If-Match"))
         self.send(item_response(item))
 
     def delete(self, item_id: str) -> None:
+        self.only_operator()
         self.items.delete(int(item_id), self.request.headers.get("If-Match"))
         self.set_status(204)
         self.finish()
@@ -318,12 +348,15 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
                     getattr(handler, "request_id", "-") or "-", request.request_time())
 
 
-def make_app(db_path: str | None = None, **settings: Any) -> tornado.web.Application:
+def make_app(db_path: str | None = None, tokens: dict[str, str | None] | None = None,
+             **settings: Any) -> tornado.web.Application:
+    """`tokens`: credential name -> token (default: read from $STACK_SECRETS; a missing one admits nobody)."""
     routes = [(PREFIX + path, handler) for path, handler in ROUTES]
     return tornado.web.Application(
         routes,
         default_handler_class=NotFoundHandler,
         log_function=log_request,
         items=Items(db_path or db.default_path(SERVICE)),
+        tokens=tokens if tokens is not None else {name: credentials.read(name) for name in credentials.NAMES},
         **settings,
     )

@@ -25,6 +25,20 @@ IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
                    "description": "Retrying with the same key and body replays the first response"}
 
 
+BEARER = {"operatorOrWeb": {
+    "type": "http", "scheme": "bearer",
+    "description": "The operator's token (var/secrets/catalog_operator) changes anything; web's own token "
+                   "(catalog_web) only an item's stock. Reads need none."}}
+
+
+def guarded(op: dict) -> dict:
+    """A write: it takes a bearer token, 401 without a valid one, 403 when that credential may not do this."""
+    op["security"] = [{"operatorOrWeb": []}]
+    op["responses"] = {**op["responses"], "401": oa.problem("No credential, or not a valid one (WWW-Authenticate)"),
+                       "403": oa.problem("web's credential, for more than a stock change")}
+    return op
+
+
 def build() -> dict:
     items = "/catalog/items"
     paths = {
@@ -38,28 +52,29 @@ def build() -> dict:
                                    "next_cursor": {"type": ["string", "null"]}}})},
                 [oa.query_int("limit", 1, 100, "page size"), oa.query_int("cursor", 0, 2**53 - 1, "last id seen")],
                 tags=["items"]),
-            "post": oa.operation("Create an item", {
+            "post": guarded(oa.operation("Create an item", {
                 "201": oa.json_response("Created", ITEM, {"Location": {"schema": {"type": "string"}}, "ETag": ETAG})},
-                [IDEMPOTENCY_KEY], oa.json_body(ITEM_INPUT), tags=["items"]),
+                [IDEMPOTENCY_KEY], oa.json_body(ITEM_INPUT), tags=["items"])),
         },
         items + "/{item_id}": {
             "parameters": [ITEM_ID],
             "get": oa.operation("One item (If-None-Match: 304)", {
                 "200": oa.json_response("The item", ITEM, {"ETag": ETAG}), "304": {"description": "Not modified"}},
                 tags=["items"]),
-            "put": oa.operation("Replace the item, or create it at this id", {
+            "put": guarded(oa.operation("Replace the item, or create it at this id", {
                 "200": oa.json_response("Replaced", ITEM, {"ETag": ETAG}),
                 "201": oa.json_response("Created", ITEM, {"ETag": ETAG})},
-                [IF_MATCH], oa.json_body(ITEM_INPUT), tags=["items"]),
-            "patch": oa.operation("Change some fields (JSON Merge Patch)", {
+                [IF_MATCH], oa.json_body(ITEM_INPUT), tags=["items"])),
+            "patch": guarded(oa.operation("Change some fields (JSON Merge Patch)", {
                 "200": oa.json_response("Patched", ITEM, {"ETag": ETAG})},
                 [IF_MATCH], oa.json_body({"type": "object", "properties": ITEM_FIELDS}, MERGE_PATCH_JSON),
-                tags=["items"]),
-            "delete": oa.operation("Delete the item", {"204": {"description": "Deleted"}}, [IF_MATCH],
-                                   tags=["items"]),
+                tags=["items"])),
+            "delete": guarded(oa.operation("Delete the item", {"204": {"description": "Deleted"}}, [IF_MATCH],
+                                           tags=["items"])),
         },
     }
-    return oa.document("catalog", "The RESTful microservice (Tornado): items with exact HTTP semantics.", paths)
+    return oa.document("catalog", "The RESTful microservice (Tornado): items with exact HTTP semantics.", paths,
+                       BEARER)
 
 
 OPENAPI = build()

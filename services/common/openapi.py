@@ -104,12 +104,15 @@ def stream_path(prefix: str, service: str) -> dict:
         tags=["framing"])}}
 
 
-def document(service: str, description: str, paths: dict) -> dict:
+def document(service: str, description: str, paths: dict, security_schemes: dict | None = None) -> dict:
+    components: dict = {"schemas": {"Problem": PROBLEM}, "headers": {"X-Request-ID": REQUEST_ID}}
+    if security_schemes:
+        components["securitySchemes"] = security_schemes
     return {
         "openapi": "3.1.0",
         "info": {"title": f"{service} service", "version": "1.0.0", "description": description},
         "paths": paths,
-        "components": {"schemas": {"Problem": PROBLEM}, "headers": {"X-Request-ID": REQUEST_ID}},
+        "components": components,
     }
 
 

@@ -9,7 +9,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from services.common import stack_dns
+from services.common import credentials, stack_dns
 from services.common.stack_dns import CATALOG_URL, HTTPBIN_URL
 
 __all__ = ["CATALOG_URL", "HTTPBIN_URL", "UpstreamError", "request"]
@@ -35,6 +35,8 @@ def request(method: str, base: str, path: str, request_id: str, **kwargs: object
     except stack_dns.NameNotFound as error:
         raise UpstreamError(str(error)) from None
     headers = {"Host": urlsplit(base).netloc, "X-Request-ID": request_id, **kwargs.pop("headers", {})}  # type: ignore[dict-item]
+    if base == CATALOG_URL and (token := credentials.read(credentials.WEB)):
+        headers["Authorization"] = f"Bearer {token}"  # web's own credential: it may change stock, nothing else
     for attempt, address in enumerate(addresses, start=1):
         prefix, _ = stack_dns.by_address(base, address)
         try:

@@ -29,6 +29,7 @@ import requests
 from deploy.stack import Compose, Native, driver
 from deploy.topology import HTTP_SERVICES, ROOT, STREAM_SERVICES, ZONE, Site
 from loadtest import chaos
+from services.common import credentials
 from services.sockets import protocol
 from services.sockets.client import ask_time, echo_roundtrip
 
@@ -45,6 +46,11 @@ class RunningStack:
 
     def url(self, path: str) -> str:
         return self.site.base_url + path
+
+    @property
+    def operator(self) -> dict[str, str]:
+        """The header that lets a request change the catalog (the token `make up` made for this stack)."""
+        return {"Authorization": f"Bearer {credentials.read(credentials.OPERATOR, self.site.secrets)}"}
 
     def driver(self) -> Native | Compose:
         return driver(self.mode, self.site, self.env)
@@ -172,8 +178,9 @@ class StackContract:
         """Bodies and parameters that used to end in a 500 (or a broken response): each a 4xx problem document,
         while a well-behaved client keeps getting 200s."""
         bodies = [b"[" * 5000 + b"]" * 5000, b'{"a": NaN}', b"[1e999]", b"1" * 5000, b'{"a": "\xff"}']
-        requests_to_send = [("POST", path, body, {"Content-Type": "application/json"})
-                            for path in ("/catalog/items", "/web/signup", "/httpbin/bins") for body in bodies]
+        requests_to_send = [("POST", path, body, {"Content-Type": "application/json", **credential})
+                            for path, credential in (("/catalog/items", stack.operator), ("/web/signup", {}),
+                                                     ("/httpbin/bins", {})) for body in bodies]
         requests_to_send += [("GET", path, None, {}) for path in (
             "/httpbin/delay/%D9%A3", "/httpbin/delay/inf", "/httpbin/status/200:0", "/httpbin/status/200:nan",
             "/httpbin/status/%D9%A3%D9%A3%D9%A3", "/httpbin/response-headers?Content-Length=1",
@@ -361,6 +368,29 @@ class StackContract:
 
     def test_ps_shows_every_service_healthy(self, stack):
         ps_output(stack)
+
+    def test_only_the_operator_changes_the_catalog_and_web_orders_with_its_own_credential(self, stack):
+        """Anyone could set an item's price, and web trusted it when placing orders."""
+        item = {"name": "Guarded", "price": 700, "stock": 10}
+        anonymous = requests.post(stack.url("/catalog/items"), json=item, timeout=10)
+        assert anonymous.status_code == 401 and anonymous.headers["WWW-Authenticate"].startswith("Bearer")
+        assert anonymous.headers["Content-Type"] == "application/problem+json"
+        created = requests.post(stack.url("/catalog/items"), json=item, headers=stack.operator, timeout=10)
+        assert created.status_code == 201, created.text
+        path, etag = created.headers["Location"], created.headers["ETag"]
+        cheap = requests.patch(stack.url(path), data=json.dumps({"price": 1}), timeout=10,
+                               headers={"Content-Type": "application/merge-patch+json", "If-Match": etag})
+        assert cheap.status_code == 401
+        with requests.Session() as shopper:  # web still changes stock, with its own credential
+            account = {"email": f"{uuid.uuid4().hex[:12]}@example.com", "password": "guarded-pass"}
+            assert shopper.post(stack.url("/web/signup"), json=account, timeout=10).status_code == 201
+            assert shopper.post(stack.url("/web/login"), json=account, timeout=10).status_code == 200
+            order = shopper.post(stack.url("/web/orders"), json={"lines": [{"item_id": created.json()["id"],
+                                                                             "quantity": 3}]}, timeout=10)
+            assert order.status_code == 201, order.text
+            assert order.json()["total"] == 3 * 700
+        after = requests.get(stack.url(path), timeout=10).json()
+        assert (after["price"], after["stock"]) == (700, 7)
 
     # ------------------------------------------------------------ operations: faults under load
 

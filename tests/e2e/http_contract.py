@@ -61,6 +61,7 @@ def make_subject(name: str, stack: RunningStack) -> Subject:
     base = stack.site.base_url
     fresh_int = lambda: random.randrange(10**9, 2**52)  # noqa: E731
     if name == "catalog":
+        session.headers.update(stack.operator)  # changing the catalog takes the operator's credential
         item = {"name": "Teapot", "price": 1250, "stock": 5}
         return Subject(name, session, base, "/catalog/items", lambda: item, item,
                        {**item, "name": "Kettle", "price": 999}, {"stock": 7},
@@ -71,7 +72,7 @@ def make_subject(name: str, stack: RunningStack) -> Subject:
         assert session.post(f"{base}/web/signup", json=credentials, timeout=10).status_code == 201
         assert session.post(f"{base}/web/login", json=credentials, timeout=10).status_code == 200
         stocked = session.post(f"{base}/catalog/items", json={"name": "Widget", "price": 100, "stock": 10**6},
-                               timeout=10).json()["id"]
+                               headers=stack.operator, timeout=10).json()["id"]
         return Subject(name, session, base, "/web/orders",
                        lambda: {"lines": [{"item_id": stocked, "quantity": 1}]},
                        {"quantity": 2}, {"quantity": 5}, {"quantity": 3},

@@ -8,13 +8,16 @@ from tornado.testing import AsyncHTTPTestCase
 from services.catalog.app import make_app
 from tests.unit.cases import CASES
 
+TOKENS = {"catalog_operator": "operator-token", "catalog_web": "web-token"}
+OPERATOR = {"Authorization": "Bearer operator-token"}
+
 
 class CatalogAppTest(AsyncHTTPTestCase):
     """The catalog app on a real HTTP server, with its own throwaway database."""
 
     def get_app(self):
         self.tmp = tempfile.TemporaryDirectory()
-        return make_app(db_path=f"{self.tmp.name}/catalog.sqlite3")
+        return make_app(db_path=f"{self.tmp.name}/catalog.sqlite3", tokens=TOKENS)
 
     def tearDown(self):
         super().tearDown()

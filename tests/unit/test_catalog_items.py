@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 
-from tests.unit.test_catalog import CatalogAppTest
+from tests.unit.test_catalog import OPERATOR, CatalogAppTest
 
 ITEM = {"name": "Teapot", "price": 1250, "stock": 3}
 
 
 class ItemsTest(CatalogAppTest):
     def call(self, method, path, body=None, content_type="application/json", **headers):
+        """As the operator, unless the test sets Authorization itself (None: no credential at all)."""
+        headers = {**OPERATOR, **headers}
+        headers = {name: value for name, value in headers.items() if value is not None}
         if body is not None and not isinstance(body, bytes):
             body = json.dumps(body).encode()
         if body is not None:
@@ -156,3 +159,35 @@ class ItemsTest(CatalogAppTest):
         info = json.loads(self.call("GET", "/conn").body)
         assert info["service"] == "catalog" and info["peer"]["address"] == "127.0.0.1"
         assert info["requests_on_this_connection"] >= 1 and info["http_version"] == "HTTP/1.1"
+
+    def test_reads_are_open_and_every_change_needs_a_credential(self):
+        item, response = self.create()
+        path, etag = f"/items/{item['id']}", response.headers["ETag"]
+        assert self.call("GET", path, Authorization=None).code == 200
+        changes = [("POST", "/items", ITEM, {}), ("PUT", path, ITEM, {"If-Match": etag}),
+                   ("PATCH", path, {"stock": 1}, {"If-Match": etag}), ("DELETE", path, None, {"If-Match": etag})]
+        for method, target, body, extra in changes:
+            kind = "application/merge-patch+json" if method == "PATCH" else "application/json"
+            anonymous = self.call(method, target, body, kind, Authorization=None, **extra)
+            assert anonymous.code == 401, (method, anonymous.body)
+            assert anonymous.headers["WWW-Authenticate"] == 'Bearer realm="catalog"'
+            assert anonymous.headers["Content-Type"] == "application/problem+json"
+            forged = self.call(method, target, body, kind, Authorization="Bearer guessed", **extra)
+            assert forged.code == 401
+            assert forged.headers["WWW-Authenticate"] == 'Bearer realm="catalog", error="invalid_token"'
+        assert self.call("GET", path).headers["ETag"] == etag  # nothing changed
+
+    def test_webs_credential_changes_stock_and_nothing_else(self):
+        item, response = self.create()
+        path, etag = f"/items/{item['id']}", response.headers["ETag"]
+        web = "Bearer web-token"
+        merge = "application/merge-patch+json"
+        assert self.call("POST", "/items", ITEM, Authorization=web).code == 403
+        assert self.call("PATCH", path, {"price": 1}, merge, Authorization=web, **{"If-Match": etag}).code == 403
+        assert self.call("PATCH", path, {"stock": 1, "price": 1}, merge, Authorization=web,
+                         **{"If-Match": etag}).code == 403
+        assert self.call("PUT", path, ITEM, Authorization=web, **{"If-Match": etag}).code == 403
+        assert self.call("DELETE", path, Authorization=web, **{"If-Match": etag}).code == 403
+        stocked = self.call("PATCH", path, {"stock": 1}, merge, Authorization=web, **{"If-Match": etag})
+        assert stocked.code == 200 and json.loads(stocked.body)["stock"] == 1
+        assert json.loads(stocked.body)["price"] == ITEM["price"]
