@@ -24,12 +24,23 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from deploy.topology import DNS, HTTP_SERVICES, NGINX_PORT, ROOT, STREAM_SERVICES, ZONE, Service, Site
+from deploy.topology import DNS, HTTP_SERVICES, NGINX, NGINX_PORT, ROOT, STREAM_SERVICES, ZONE, Service, Site
 
 NGINX_TEMPLATE = ROOT / "nginx" / "nginx.conf.template"
 MODES = ("native", "compose")
-# Paths nginx rate-limits per client (the `credentials` zone in the template), with the upstream serving them.
-RATE_LIMITED = {"/web/login": "web", "/web/signup": "web"}
+# Per-client limits (nginx's limit_req and limit_conn; the template explains who is exempt). Over one: 429.
+CREDENTIALS_LIMIT = "5 per second, bursts of 20"  # login and signup: password guessing
+EXPENSIVE_RATE, EXPENSIVE_BURST = "20r/s", 40  # /fanout (N upstream calls each) and /cpu on every service
+WRITE_RATE, WRITE_BURST = "100r/s", 200  # POST, PUT, PATCH and DELETE anywhere
+CONNECTIONS_PER_CLIENT = 128  # requests in progress at once
+EXPENSIVE_PATHS = ("fanout", "cpu")
+# Exact paths with their own limit: path -> (upstream, limit_req zone, burst).
+RATE_LIMITED = {
+    "/web/login": ("web", "credentials", 20), "/web/signup": ("web", "credentials", 20),
+    **{f"{s.prefix}{path}": (s.name, "expensive", EXPENSIVE_BURST) for s in HTTP_SERVICES for path in EXPENSIVE_PATHS},
+}
+LIMITS = (f"per client: login and signup {CREDENTIALS_LIMIT}; fanout and cpu {EXPENSIVE_RATE[:-4]} per second; "
+          f"writes {WRITE_RATE[:-4]} per second; {CONNECTIONS_PER_CLIENT} requests at once")
 # The errors nginx answers itself, as problem+json, with RFC 9110's titles (429 has its own location, with
 # Retry-After). 494 is nginx's "request header too large", which goes out as a 400. 501 (a transfer coding it
 # does not implement) and 505 (HTTP/2+ in an HTTP/1 request line) are what RFC 9112 asks for there.
@@ -40,6 +51,7 @@ EDGE_ERRORS = {400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 
 PROBLEM_PATH = "/.problem"  # internal: only error_page reaches it
 # Docker's embedded DNS server, reachable from every container on a user-defined network.
 DOCKER_DNS = "127.0.0.11"
+COMPOSE_RESOLVE_S = 10  # how often nginx asks it again (see nginx_conf)
 # Compose: the nginx image's build writes the load_module line there when its nginx has a dynamic stream
 # module (Debian's), and leaves the file empty when the module is built in (nginx.org's images).
 COMPOSE_MODULES_CONF = "/etc/stack/modules.conf"
@@ -138,7 +150,12 @@ def nginx_conf(mode: str, site: Site | None = None) -> str:
     if mode == "compose":
         # Upstreams named by Compose service name and re-resolved through Docker's DNS while running
         # (`resolve`, nginx >= 1.27.3): a recreated container with a new address is reached without a reload.
-        resolver = f"    resolver {DOCKER_DNS} valid=2s ipv6=off;\n    resolver_timeout 2s;\n"
+        # Every 10 s, not 2: each change of the answer starts a new peer list, and a request whose attempt was
+        # failing while it changed is not retried on the other replica (nginx: a request keeps its peer list's
+        # generation). A killed container vanishes from Docker's answer for a moment as it restarts in place;
+        # polled every 2 s that moment was seen often enough to cost requests a 504. `make up` reloads nginx,
+        # so containers it recreated are reached at once; the other replica covers the rest.
+        resolver = f"    resolver {DOCKER_DNS} valid={COMPOSE_RESOLVE_S}s ipv6=off;\n    resolver_timeout 2s;\n"
         # One name, every replica: Docker's DNS answers each replica's address and nginx balances over them.
         upstreams = "".join(_upstream(s.name, [f"{s.name}:{s.port} resolve"]) for s in HTTP_SERVICES)
         stream_upstreams = "".join(_stream_upstream(s, f"{s.name}:{s.port} resolve") for s in STREAM_SERVICES)
@@ -153,6 +170,7 @@ def nginx_conf(mode: str, site: Site | None = None) -> str:
             "STREAM_ACCESS_LOG": "/dev/stdout",
             "TEMP_DIR": "/tmp",  # a tmpfs in Compose (the root filesystem is read-only)
             "STATIC_ROOT": "/srv/stack/static",
+            "PROXY_BIND": "",  # the services know nginx by its Compose name (services/common/proxy.py)
             "SERVER_NAMES": f"localhost 127.0.0.1 nginx {ZONE} nginx.{ZONE}",
         }
     elif mode == "native":
@@ -172,6 +190,9 @@ def nginx_conf(mode: str, site: Site | None = None) -> str:
             "STREAM_ACCESS_LOG": str(site.var / "log" / "nginx-stream.log"),
             "TEMP_DIR": str(site.var / "nginx"),
             "STATIC_ROOT": str(ROOT / "nginx" / "static"),
+            # Upstream connections leave from nginx's own address, which the services trust for X-Forwarded-*
+            # and X-Real-IP (services/common/proxy.py); anything else connecting to them comes from elsewhere.
+            "PROXY_BIND": f"    proxy_bind {site.address(NGINX)};\n",
             "SERVER_NAMES": " ".join(
                 dict.fromkeys(["localhost", "127.0.0.1", site.public_host, ZONE, f"nginx.{ZONE}"])
             ),
@@ -179,15 +200,18 @@ def nginx_conf(mode: str, site: Site | None = None) -> str:
     else:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     # Prefix locations ending in "/" also redirect the bare prefix (/web -> /web/) with a 301.
+    writes = f"            limit_req zone=writes burst={WRITE_BURST} nodelay;\n"
     locations = "".join(
-        f"\n        location {s.prefix} {{\n            proxy_pass http://{s.name};\n        }}\n"
+        f"\n        location {s.prefix} {{\n{writes}            proxy_pass http://{s.name};\n        }}\n"
         for s in HTTP_SERVICES
     )
     locations += "".join(
-        f"\n        location = {path} {{\n            limit_req zone=credentials burst=20 nodelay;\n"
+        f"\n        location = {path} {{\n            limit_req zone={zone} burst={burst} nodelay;\n{writes}"
         f"            proxy_pass http://{upstream};\n        }}\n"
-        for path, upstream in RATE_LIMITED.items()
+        for path, (upstream, zone, burst) in RATE_LIMITED.items()
     )
+    values.update(EXPENSIVE_RATE=EXPENSIVE_RATE, WRITE_RATE=WRITE_RATE, LIMITS=LIMITS,
+                  CONNECTIONS_PER_CLIENT=str(CONNECTIONS_PER_CLIENT))
     values.update(RESOLVER=resolver, UPSTREAMS=upstreams, LOCATIONS=locations, PROBLEM_TITLES=_problem_titles(),
                   EDGE_ERRORS=_edge_errors(list(EDGE_ERRORS)),
                   # The catch-all server answers only what it cannot parse; 404 there means "no answer".
@@ -310,7 +334,7 @@ def supervisord_conf(site: Site, python: str = sys.executable) -> str:
             # STACK_VAR marks every process of this instance, so `down` can prove none is left behind.
             "environment": ",".join(filter(None, [
                 f'PYTHONPATH="{ROOT}",PYTHONUNBUFFERED="1",STACK_VAR="{site.var}",STACK_DATA="{site.var / "data"}",'
-                f'STACK_SECRETS="{site.secrets}"',
+                f'STACK_SECRETS="{site.secrets}",STACK_PROXY="{site.address(NGINX)}"',
                 by_name if name in service_of else None,
                 f'STACK_INSTANCE="{name}"' if name in service_of else None,
                 web_settings(os.environ) if name in service_of and service_of[name].name == "web" else None,

@@ -351,7 +351,10 @@ class Compose:
             return 1
         self.env.update(base_images(self.env))
         # --wait returns once every service's healthcheck passes (nginx's own waits on the others).
-        return self.run("up", "--detach", "--build", "--wait", "--wait-timeout", "300", check=False).returncode
+        code = self.run("up", "--detach", "--build", "--wait", "--wait-timeout", "300", check=False).returncode
+        if code == 0:
+            self.reload()  # nginx resolves the services again now: containers this `up` recreated have new addresses
+        return code
 
     def down(self) -> int:
         if not docker_answers():

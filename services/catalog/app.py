@@ -17,7 +17,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from services.catalog.openapi import OPENAPI
 from services.catalog.store import Items, validate
-from services.common import accesslog, credentials, db, drain, http, semantics, stack_dns
+from services.common import accesslog, credentials, db, drain, http, proxy, semantics, stack_dns
 from services.common.idempotency import HEADER as IDEMPOTENCY_KEY
 from services.common.idempotency import StoredResponse, fingerprint, run_once
 
@@ -342,7 +342,8 @@ ROUTES: list[tuple[str, type[BaseHandler]]] = [
 def log_request(handler: tornado.web.RequestHandler) -> None:
     """Access log line with the request id and the request time, like the other services'."""
     request = handler.request
-    accesslog.write(http.client_address(request.headers.get("X-Real-IP"), request.remote_ip),
+    real_ip = request.headers.get("X-Real-IP") if proxy.nginx.trusts(request.remote_ip) else None
+    accesslog.write(http.client_address(real_ip, request.remote_ip),
                     f"{request.method} {request.uri} {request.version}",
                     handler.get_status(), handler._headers.get("Content-Length", "-"),
                     getattr(handler, "request_id", "-") or "-", request.request_time())

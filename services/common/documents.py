@@ -88,8 +88,9 @@ class Documents:
 
     @db.off_the_hub
     def create(self, collection: str, location_of: Callable[[str], str], headers: Mapping[str, str],
-               body: bytes, path: str, validate: Validator) -> tuple[StoredResponse, bool]:
-        """POST: a new document under a generated key (Idempotency-Key honoured). Returns (response, replayed)."""
+               body: bytes, path: str, validate: Validator, caller: str = "") -> tuple[StoredResponse, bool]:
+        """POST: a new document under a generated key (Idempotency-Key honoured, per `caller`: one client's key
+        never replays another's response). Returns (response, replayed)."""
 
         def act(record: Callable[[StoredResponse], None]) -> StoredResponse:
             document = validate(semantics.json_body(headers.get("Content-Type"), body))
@@ -100,7 +101,7 @@ class Documents:
                 record(response)
             return response
 
-        return run_once(self.keys, headers.get("Idempotency-Key"), f"{collection} POST {path}",
+        return run_once(self.keys, headers.get("Idempotency-Key"), f"{caller} {collection} POST {path}",
                         fingerprint("POST", path, body), act)
 
     # ------------------------------------------------------------ one document

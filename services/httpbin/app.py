@@ -125,8 +125,10 @@ async def bins(request: web.Request) -> web.Response:
     semantics.require_acceptable(request.headers.get("Accept"))
     documents = request.app[DOCUMENTS]
     if request.method == "POST":
+        # Bins are anonymous: the caller is the client's address (as nginx saw it), so its keys are its own.
         stored, replayed = documents.create("bins", lambda key: f"{PREFIX}/bins/{key}", request.headers,
-                                            await request.read(), request.path, bin_document)
+                                            await request.read(), request.path, bin_document,
+                                            caller=endpoints.origin(request))
         return _send(stored, replayed)
     limit = http.int_param(request.query.get("limit"), "limit", 20, 1, 100)
     after = request.query.get("cursor", "")

@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 from aiohttp import web
 
-from services.common import http, semantics
+from services.common import http, proxy, semantics
 
 PREFIX = "/httpbin"
 MAX_DELAY = 10
@@ -45,14 +45,21 @@ def reply(body: object, status: int = 200, headers: dict[str, str] | None = None
     return web.Response(text=dumps(body), status=status, content_type="application/json", headers=headers)
 
 
+def forwarded(request: web.Request, name: str, default: str) -> str:
+    """A forwarded header's value when nginx sent it (services/common/proxy.py), else what the socket says."""
+    if proxy.nginx.trusts(request.remote):
+        return request.headers.get(name, default)
+    return default
+
+
 def origin(request: web.Request) -> str:
     """The client's address: behind nginx, the X-Forwarded-For nginx set (it overwrites any client value)."""
-    return request.headers.get("X-Forwarded-For", request.remote or "")
+    return forwarded(request, "X-Forwarded-For", request.remote or "")
 
 
 def url_of(request: web.Request) -> str:
-    proto = request.headers.get("X-Forwarded-Proto", request.scheme)
-    host = request.headers.get("X-Forwarded-Host", request.host)
+    proto = forwarded(request, "X-Forwarded-Proto", request.scheme)
+    host = forwarded(request, "X-Forwarded-Host", request.host)
     return f"{proto}://{host}{request.rel_url}"
 
 

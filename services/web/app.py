@@ -16,7 +16,7 @@ import gevent
 from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
-from services.common import db, http, semantics
+from services.common import db, http, proxy, semantics
 from services.common.idempotency import HEADER as IDEMPOTENCY_KEY
 from services.common.idempotency import StoredResponse, fingerprint, run_once
 from services.web import orders, upstream
@@ -140,7 +140,10 @@ def refuse_cross_site(headers: Mapping[str, str]) -> None:
         raise http.Problem(403, "Cross-site request refused", f"Sec-Fetch-Site: {site[:40]}")
     origin = headers.get("Origin")
     if origin is not None:
-        own = f"{headers.get('X-Forwarded-Proto', 'http')}://{headers.get('X-Forwarded-Host') or headers.get('Host')}"
+        behind_nginx = proxy.nginx.trusts(request.remote_addr)
+        scheme = headers.get("X-Forwarded-Proto", "http") if behind_nginx else request.scheme
+        host = (headers.get("X-Forwarded-Host") if behind_nginx else None) or headers.get("Host")
+        own = f"{scheme}://{host}"
         if origin.lower() != own.lower():
             raise http.Problem(403, "Cross-site request refused", f"Origin {origin[:80]} is not {own[:80]}")
 

@@ -11,6 +11,8 @@ Worker class and sizing come from the environment so comparisons switch them wit
 import multiprocessing
 import os
 
+from services.common.proxy import TrustedProxy
+
 
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name, "")
@@ -59,9 +61,9 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 # container's non-root user may have no writable home.
 control_socket_disable = True
 
-# Trust X-Forwarded-Proto/-For from the proxy: the service is only reachable from nginx (loopback in
-# native mode, the private Compose network otherwise).
-forwarded_allow_ips = "*"
+# Trust X-Forwarded-Proto (wsgi.url_scheme) only on connections from nginx: $STACK_PROXY's addresses
+# (services/common/proxy.py). A name (Compose's "nginx") cannot be listed here; the app checks it per request.
+forwarded_allow_ips = ",".join(TrustedProxy(os.environ.get("STACK_PROXY")).literals()) or "127.0.0.1,::1"
 
 # Access log on stdout with the request id (echoed in the response) and the request time in seconds, in
 # the same line format as the other services and written without the logging module (access_logger.py

@@ -18,6 +18,7 @@ import pytest
 
 from deploy.render import (
     COMPOSE_MODULES_CONF,
+    CONNECTIONS_PER_CLIENT,
     EDGE_ERRORS,
     PROBLEM_PATH,
     RATE_LIMITED,
@@ -108,15 +109,28 @@ def test_upstreams_keep_connections_alive_over_http11(http_block, mode):
     assert headers["X-Request-ID"] == "$stack_request_id"
 
 
-def test_credentials_are_rate_limited_with_429(http_block):
-    assert one(http_block, "limit_req_status") == ["429"]
-    (zone,) = find(http_block, "limit_req_zone")
-    assert "zone=credentials:1m" in zone["args"]
+def test_credentials_expensive_endpoints_and_writes_are_limited_per_client_with_429(http_block):
+    assert one(http_block, "limit_req_status") == ["429"] and one(http_block, "limit_conn_status") == ["429"]
+    zones = {d["args"][1].split(":")[0].removeprefix("zone="): d["args"] for d in find(http_block, "limit_req_zone")}
+    assert zones["credentials"][0] == "$binary_remote_addr"  # every client, loopback included
+    assert zones["expensive"][0] == "$stack_limited_client" and zones["writes"][0] == "$stack_writing_client"
+    (exempt,) = [g for g in find(http_block, "geo") if g["args"] == ["$stack_limit_exempt"]]
+    assert {tuple(d["args"]) if d["args"] else (d["directive"],) for d in exempt["block"]} >= {("0",), ("1",)}
+    assert {d["directive"] for d in exempt["block"]} == {"default", "127.0.0.1", "::1"}  # this machine only
+    (writing,) = [m for m in find(http_block, "map") if m["args"] == ["$request_method", "$stack_writing_client"]]
+    assert [d["directive"] for d in writing["block"]] == ["~^(POST|PUT|PATCH|DELETE)$", "default"]
     servers = [d["block"] for d in find(http_block, "server")]
     (site_server,) = [s for s in servers if "default_server" not in one(s, "listen")]
+    assert one(site_server, "limit_conn") == ["perclient", str(CONNECTIONS_PER_CLIENT)]
     locations = {tuple(d["args"]): d["block"] for d in find(site_server, "location")}
-    for path in RATE_LIMITED:
-        assert one(locations[("=", path)], "limit_req")[0] == "zone=credentials"
+    for path, (upstream, zone, burst) in RATE_LIMITED.items():
+        limits = [d["args"] for d in find(locations[("=", path)], "limit_req")]
+        assert [f"zone={zone}", f"burst={burst}", "nodelay"] in limits, path
+        assert one(locations[("=", path)], "proxy_pass") == [f"http://{upstream}"]
+    assert {p for p, (_, zone, _) in RATE_LIMITED.items() if zone == "expensive"} == {
+        f"{s.prefix}{name}" for s in HTTP_SERVICES for name in ("fanout", "cpu")}
+    for service in HTTP_SERVICES:  # writes, on every prefix
+        assert find(locations[(service.prefix,)], "limit_req")[0]["args"][0] == "zone=writes"
     assert ["429", "=", "@too_many_requests"] in [d["args"] for d in find(site_server, "error_page")]
 
 

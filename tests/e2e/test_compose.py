@@ -17,6 +17,7 @@ import uuid
 import pytest
 import requests
 
+from deploy.render import COMPOSE_RESOLVE_S
 from deploy.stack import COMPOSE_FILE, Compose, base_images, compose_command, docker_answers
 from deploy.topology import ROOT, SERVICES, STREAM_SERVICES, Site
 from tests.conftest import free_port, free_tcp_udp_port
@@ -155,7 +156,7 @@ class TestComposeStack(StackContract, HttpSemanticsContract):
             assert result.returncode == 0, result.stderr
             new = stack.container("catalog")
             assert new != old and address(new) != old_ip
-            deadline, reached = time.monotonic() + 30, None
+            deadline, reached = time.monotonic() + 2 * COMPOSE_RESOLVE_S + 10, None  # nginx asks DNS again
             while time.monotonic() < deadline and reached is None:
                 rid = f"recreated-{uuid.uuid4().hex}"
                 response = requests.get(stack.url("/catalog/json"), headers={"X-Request-ID": rid}, timeout=5)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import csv
+import http.client
+import json
 import os
 import re
 import shutil
@@ -14,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -87,6 +90,74 @@ class TestNativeStack(StackContract, HttpSemanticsContract):
             for name, bind in stack.site.instances(service).items():
                 workers = r"gunicorn gevent workers: [1-9]" if service.name == "web" else "one process"
                 assert re.search(rf"^instance {name}\s+{re.escape(bind)}\s+healthy\s+{workers}", out, re.M), out
+
+    def test_forwarded_headers_count_only_when_nginx_sends_them(self, stack):
+        """A local process that connects to a service directly cannot claim to be someone else, or elsewhere."""
+        httpbin = next(s for s in HTTP_SERVICES if s.name == "httpbin")
+        forged = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Host": "evil.example",
+                  "X-Forwarded-Proto": "https"}
+        direct = requests.get(f"http://{stack.site.address(httpbin)}:{httpbin.port}/httpbin/get", headers=forged,
+                              timeout=5).json()
+        assert direct["origin"] == "127.0.0.1"  # the socket's peer, not the claim
+        assert direct["url"].startswith(f"http://{stack.site.address(httpbin)}:{httpbin.port}/")
+        proxied = requests.get(stack.url("/httpbin/get"), headers=forged, timeout=5).json()
+        assert proxied["origin"] == "127.0.0.1"  # nginx replaced the claim with what it saw
+        assert proxied["url"].startswith(stack.site.base_url)
+
+    def request_from(self, stack, source: str, method: str, path: str, body: str | None = None,
+                     headers: dict | None = None) -> http.client.HTTPResponse:
+        """One request through nginx from a chosen loopback source address (each one a different client)."""
+        connection = http.client.HTTPConnection(stack.site.public_host, stack.site.public_port, timeout=20,
+                                                source_address=(source, 0))
+        try:
+            connection.request(method, path, body, headers or {})
+            response = connection.getresponse()
+            response.body = response.read()
+            return response
+        finally:
+            connection.close()
+
+    def test_one_client_over_its_limits_gets_429s_and_others_do_not(self, stack):
+        """Per client address: expensive endpoints 20/s (burst 40), 128 requests at once. This machine's own
+        127.0.0.1 is exempt (make loadtest, make compare); 127.0.0.2 and .3 are other clients."""
+        def burst(source: str, path: str, n: int) -> list[http.client.HTTPResponse]:
+            with ThreadPoolExecutor(16) as pool:
+                return list(pool.map(lambda _: self.request_from(stack, source, "GET", path), range(n)))
+
+        limited = burst("127.0.0.2", "/catalog/cpu?n=10", 80)  # 80 at once: more than the burst of 40
+        statuses = collections.Counter(r.status for r in limited)
+        assert set(statuses) == {200, 429} and statuses[200] >= 40, statuses
+        refused = next(r for r in limited if r.status == 429)
+        assert refused.getheader("Content-Type") == "application/problem+json"
+        assert refused.getheader("Retry-After") == "1"
+        assert json.loads(refused.body)["request_id"] == refused.getheader("X-Request-ID")
+        assert {r.status for r in burst("127.0.0.1", "/catalog/cpu?n=10", 80)} == {200}  # exempt
+        assert self.request_from(stack, "127.0.0.4", "GET", "/catalog/cpu?n=10").status == 200  # someone else
+        with ThreadPoolExecutor(140) as pool:  # 140 requests in progress at once from one client: 128 allowed
+            held = list(pool.map(lambda _: self.request_from(stack, "127.0.0.3", "GET", "/web/io?ms=1500"),
+                                 range(140)))
+        statuses = collections.Counter(r.status for r in held)
+        assert set(statuses) == {200, 429} and statuses[200] >= 128 - 16, statuses
+
+    def test_one_clients_idempotency_key_never_replays_anothers_bin(self, stack):
+        """Bins are anonymous: the key is scoped to the client address nginx saw."""
+        key, body = uuid.uuid4().hex, json.dumps({"note": "mine"})
+
+        def post_from(source: str) -> http.client.HTTPResponse:
+            connection = http.client.HTTPConnection(stack.site.public_host, stack.site.public_port, timeout=10,
+                                                    source_address=(source, 0))
+            connection.request("POST", "/httpbin/bins", body, {"Content-Type": "application/json",
+                                                               "Idempotency-Key": key})
+            response = connection.getresponse()
+            response.read()
+            return response
+
+        first, replay, other = post_from("127.0.0.2"), post_from("127.0.0.2"), post_from("127.0.0.3")
+        assert first.status == replay.status == other.status == 201
+        assert replay.getheader("Idempotent-Replayed") == "true"
+        assert replay.getheader("Location") == first.getheader("Location")
+        assert other.getheader("Idempotent-Replayed") is None  # the other client's own new bin
+        assert other.getheader("Location") != first.getheader("Location")
 
     def test_each_service_answers_directly_on_its_own_loopback_address(self, stack):
         for service in HTTP_SERVICES:

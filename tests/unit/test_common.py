@@ -267,3 +267,19 @@ def test_a_claim_whose_process_died_is_taken_over_by_the_retry_at_once(tmp_path)
     finally:
         if child.is_alive():
             child.kill()
+
+
+def test_forwarded_headers_are_trusted_only_from_nginx(monkeypatch):
+    from services.common import proxy
+
+    native = proxy.TrustedProxy("127.0.10.1")
+    assert native.trusts("127.0.10.1") and native.trusts("::ffff:127.0.10.1")
+    assert not native.trusts("127.0.0.1") and not native.trusts(None)  # a local process connecting directly
+    assert native.literals() == ["127.0.10.1"]
+    assert not proxy.TrustedProxy(None).trusts("127.0.0.1")  # unset: nobody
+    by_name = proxy.TrustedProxy("localhost")  # Compose's "nginx": looked up, and again after REFRESH_S
+    assert by_name.literals() == [] and by_name.trusts("127.0.0.1")
+    monkeypatch.setattr(proxy.socket, "getaddrinfo", lambda *a, **k: [(0, 0, 0, "", ("10.0.0.9", 0))])
+    assert by_name.trusts("127.0.0.1")  # cached ...
+    by_name._expires = 0
+    assert by_name.trusts("10.0.0.9") and not by_name.trusts("127.0.0.1")  # ... then the new address
