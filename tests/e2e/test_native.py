@@ -36,18 +36,17 @@ from services.sockets.client import ask_time
 from services.web.openapi import OPENAPI as WEB_OPENAPI
 from tests.conftest import free_port
 from tests.e2e.contract import RunningStack, StackContract, bystander, ps_output
-from tests.e2e.http_contract import HttpSemanticsContract
+from tests.e2e.http_contract import HttpSemanticsContract, make_subject
 
 pytestmark = pytest.mark.e2e
 NET = "127.0.21"
 
 
-@pytest.fixture(scope="module")
-def native_stack(tmp_path_factory):
-    var = tmp_path_factory.mktemp("native-var")
-    site = Site(net=NET, public_host=f"{NET}.1", public_port=free_port(f"{NET}.1"), var=var)
+def start_native_stack(var: Path, net: str, settings: dict[str, str] | None = None) -> RunningStack:
+    """A native stack of its own (addresses net.x, a free port, state in var), up and healthy."""
+    site = Site(net=net, public_host=f"{net}.1", public_port=free_port(f"{net}.1"), var=var)
     env = {**os.environ, "STACK_NET": site.net, "STACK_HOST": site.public_host,
-           "STACK_PORT": str(site.public_port), "STACK_VAR": str(var), "MODE": "native"}
+           "STACK_PORT": str(site.public_port), "STACK_VAR": str(var), "MODE": "native", **(settings or {})}
 
     by_name = {s.name: s for s in SERVICES}
 
@@ -59,8 +58,40 @@ def native_stack(tmp_path_factory):
     if result.returncode:
         stack.deploy("down")
         pytest.fail(f"native up failed:\n{result.stdout}\n{result.stderr}")
+    return stack
+
+
+@pytest.fixture(scope="module")
+def native_stack(tmp_path_factory):
+    stack = start_native_stack(tmp_path_factory.mktemp("native-var"), NET)
     yield stack
     stack.deploy("down")
+
+
+@pytest.fixture(scope="module", params=["sync", "gthread"])
+def web_under_another_worker_class(request, tmp_path_factory):
+    """The stack with web on gunicorn's sync or gthread workers (gevent is the default, tested above)."""
+    settings = {"WEB_WORKER_CLASS": request.param, "WEB_WORKERS": "3",
+                **({"WEB_THREADS": "4"} if request.param == "gthread" else {})}
+    stack = start_native_stack(tmp_path_factory.mktemp(f"native-{request.param}"), "127.0.22", settings)
+    yield stack
+    stack.deploy("down")
+
+
+class TestWebContractUnderEveryWorkerClass(HttpSemanticsContract):
+    """web's HTTP contract (orders, idempotency, preconditions, restarts) once more per worker class: each
+    thread or worker has its own SQLite connection, and sync's one-request-per-process still keeps it."""
+
+    @pytest.fixture
+    def stack(self, web_under_another_worker_class):
+        result = web_under_another_worker_class.deploy("ps")
+        worker_class = web_under_another_worker_class.env["WEB_WORKER_CLASS"]
+        assert f"gunicorn {worker_class} workers: 3" in result.stdout, result.stdout
+        return web_under_another_worker_class
+
+    @pytest.fixture
+    def subject(self, stack):
+        return make_subject("web", stack)
 
 
 def wait_for_every_service(stack: RunningStack, timeout: float = 60) -> None:
