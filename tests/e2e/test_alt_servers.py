@@ -28,10 +28,10 @@ def serve(command: list[str], port: int, prefix: str, env: dict[str, str] | None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            requests.get(url + "healthz", timeout=1)
+            requests.get(url + "healthz", timeout=5)
             return proc, url
-        except requests.ConnectionError:
-            time.sleep(0.2)
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet; or workers still booting (a
+            time.sleep(0.2)                                    # busy machine: 8 sync workers on 2 cores)
     proc.kill()
     pytest.fail(f"{command} did not start:\n{proc.communicate()[0]}")
 
