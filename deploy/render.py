@@ -335,8 +335,8 @@ def supervisord_conf(site: Site, python: str = sys.executable) -> str:
             "environment": ",".join(filter(None, [
                 f'PYTHONPATH="{ROOT}",PYTHONUNBUFFERED="1",STACK_VAR="{site.var}",STACK_DATA="{site.var / "data"}",'
                 f'STACK_SECRETS="{site.secrets}",STACK_PROXY="{site.address(NGINX)}"',
-                by_name if name in service_of else None,
-                f'STACK_INSTANCE="{name}"' if name in service_of else None,
+                *((by_name, f'STACK_INSTANCE="{name}",STACK_INSTANCES="{service_of[name].instances}"')
+                  if name in service_of else ()),
                 web_settings(os.environ) if name in service_of and service_of[name].name == "web" else None,
             ])),
             "priority": str(priority * 10),  # dns first, nginx last

@@ -2,7 +2,8 @@
 
 Worker class and sizing come from the environment so comparisons switch them without editing files:
   WEB_WORKER_CLASS   sync | gthread | gevent (default) | ...      -> worker_class
-  WEB_WORKERS        default 2 x cores + 1, capped at 8            -> workers
+  WEB_WORKERS        default 2 x cores + 1, capped at 8, shared     -> workers
+                     by the STACK_INSTANCES instances on this machine (at least 2 each)
   WEB_THREADS        threads per gthread worker (default 1)        -> threads
   WEB_WORKER_CONNECTIONS  max concurrent clients per gevent worker (default 1000)
   WEB_BIND           host:port to listen on (default 127.0.0.1:8001)
@@ -30,9 +31,12 @@ backlog = 2048
 # serves up to worker_connections requests at once. sync: one request per process at a time.
 worker_class = os.environ.get("WEB_WORKER_CLASS", "gevent")
 
-# Processes. The classic rule is 2 x cores + 1 for sync workers; capped because each worker costs memory
-# and, on a small machine, more processes than cores only add context switches for event-loop workers.
-workers = _env_int("WEB_WORKERS", min(2 * multiprocessing.cpu_count() + 1, 8))
+# Processes. The classic rule is 2 x cores + 1 for sync workers, per machine: the instances of web on this
+# machine share it (2 instances on 2 cores: 2 workers each, not 5: ten processes on two cores put web's p99.9
+# at 23-30 ms under `make soak`, four at 18-21 ms). Capped because each worker costs memory and, on a small
+# machine, more processes than cores only add context switches for event-loop workers.
+instances = _env_int("STACK_INSTANCES", 1)
+workers = _env_int("WEB_WORKERS", max(2, min(2 * multiprocessing.cpu_count() + 1, 8) // instances))
 
 # Threads per worker, for the gthread class. Keep 1 for sync: gunicorn silently runs a "sync" worker with
 # threads > 1 as gthread, which would mislabel a comparison.

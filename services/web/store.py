@@ -46,6 +46,9 @@ CREATE TABLE IF NOT EXISTS order_lines (
     quantity INTEGER NOT NULL,
     PRIMARY KEY (order_id, item_id)
 );
+-- A user's orders, in order: without it a page of one user's orders scanned every order in the table from the
+-- cursor on (the p99.9 of GET /web/orders grew with the table, to 57 ms at 17,000 orders).
+CREATE INDEX IF NOT EXISTS orders_by_user ON orders (user_id, id);
 """
 SESSION_TTL = float(os.environ.get("WEB_SESSION_TTL_SECONDS", str(7 * 24 * 3600)))
 
@@ -66,8 +69,9 @@ def _token_hash(token: str) -> str:
 
 
 class Store:
-    """Accounts, sessions and orders in SQLite. Every method is blocking work (SQLite, scrypt), so under gevent
-    it runs in the hub's threadpool (db.off_the_hub), on that thread's own connection (db.PerThread)."""
+    """Accounts, sessions and orders in SQLite, one connection per OS thread (db.PerThread). Under gevent, what
+    can wait (writes, which queue for SQLite's write lock, and scrypt) runs in the hub's threadpool
+    (db.off_the_hub); indexed reads, which never wait in WAL mode, run on the hub (db.read_on_the_hub)."""
 
     def __init__(self, path: str | Path) -> None:
         self.conn = db.PerThread(path)
@@ -89,7 +93,7 @@ class Store:
             raise Problem(409, "Email already registered", f"an account for {email} exists; log in instead") from None
         return self.user(cursor.lastrowid)
 
-    @db.off_the_hub
+    @db.read_on_the_hub
     def user(self, user_id: int) -> dict:
         row = self.conn.execute("SELECT id, email, created_at FROM users WHERE id = ?", (user_id,)).fetchone()
         return dict(row)
@@ -116,7 +120,7 @@ class Store:
                               (_token_hash(token), user_id, time.time() + SESSION_TTL))
         return token
 
-    @db.off_the_hub
+    @db.read_on_the_hub
     def session_user(self, token: str | None) -> dict | None:
         if not token:
             return None
@@ -153,12 +157,12 @@ class Store:
                 then(order)
         return order
 
-    @db.off_the_hub
+    @db.read_on_the_hub
     def order(self, order_id: int) -> dict | None:
         row = self.conn.execute("SELECT * FROM orders WHERE id = ?", (order_id,)).fetchone()
         return None if row is None else self._orders_with_lines([row])[0]
 
-    @db.off_the_hub
+    @db.read_on_the_hub
     def orders_page(self, user_id: int, limit: int, after: int) -> tuple[list[dict], bool]:
         rows = self.conn.execute(
             "SELECT * FROM orders WHERE user_id = ? AND id > ? ORDER BY id LIMIT ?", (user_id, after, limit + 1)

@@ -72,6 +72,8 @@ def test_http_services_run_their_topology_instances_and_stop_gracefully():
     services = compose_config()["services"]
     for service in HTTP_SERVICES:
         assert services[service.name]["deploy"]["replicas"] == service.instances >= 2, service.name
+    web = next(s for s in HTTP_SERVICES if s.name == "web")  # its replicas share the worker budget
+    assert services["web"]["environment"]["STACK_INSTANCES"] == str(web.instances)
     for name, service in services.items():
         assert service["stop_grace_period"] == f"{STOP_GRACE_SECONDS}s", name
     assert services["nginx"]["stop_signal"] == "SIGQUIT"  # graceful; SIGTERM would drop requests in flight

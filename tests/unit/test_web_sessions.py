@@ -234,3 +234,11 @@ def test_unsafe_requests_from_another_site_are_refused(client, headers, allowed)
 def test_safe_requests_from_anywhere_still_work(client):
     assert client.get("/web/json", headers={"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
                       ).status_code == 200
+
+
+def test_a_page_of_one_users_orders_reads_that_users_orders_only(tmp_path):
+    """The query walks the (user_id, id) index, not every order in the table from the cursor on."""
+    store = Store(tmp_path / "web.sqlite3")
+    plan = " ".join(row["detail"] for row in store.conn.execute(
+        "EXPLAIN QUERY PLAN SELECT * FROM orders WHERE user_id = ? AND id > ? ORDER BY id LIMIT ?", (1, 0, 21)))
+    assert "USING INDEX orders_by_user" in plan or "USING COVERING INDEX orders_by_user" in plan, plan
