@@ -9,6 +9,7 @@ engine answers and native otherwise. Every command is safe to repeat.
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import os
 import shutil
@@ -19,7 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from deploy import procs
@@ -108,6 +109,20 @@ def back_in_rotation() -> None:
     time.sleep(UPSTREAM_FAIL_TIMEOUT_S + 0.5)
 
 
+def one_at_a_time(instances: list[tuple[str, Callable[[], object], Callable[[], bool]]]) -> int:
+    """(name, restart it, wait until healthy) for each instance, in turn: the next one goes only when this one
+    answers again and nginx sends it requests. 1 (and stop) when one does not come back."""
+    for name, restart, healthy in instances:
+        started = time.monotonic()
+        restart()
+        if not healthy():
+            log(f"{name} did not come back; see `make logs`")
+            return 1
+        log(f"{name} restarted and healthy in {time.monotonic() - started:.1f} s")
+        back_in_rotation()
+    return 0
+
+
 # ---------------------------------------------------------------- native mode (supervisor)
 
 class Native:
@@ -186,16 +201,10 @@ class Native:
     def restart(self, services: list[str]) -> int:
         """Restart every instance of the named HTTP services, one at a time: each is stopped gracefully
         (nginx sends its requests to the others meanwhile) and healthy again before the next one goes."""
-        for name, (service, _) in self.instances.items():
-            if service.name in services:
-                started = time.monotonic()
-                self.ctl("restart", name)
-                if not self.instance_healthy(name):
-                    log(f"{name} did not come back; see `make logs`")
-                    return 1
-                log(f"{name} restarted and healthy in {time.monotonic() - started:.1f} s")
-                back_in_rotation()
-        return 0
+        return one_at_a_time([
+            (name, functools.partial(self.ctl, "restart", name), functools.partial(self.instance_healthy, name))
+            for name, (service, _) in self.instances.items() if service.name in services
+        ])
 
     def reload(self) -> int:
         """nginx re-reads its config: new workers start, old ones finish their requests and exit."""
@@ -381,19 +390,15 @@ class Compose:
         return False
 
     def restart(self, services: list[str]) -> int:
-        """Restart a service's replicas one at a time, each healthy again before the next goes. nginx re-resolves
-        the name every 2 s and skips a replica that refuses connections meanwhile."""
-        for service in services:
-            for container in self.containers(service):
-                started = time.monotonic()
-                subprocess.run(["docker", "restart", "--time", str(STOP_GRACE_SECONDS), container],
-                               check=True, capture_output=True)
-                if not self.container_healthy(container):
-                    log(f"{service} replica {container[:12]} did not come back; see `make logs`")
-                    return 1
-                log(f"{service} replica {container[:12]} restarted and healthy in {time.monotonic() - started:.1f} s")
-                back_in_rotation()
-        return 0
+        """Restart a service's replicas one at a time, each healthy again before the next goes; nginx skips a
+        replica that refuses connections meanwhile (a restarted container keeps its address)."""
+        restart = ["docker", "restart", "--time", str(STOP_GRACE_SECONDS)]
+        return one_at_a_time([
+            (f"{service} replica {container[:12]}",
+             functools.partial(subprocess.run, [*restart, container], check=True, capture_output=True),
+             functools.partial(self.container_healthy, container))
+            for service in services for container in self.containers(service)
+        ])
 
     def reload(self) -> int:
         """nginx re-reads its config (the one baked into its image) and replaces its workers gracefully."""
