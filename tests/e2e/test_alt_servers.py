@@ -26,12 +26,16 @@ def serve(command: list[str], port: int, prefix: str, env: dict[str, str] | None
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}{prefix}"
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            requests.get(url + "healthz", timeout=5)
-            return proc, url
-        except (requests.ConnectionError, requests.Timeout):  # not listening yet; or workers still booting (a
-            time.sleep(0.2)                                    # busy machine: 8 sync workers on 2 cores)
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                requests.get(url + "healthz", timeout=5)
+                return proc, url
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet; or workers still booting
+                time.sleep(0.2)                                    # (a busy machine: 8 sync workers on 2 cores)
+    except BaseException:
+        proc.kill()  # whatever went wrong, leave no server behind
+        raise
     proc.kill()
     pytest.fail(f"{command} did not start:\n{proc.communicate()[0]}")
 
