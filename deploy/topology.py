@@ -61,7 +61,7 @@ class Service:
 HTTP_SERVICES: tuple[Service, ...] = (
     Service("web", "Flask", "gunicorn, gevent workers", 8001, 11, "/web/", instances=HTTP_INSTANCES),
     Service("catalog", "Tornado", "Tornado HTTPServer, own IOLoop", 8002, 12, "/catalog/", instances=HTTP_INSTANCES),
-    Service("httpbin", "aiohttp", "aiohttp web.run_app", 8003, 13, "/httpbin/", instances=HTTP_INSTANCES),
+    Service("httpbin", "aiohttp", "aiohttp AppRunner", 8003, 13, "/httpbin/", instances=HTTP_INSTANCES),
 )
 # The seed's socket programs, behind nginx's stream {} proxy (layer 4: bytes and datagrams, no HTTP).
 # time-tcp and time-udp are one service on two transports: the same address and port number, like DNS.

@@ -60,7 +60,7 @@ CONFIGS: tuple[Config, ...] = (
            processes=CORES, endpoints=("plaintext", "json")),
     Config("catalog-gunicorn", "catalog", f"Tornado, gunicorn -k tornado x{CORES}", "/catalog",
            "gunicorn-tornado", processes=CORES),
-    Config("httpbin-aiohttp", "httpbin", "aiohttp, web.run_app x1", "/httpbin", "aiohttp"),
+    Config("httpbin-aiohttp", "httpbin", "aiohttp, AppRunner x1", "/httpbin", "aiohttp"),
     Config("bare-aiohttp", "reference", "bare aiohttp, web.run_app x1", "/bare", "bare-aiohttp",
            endpoints=("plaintext", "json")),
     Config("httpbin-gunicorn", "httpbin", f"aiohttp, gunicorn GunicornWebWorker x{CORES}", "/httpbin",

@@ -1,1 +1,1 @@
-"""httpbin: the aiohttp service, via web.run_app (python -m services.httpbin) or aiohttp.GunicornWebWorker."""
+"""httpbin: the aiohttp service, on aiohttp's AppRunner (python -m services.httpbin) or aiohttp.GunicornWebWorker."""
