@@ -145,17 +145,17 @@ class TestComposeStack(StackContract, HttpSemanticsContract):
 
     def test_nginx_reaches_a_recreated_container_without_a_restart(self, stack):
         nginx_before = inspect(stack.container("nginx"))
-        old = stack.container("catalog")
-        old_ip, image = address(old), inspect(old)["Image"]
+        old = stack.containers("catalog")
+        old_ips, image = {address(c) for c in old}, inspect(old[0])["Image"]
         assert stack.compose("rm", "--stop", "--force", "catalog").returncode == 0
-        # Hold the old address so the new container surely gets another one, as after a real reschedule.
-        placeholder = docker("run", "--detach", "--rm", "--network", f"{PROJECT}_default", "--entrypoint",
-                             "python", image, "-c", "import time; time.sleep(300)")
+        # Hold every old address so the new replicas surely get others, as after a real reschedule.
+        placeholders = [docker("run", "--detach", "--rm", "--network", f"{PROJECT}_default", "--entrypoint",
+                               "python", image, "-c", "import time; time.sleep(300)") for _ in old]
         try:
             result = stack.compose("up", "--detach", "--no-deps", "--wait", "catalog")
             assert result.returncode == 0, result.stderr
-            new = stack.container("catalog")
-            assert new != old and address(new) != old_ip
+            new = stack.containers("catalog")
+            assert not set(new) & set(old) and not {address(c) for c in new} & old_ips
             deadline, reached = time.monotonic() + 2 * COMPOSE_RESOLVE_S + 10, None  # nginx asks DNS again
             while time.monotonic() < deadline and reached is None:
                 rid = f"recreated-{uuid.uuid4().hex}"
@@ -168,7 +168,7 @@ class TestComposeStack(StackContract, HttpSemanticsContract):
             # A new container served it (either replica).
             assert any(reached in container_logs(c, reached, timeout=3) for c in stack.containers("catalog"))
         finally:
-            docker("rm", "--force", placeholder)
+            docker("rm", "--force", *placeholders)
         nginx_after = inspect(stack.container("nginx"))
         assert nginx_after["Id"] == nginx_before["Id"]
         assert nginx_after["State"]["StartedAt"] == nginx_before["State"]["StartedAt"]  # never restarted
