@@ -26,6 +26,14 @@ def _parents() -> dict[int, int]:
     return table
 
 
+def parent(pid: int) -> int | None:
+    """The process's parent PID, or None once it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        return None
+
+
 def descendants(root: int) -> set[int]:
     """Every live process below `root` in the process tree (not `root` itself)."""
     children: dict[int, list[int]] = {}

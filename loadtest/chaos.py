@@ -57,7 +57,17 @@ def _gunicorn_master(stack: Native | Compose, instance: str = "web-1") -> int:
     container = stack.containers("web")[0]
     init = int(subprocess.run(["docker", "inspect", "--format", "{{.State.Pid}}", container],
                               capture_output=True, text=True, check=True).stdout)
-    return min(procs.descendants(init))  # docker-init's child: gunicorn's master, the oldest of the tree
+    return _child_of(init)  # docker-init's child: gunicorn's master
+
+
+def _child_of(init: int) -> int:
+    """The one process docker-init started (its direct child), waited for while the container (re)starts."""
+    deadline = time.monotonic() + 30
+    while True:
+        children = [pid for pid in procs.descendants(init) if procs.parent(pid) == init]
+        if children or time.monotonic() > deadline:
+            return min(children) if children else init
+        time.sleep(0.2)
 
 
 def _instance_main(stack: Native | Compose, service: str) -> int:
@@ -70,7 +80,7 @@ def _instance_main(stack: Native | Compose, service: str) -> int:
     container = stack.containers(service)[0]
     init = int(subprocess.run(["docker", "inspect", "--format", "{{.State.Pid}}", container],
                               capture_output=True, text=True, check=True).stdout)
-    return min(procs.descendants(init))
+    return _child_of(init)
 
 
 def _wait_replaced(stack: Native | Compose, old_pid: int, service: str) -> None:
@@ -103,7 +113,12 @@ def gunicorn_hup(stack: Native | Compose) -> None:
 def worker_sigkill(stack: Native | Compose) -> None:
     """One gunicorn worker dies without warning (the OOM killer); the master forks a replacement."""
     master = _gunicorn_master(stack)
-    os.kill(random.choice(sorted(procs.descendants(master))), signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while not (workers := sorted(procs.descendants(master))) and time.monotonic() < deadline:
+        time.sleep(0.2)  # a master that is (re)starting forks its workers in a moment
+    if not workers:
+        raise RuntimeError(f"gunicorn master {master} has no workers to kill")
+    os.kill(random.choice(workers), signal.SIGKILL)
     time.sleep(1)
 
 
