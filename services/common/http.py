@@ -12,6 +12,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 
 REQUEST_ID_HEADER = "X-Request-ID"
 PROBLEM_JSON = "application/problem+json"
@@ -29,6 +30,12 @@ IO_DEFAULT_MS = 50
 IO_MAX_MS = 10_000
 CPU_DEFAULT_N = 10_000
 CPU_MAX_N = 1_000_000
+
+# Seconds a service waits on a silent client: an idle keep-alive connection, an unfinished request head, each
+# wait for more of a body (then 408 and close). Longer than nginx's upstream keepalive_timeout (60 s), so nginx
+# always closes an idle pooled connection first and never sends a request on one a service is closing.
+CLIENT_TIMEOUT_S = 75
+CLIENT_TIMEOUT_ENV = "STACK_CLIENT_TIMEOUT_S"  # shortens it: the slow-client tests of each service's own port
 
 
 _IP = re.compile(r"[0-9A-Fa-f:.]{2,45}")
@@ -63,6 +70,11 @@ def request_id(incoming: str | None) -> str:
     return f"{random.getrandbits(128):032x}"
 
 
+def client_timeout_s(environ: Mapping[str, str] = os.environ) -> int:
+    """CLIENT_TIMEOUT_S, or the whole seconds in $STACK_CLIENT_TIMEOUT_S (gunicorn takes whole seconds)."""
+    return int(environ.get(CLIENT_TIMEOUT_ENV) or CLIENT_TIMEOUT_S)
+
+
 @dataclass
 class Problem(Exception):
     """An RFC 9457 problem; raised by handlers, rendered by each framework's adapter."""
@@ -78,6 +90,34 @@ class Problem(Exception):
             body["instance"] = instance
         body["request_id"] = request_id
         return body
+
+
+# RFC 9110's names where Python 3.11's HTTPStatus still has RFC 7231's.
+_RFC9110_TITLES = {413: "Content Too Large", 414: "URI Too Long", 422: "Unprocessable Content"}
+
+
+def status_title(status: int) -> str:
+    """The status code's reason phrase as RFC 9110 writes it."""
+    try:
+        return _RFC9110_TITLES.get(status) or HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def unparsable_request_problem(status: int, detail: str) -> tuple[str, bytes]:
+    """The request id and problem document for bytes a server could not parse as a request. The id is fresh:
+    the client's, if it sent one, was never read. A server error says nothing more than its title: what broke
+    is in the server's log, not for the client."""
+    rid, title = request_id(None), status_title(status)
+    return rid, to_json(Problem(status, title, detail if status < 500 else title).document(rid)).encode()
+
+
+def unparsable_request_reply(status: int, detail: str) -> bytes:
+    """The whole HTTP/1.1 response for that, for servers that write raw bytes before closing the connection.
+    Each server's own answer here was HTML (gunicorn), text (aiohttp) or a bodiless 400 (Tornado)."""
+    rid, body = unparsable_request_problem(status, detail)
+    return (f"HTTP/1.1 {status} {status_title(status)}\r\nContent-Type: {PROBLEM_JSON}\r\n"
+            f"Content-Length: {len(body)}\r\n{REQUEST_ID_HEADER}: {rid}\r\nConnection: close\r\n\r\n").encode() + body
 
 
 def decimal(raw: str, name: str) -> float:

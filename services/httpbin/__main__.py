@@ -9,13 +9,15 @@ import os
 
 from aiohttp import web
 
-from services.common import drain
-from services.httpbin.app import DRAIN, AccessLogger, create_app
+from services.common import drain, http
+from services.httpbin.app import DRAIN, AccessLogger, answer_unparsable_requests_with_problems, create_app
 
 
 async def serve(host: str, port: int) -> None:
-    # keepalive_timeout (75 s) outlives nginx's upstream keepalive_timeout (60 s): nginx closes idle first.
-    runner = web.AppRunner(create_app(), access_log_class=AccessLogger, keepalive_timeout=75,
+    answer_unparsable_requests_with_problems()
+    # keepalive_timeout (CLIENT_TIMEOUT_S) outlives nginx's upstream keepalive_timeout: nginx closes idle first.
+    # It also bounds an unfinished request head; a stalled body is app.py's StalledBodyWatch.
+    runner = web.AppRunner(create_app(), access_log_class=AccessLogger, keepalive_timeout=http.client_timeout_s(),
                            handle_signals=False, shutdown_timeout=drain.LIMIT_S)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=2048)

@@ -11,7 +11,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 
 import aiohttp
-from aiohttp import web
+from aiohttp import web, web_protocol
 from aiohttp.abc import AbstractAccessLogger
 
 from services.common import accesslog, db, drain, http, semantics
@@ -169,6 +169,33 @@ ROUTES: list[tuple[str, str, Handler]] = [
 
 
 DRAIN = drain.Drain()  # this process's requests in flight, for a graceful stop (services/common/drain.py)
+CLIENT_TIMEOUT_S = http.client_timeout_s()
+
+
+class BodyTimeout(Exception):
+    """No byte of a request body arrived for CLIENT_TIMEOUT_S."""
+
+
+class StalledBodyWatch:
+    """aiohttp bounds an idle connection (keepalive_timeout) and a request head, but waits for a body's bytes
+    forever, holding the handler. Every `seconds` this checks that more of the body arrived; when none did, the
+    body's pending and future reads raise BodyTimeout (guarded answers 408 and closes)."""
+
+    def __init__(self, body: aiohttp.StreamReader, seconds: float) -> None:
+        self.body, self.seconds, self.seen = body, seconds, body.total_bytes
+        self.timer = asyncio.get_running_loop().call_later(seconds, self.check)
+
+    def check(self) -> None:
+        if self.body.is_eof():
+            return
+        if self.body.total_bytes == self.seen:
+            self.body.set_exception(BodyTimeout())
+            return
+        self.seen = self.body.total_bytes
+        self.timer = asyncio.get_running_loop().call_later(self.seconds, self.check)
+
+    def cancel(self) -> None:
+        self.timer.cancel()
 
 
 def _problem(request: web.Request, problem: http.Problem) -> web.Response:
@@ -186,8 +213,14 @@ def guarded(handler: Handler) -> Handler:
         if transport is not None:
             _requests_per_connection[transport] = _requests_per_connection.get(transport, 0) + 1
         DRAIN.started()
+        # Most bodies are whole before the handler runs (nginx sends them buffered): only a partial one is watched.
+        watch = None if request.content.is_eof() else StalledBodyWatch(request.content, CLIENT_TIMEOUT_S)
         try:
             response = await handler(request)
+        except BodyTimeout:
+            response = _problem(request, http.Problem(408, "Request Timeout",
+                                                      f"no byte of the body arrived for {CLIENT_TIMEOUT_S:g} s"))
+            response.force_close()
         except http.Problem as problem:
             response = _problem(request, problem)
             if problem.status == 405 and ALLOW in request:
@@ -198,6 +231,8 @@ def guarded(handler: Handler) -> Handler:
             response = _problem(request, http.Problem(error.status, error.reason, error.text or error.reason))
         finally:
             DRAIN.finished()
+            if watch is not None:
+                watch.cancel()
         response.headers[http.REQUEST_ID_HEADER] = rid
         if DRAIN.active and not response.prepared:
             response.force_close()  # stopping: nginx retires this connection after this response
@@ -235,6 +270,30 @@ def create_app(db_path: str | None = None) -> web.Application:
     return app
 
 
+def answer_unparsable_requests_with_problems() -> None:
+    """Bytes aiohttp cannot parse as a request (or a handler's escaped exception) never reach a route: aiohttp's
+    connection handler answers them itself, as text/plain or HTML, through RequestHandler.handle_error, which
+    has no setting. Wrapped once per process: aiohttp's checks and logging run, then the answer is the stack's
+    problem document, and the connection still closes after it."""
+    original = web_protocol.RequestHandler.handle_error
+    if getattr(original, "answers_problems", False):
+        return
+
+    def handle_error(self: web_protocol.RequestHandler, request: web.BaseRequest, status: int = 500,
+                     exc: BaseException | None = None, message: str | None = None) -> web.StreamResponse:
+        original(self, request, status, exc, message)  # logs; raises when a response already started
+        detail = (message or getattr(exc, "message", None) or str(exc or "")).strip().splitlines()
+        rid, body = http.unparsable_request_problem(status, detail[0] if detail else http.status_title(status))
+        response = web.Response(status=status, body=body,
+                                headers={http.REQUEST_ID_HEADER: rid, "Content-Type": http.PROBLEM_JSON})
+        response.force_close()
+        return response
+
+    handle_error.answers_problems = True  # type: ignore[attr-defined]
+    web_protocol.RequestHandler.handle_error = handle_error  # type: ignore[method-assign]
+
+
 async def app_factory() -> web.Application:
     """Entry point for `gunicorn -k aiohttp.GunicornWebWorker services.httpbin.app:app_factory`."""
+    answer_unparsable_requests_with_problems()
     return create_app()

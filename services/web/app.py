@@ -8,13 +8,15 @@ in catalog over HTTP, concurrently with gevent).
 from __future__ import annotations
 
 import os
+import socket
 import time
 import weakref
 from collections.abc import Callable, Mapping
 
 import gevent
 from flask import Flask, Response, current_app, g, request
-from werkzeug.exceptions import HTTPException
+from gunicorn.http.errors import ParseException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from services.common import db, http, proxy, semantics
 from services.common.idempotency import HEADER as IDEMPOTENCY_KEY
@@ -26,6 +28,7 @@ from services.web.store import SESSION_TTL, Store
 SERVICE = "web"
 PREFIX = "/web"
 COOKIE = "sid"
+CLIENT_TIMEOUT_S = http.client_timeout_s()
 COOKIE_SECURE = os.environ.get("WEB_COOKIE_SECURE", "0") == "1"  # set 1 behind TLS
 WWW_AUTHENTICATE = f'Cookie realm="web", form-action="{PREFIX}/login", cookie-name="{COOKIE}"'
 # Requests served per client socket: gunicorn's async and threaded workers keep the socket across keep-alive
@@ -48,6 +51,31 @@ def _send(stored: StoredResponse, replayed: bool = False) -> Response:
 
 def store() -> Store:
     return current_app.extensions["store"]
+
+
+def read_body_within(sock: socket.socket, seconds: float) -> None:
+    """Read the request body now, with each wait for more of it bounded: gunicorn bounds a request head by its
+    keep-alive timeout but reads a body without any, so a client sending a byte now and then would hold its
+    worker (sync, gthread) or greenlet (gevent) forever. A stalled body gets a 408, a body gunicorn cannot
+    parse (bad chunk framing) or one cut short a 400, and the connection ends after the answer."""
+    sock.settimeout(seconds)
+    try:
+        request.get_data(cache=True)
+    except ClientDisconnected as error:  # Werkzeug's name for any failed read of the body
+        if isinstance(error.__context__, TimeoutError):
+            problem = http.Problem(408, "Request Timeout", f"no byte of the body arrived for {seconds:g} s")
+        else:
+            problem = http.Problem(400, "Invalid body", "the body ended before its announced length")
+    except ParseException as error:  # gunicorn's chunked decoding
+        problem = http.Problem(400, "Invalid body", str(error))
+    else:
+        return
+    finally:
+        sock.settimeout(None)
+    # gunicorn keeps HTTP/1.1 connections open and drops an app's Connection header; with our read side shut,
+    # its next read (of the body's rest) sees the end, and it closes the connection after this answer.
+    sock.shutdown(socket.SHUT_RD)
+    raise problem
 
 
 def body() -> object:
@@ -324,6 +352,8 @@ def create_app(config: dict | None = None) -> Flask:
             semantics.require_acceptable(request.headers.get("Accept"))
         if not semantics.METHODS.get(request.method, semantics.METHODS["POST"]).safe:
             refuse_cross_site(request.headers)
+        if sock is not None and (request.content_length or "HTTP_TRANSFER_ENCODING" in request.environ):
+            read_body_within(sock, CLIENT_TIMEOUT_S)
 
     @app.after_request
     def echo_request_id(response: Response) -> Response:
@@ -341,8 +371,8 @@ def create_app(config: dict | None = None) -> Flask:
 
     @app.errorhandler(HTTPException)
     def on_http_error(error: HTTPException) -> Response:
-        title = "Content Too Large" if error.code == 413 else error.name
-        response = _problem_response(http.Problem(error.code or 500, title, error.description or ""))
+        status = error.code or 500
+        response = _problem_response(http.Problem(status, http.status_title(status), error.description or ""))
         if error.code == 405 and error.valid_methods:  # type: ignore[attr-defined]
             response.headers["Allow"] = semantics.allow_header(list(error.valid_methods))  # type: ignore[attr-defined]
         return response

@@ -11,7 +11,11 @@ Worker class and sizing come from the environment so comparisons switch them wit
 
 import multiprocessing
 import os
+import socket
 
+from gunicorn import util
+
+from services.common import http
 from services.common.proxy import TrustedProxy
 
 
@@ -52,10 +56,11 @@ timeout = 30
 # Seconds workers get to finish in-flight requests after SIGTERM before they are killed.
 graceful_timeout = 20
 
-# Seconds an idle keep-alive connection stays open. Longer than nginx's upstream keepalive_timeout (60 s),
-# so nginx always closes an idle pooled connection first and never sends a request on one we are closing.
-# (The sync worker ignores this: it closes after every response.)
-keepalive = 75
+# Seconds an idle keep-alive connection stays open, and (async workers) how long a request head may take:
+# services/common/http.py's CLIENT_TIMEOUT_S, longer than nginx's upstream keepalive_timeout so nginx always
+# closes an idle pooled connection first. (The sync worker ignores this: it closes after every response.)
+# A body's reads get the same bound in the app (services/web/app.py: read_body_within).
+keepalive = http.client_timeout_s()
 
 # Heartbeat files are touched on every loop iteration; on tmpfs that costs no disk I/O and cannot stall on
 # a slow disk (which would get healthy workers killed). /dev/shm exists on Linux and in containers.
@@ -79,3 +84,14 @@ loglevel = os.environ.get("WEB_LOG_LEVEL", "info")
 
 # Name in `ps` output.
 proc_name = "stack-web"
+
+
+def _write_problem(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
+    util.write_nonblock(sock, http.unparsable_request_reply(status_int, mesg))
+
+
+# A request gunicorn cannot parse (bad request line or header, CL with TE, an oversized head) never reaches
+# Flask: gunicorn answers it itself, with an HTML page. gunicorn has no setting for that page; its workers call
+# util.write_error at that point (workers/base.py: handle_error), so the one function is replaced here, before
+# the workers fork, by one that sends the stack's problem document.
+util.write_error = _write_problem

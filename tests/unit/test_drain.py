@@ -7,48 +7,19 @@ from __future__ import annotations
 import http.client
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
-from deploy.topology import ROOT
 from services.common import drain
-from tests.conftest import free_port
-
-LAUNCH = {
-    "catalog": [sys.executable, "-m", "services.catalog", "--bind"],
-    "httpbin": [sys.executable, "-m", "services.httpbin", "--bind"],
-    "web": [sys.executable, "-m", "gunicorn", "-c", "services/web/gunicorn_conf.py", "--workers", "1",
-            "services.web.wsgi:app", "--bind"],
-}
+from tests import service_process
 
 
-@pytest.fixture(params=sorted(LAUNCH))
+@pytest.fixture(params=sorted(service_process.LAUNCH))
 def instance(request, tmp_path):
-    service = request.param
-    port = free_port()
-    env = {**os.environ, "STACK_DATA": str(tmp_path), "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([*LAUNCH[service], f"127.0.0.1:{port}"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            connection.request("GET", f"/{service}/healthz")
-            if connection.getresponse().status == 200:
-                connection.close()
-                break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline and process.poll() is None, f"{service} did not start"
-        time.sleep(0.1)
-    yield service, port, process
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    with service_process.running(request.param, tmp_path) as started:
+        yield started.service, started.port, started.process
 
 
 def get(connection: http.client.HTTPConnection, path: str) -> http.client.HTTPResponse:
