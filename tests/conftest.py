@@ -1,9 +1,12 @@
-"""Shared test helpers: free ports."""
+"""Shared test helpers: free ports, a well-behaved client running alongside a test."""
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -25,6 +28,25 @@ def free_tcp_udp_port(host: str = "127.0.0.1") -> int:
         except OSError:
             continue
     raise RuntimeError("no port free for both TCP and UDP")
+
+
+@contextmanager
+def alongside(one_round: Callable[[list[int]], None]) -> Iterator[list[int]]:
+    """Run `one_round(seen)` over and over in a thread until the block ends (each round appends the statuses it
+    got to `seen`); yields `seen`, for the test to check what a well-behaved client saw meanwhile."""
+    stop, seen = threading.Event(), []
+
+    def rounds() -> None:
+        while not stop.is_set():
+            one_round(seen)
+
+    thread = threading.Thread(target=rounds)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join(30)
 
 
 @pytest.hookimpl(hookwrapper=True)

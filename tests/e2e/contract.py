@@ -11,7 +11,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -32,6 +31,7 @@ from loadtest import chaos
 from services.common import credentials
 from services.sockets import protocol
 from services.sockets.client import ask_time, echo_roundtrip
+from tests.conftest import alongside
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
 
@@ -76,21 +76,14 @@ def assert_framing(response: requests.Response) -> None:
 @contextmanager
 def bystander(stack: RunningStack) -> Iterator[list[int]]:
     """A well-behaved client requesting every service's /json until the block ends: the statuses it saw."""
-    stop, seen = threading.Event(), []
+    with requests.Session() as session:
 
-    def well_behaved() -> None:
-        with requests.Session() as session:
-            while not stop.is_set():
-                for service in HTTP_SERVICES:
-                    seen.append(session.get(stack.url(f"{service.prefix}json"), timeout=10).status_code)
+        def one_round(seen: list[int]) -> None:
+            for service in HTTP_SERVICES:
+                seen.append(session.get(stack.url(f"{service.prefix}json"), timeout=10).status_code)
 
-    thread = threading.Thread(target=well_behaved)
-    thread.start()
-    try:
-        yield seen
-    finally:
-        stop.set()
-        thread.join(30)
+        with alongside(one_round) as seen:
+            yield seen
 
 
 def wait_for_log(stack: RunningStack, service: str, needle: str, count: int = 1, timeout: float = 10) -> str:

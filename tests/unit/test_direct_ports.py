@@ -9,7 +9,6 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ import pytest
 
 from services.common.http import CLIENT_TIMEOUT_ENV
 from tests import service_process
+from tests.conftest import alongside
 
 CLIENT_TIMEOUT = 2
 # Generous on a busy two-core machine: a cut must come after the timeout and well before this.
@@ -34,25 +34,20 @@ def instance(request, tmp_path_factory):
 @contextmanager
 def bystander(instance: service_process.ServiceProcess) -> Iterator[list[int]]:
     """A keep-alive client requesting the service's /json until the block ends: the statuses it saw."""
-    stop, seen = threading.Event(), []
+    connection = http.client.HTTPConnection(service_process.HOST, instance.port, timeout=10)
 
-    def well_behaved() -> None:
-        connection = http.client.HTTPConnection(service_process.HOST, instance.port, timeout=10)
-        while not stop.is_set():
-            connection.request("GET", f"/{instance.service}/json")
-            response = connection.getresponse()
-            response.read()
-            seen.append(response.status)
-            time.sleep(0.01)
-        connection.close()
+    def one_round(seen: list[int]) -> None:
+        connection.request("GET", f"/{instance.service}/json")
+        response = connection.getresponse()
+        response.read()
+        seen.append(response.status)
+        time.sleep(0.01)
 
-    thread = threading.Thread(target=well_behaved)
-    thread.start()
     try:
-        yield seen
+        with alongside(one_round) as seen:
+            yield seen
     finally:
-        stop.set()
-        thread.join(30)
+        connection.close()
 
 
 def exchange(instance: service_process.ServiceProcess, raw: bytes) -> tuple[bytes, float]:
