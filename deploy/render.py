@@ -49,6 +49,8 @@ EDGE_ERRORS = {400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 
                500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
                504: "Gateway Timeout", 505: "HTTP Version Not Supported"}
 PROBLEM_PATH = "/.problem"  # internal: only error_page reaches it
+# The paths where nginx passes a WebSocket upgrade on (httpbin's echo); everywhere else Upgrade is dropped.
+WEBSOCKET_PATHS = [f"{s.prefix}websocket/echo" for s in HTTP_SERVICES if s.name == "httpbin"]
 # Docker's embedded DNS server, reachable from every container on a user-defined network.
 DOCKER_DNS = "127.0.0.11"
 COMPOSE_RESOLVE_S = 10  # how often nginx asks it again (see nginx_conf)
@@ -210,6 +212,9 @@ def nginx_conf(mode: str, site: Site | None = None) -> str:
         f"            proxy_pass http://{upstream};\n        }}\n"
         for path, (upstream, zone, burst) in RATE_LIMITED.items()
     )
+    values.update(WEBSOCKET_PATHS=", ".join(WEBSOCKET_PATHS),
+                  WEBSOCKET_MAP="".join(f'        "~*^websocket:{re.escape(path)}$" "websocket";\n'
+                                        for path in WEBSOCKET_PATHS))
     values.update(EXPENSIVE_RATE=EXPENSIVE_RATE, WRITE_RATE=WRITE_RATE, LIMITS=LIMITS,
                   CONNECTIONS_PER_CLIENT=str(CONNECTIONS_PER_CLIENT))
     values.update(RESOLVER=resolver, UPSTREAMS=upstreams, LOCATIONS=locations, PROBLEM_TITLES=_problem_titles(),

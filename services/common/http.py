@@ -31,6 +31,11 @@ IO_MAX_MS = 10_000
 CPU_DEFAULT_N = 10_000
 CPU_MAX_N = 1_000_000
 
+# The largest request body nginx lets through (client_max_body_size in nginx/nginx.conf.template; a config test
+# checks they agree). httpbin's echo endpoints take as much; resources with JSON documents keep their own,
+# smaller limit (semantics.MAX_BODY_BYTES).
+MAX_REQUEST_BODY_BYTES = 1024 * 1024
+
 # Seconds a service waits on a silent client: an idle keep-alive connection, an unfinished request head, each
 # wait for more of a body (then 408 and close). Longer than nginx's upstream keepalive_timeout (60 s), so nginx
 # always closes an idle pooled connection first and never sends a request on one a service is closing.

@@ -93,11 +93,9 @@ def parse_json(body: bytes) -> object:
     return document
 
 
-def require_acceptable(accept: str | None, offered: str = JSON) -> None:
-    """406 when the client's Accept rules out the one media type this resource speaks (RFC 9110 12.5.1)."""
-    if not accept or not accept.strip():
-        return
-    kind, _, _ = offered.partition("/")
+def media_ranges(accept: str) -> list[tuple[str, float]]:
+    """An Accept header's media ranges with their weights (q=1 unless given; a malformed q counts as 0)."""
+    ranges = []
     for media_range in accept.split(","):
         name, *params = [part.strip() for part in media_range.split(";")]
         quality = 1.0
@@ -108,9 +106,39 @@ def require_acceptable(accept: str | None, offered: str = JSON) -> None:
                     quality = float(value)
                 except ValueError:
                     quality = 0.0
-        if quality > 0 and name.lower() in ("*/*", f"{kind}/*", offered):
-            return
-    raise Problem(406, "Not Acceptable", f"this resource is only available as {offered}; your Accept: {accept}")
+        ranges.append((name.lower(), quality))
+    return ranges
+
+
+def require_acceptable(accept: str | None, offered: str = JSON) -> None:
+    """406 when the client's Accept rules out the one media type this resource speaks (RFC 9110 12.5.1)."""
+    if not accept or not accept.strip():
+        return
+    if negotiate(accept, [offered]) is None:
+        raise Problem(406, "Not Acceptable", f"this resource is only available as {offered}; your Accept: {accept}")
+
+
+def negotiate(accept: str | None, offered: list[str], wildcard_choice: str | None = None) -> str | None:
+    """The offered media type the client prefers (RFC 9110 12.5.1): the highest weight, a type named outright
+    before one matched by a wildcard, then the order offered; `wildcard_choice` when only wildcards match.
+    None when the client accepts none of them. No Accept at all accepts anything: the first offered."""
+    if not accept or not accept.strip():
+        return wildcard_choice or offered[0]
+    ranges = media_ranges(accept)
+    best: tuple[float, int, int] | None = None
+    choice = None
+    for order, media_type in enumerate(offered):
+        kind = media_type.partition("/")[0]
+        for name, quality in ranges:
+            specificity = 2 if name == media_type else 1 if name == f"{kind}/*" else 0 if name == "*/*" else -1
+            if specificity < 0 or quality <= 0:
+                continue
+            rank = (quality, specificity, -order)
+            if best is None or rank > best:
+                best, choice = rank, media_type
+    if best is not None and best[1] < 2 and wildcard_choice in offered:
+        return wildcard_choice
+    return choice
 
 
 def strong_etag(representation: object) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import html
 import os
 import re
 import time
@@ -17,12 +18,12 @@ from aiohttp.abc import AbstractAccessLogger
 from services.common import accesslog, db, drain, http, semantics
 from services.common.documents import Documents
 from services.common.idempotency import StoredResponse
-from services.httpbin import endpoints
+from services.httpbin import digest, endpoints, live
 from services.httpbin.openapi import OPENAPI
 
 SERVICE = "httpbin"
 PREFIX = "/httpbin"
-REQUEST_ID = web.RequestKey("request_id", str)
+REQUEST_ID = endpoints.REQUEST_ID
 ALLOW = web.RequestKey("allow", str)  # the Allow value unrouted() worked out, for its 405
 
 
@@ -152,7 +153,35 @@ async def openapi(request: web.Request) -> web.Response:
     return _json(OPENAPI)
 
 
+def _index_page() -> str:
+    """Every endpoint, from the OpenAPI document (one list to keep): method, path (a link when it takes no
+    parameters) and what it does."""
+    rows = []
+    for path, operations in OPENAPI["paths"].items():
+        for method, operation in operations.items():
+            if method not in ("get", "post", "put", "patch", "delete"):
+                continue  # path-level "parameters"
+            shown = html.escape(path)
+            if method == "get" and "{" not in path:
+                shown = f'<a href="{html.escape(path)}">{shown}</a>'
+            rows.append(f"<tr><td>{method.upper()}</td><td><code>{shown}</code></td>"
+                        f"<td>{html.escape(operation.get('summary', ''))}</td></tr>")
+    return ("<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>httpbin</title></head><body>\n"
+            "<h1>httpbin</h1><p>A self-hosted httpbin on aiohttp: the endpoints of httpbin.org and some of "
+            f'go-httpbin\'s. Machine-readable: <a href="{PREFIX}/openapi.json">openapi.json</a>.</p>\n'
+            "<table><tr><th>method</th><th>path</th><th>what it does</th></tr>\n" + "\n".join(rows)
+            + "\n</table></body></html>\n")
+
+
+INDEX = _index_page()
+
+
+async def index(request: web.Request) -> web.Response:
+    return web.Response(text=INDEX, content_type="text/html")
+
+
 ROUTES: list[tuple[str, str, Handler]] = [
+    ("GET", "/", index),
     ("GET", "/healthz", healthz),
     ("GET", "/plaintext", plaintext),
     ("GET", "/json", hello_json),
@@ -165,6 +194,8 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/bins", bins),
     *((method, f"/bins/{{name:{BIN_NAME}}}", one_bin) for method in ("GET", "PUT", "PATCH", "DELETE")),
     *endpoints.ROUTES,  # the httpbin clone
+    *digest.ROUTES,
+    *live.ROUTES,
 ]
 
 
@@ -226,8 +257,9 @@ def guarded(handler: Handler) -> Handler:
             if problem.status == 405 and ALLOW in request:
                 response.headers["Allow"] = request[ALLOW]
         except web.HTTPException as error:
-            if error.status < 400:
-                raise  # redirects and the like pass through untouched
+            if error.status < 400:  # redirects and the like: aiohttp sends the exception itself as the response
+                error.headers[http.REQUEST_ID_HEADER] = rid
+                raise
             response = _problem(request, http.Problem(error.status, error.reason, error.text or error.reason))
         finally:
             DRAIN.finished()
@@ -258,7 +290,7 @@ async def unrouted(request: web.Request) -> web.Response:
 
 
 def create_app(db_path: str | None = None) -> web.Application:
-    app = web.Application(client_max_size=semantics.MAX_BODY_BYTES + 1024)
+    app = web.Application(client_max_size=http.MAX_REQUEST_BODY_BYTES)
     app[DOCUMENTS] = Documents(db.connect(db_path or db.default_path(SERVICE)), ttl_s=BIN_TTL_S,
                                max_per_collection=MAX_BINS)
     for method, path, handler in ROUTES:

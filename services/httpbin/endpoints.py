@@ -7,19 +7,25 @@ import asyncio
 import base64
 import binascii
 import gzip
+import hmac
 import json
 import os
 import random
 import re
 import uuid
+import zlib
+from collections.abc import Awaitable, Callable
 from email.utils import formatdate
+from pathlib import Path
 from urllib.parse import parse_qsl, quote, urlsplit
 
+import brotli
 from aiohttp import web
 
 from services.common import http, proxy, semantics
 
 PREFIX = "/httpbin"
+REQUEST_ID = web.RequestKey("request_id", str)  # set by app.guarded before any handler runs
 MAX_DELAY = 10
 MAX_BYTES = 100 * 1024
 REDIRECT_CODES = {301, 302, 303, 307, 308}
@@ -182,11 +188,25 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def redirect(request: web.Request) -> web.Response:
+    return _redirect_chain(request, "redirect", absolute=request.query.get("absolute", "").lower() == "true")
+
+
+def _redirect_chain(request: web.Request, kind: str, absolute: bool) -> web.Response:
     n = http.int_param(request.match_info["n"], "n", 1, 1, 20)
-    target = f"{PREFIX}/redirect/{n - 1}" if n > 1 else f"{PREFIX}/get"
-    if request.query.get("absolute", "").lower() == "true":
+    target = f"{PREFIX}/{kind}/{n - 1}" if n > 1 else f"{PREFIX}/get"
+    if absolute:
         target = f"{url_of(request).split(PREFIX, 1)[0]}{target}"
     raise web.HTTPFound(target)
+
+
+async def relative_redirect(request: web.Request) -> web.Response:
+    """302 n times with a path-only Location (resolved by the client against this URL), then /get."""
+    return _redirect_chain(request, "relative-redirect", absolute=False)
+
+
+async def absolute_redirect(request: web.Request) -> web.Response:
+    """302 n times with a full URL in Location (the host and scheme the client used), then /get."""
+    return _redirect_chain(request, "absolute-redirect", absolute=True)
 
 
 def redirect_allowed(target: str, request: web.Request) -> bool:
@@ -269,13 +289,26 @@ async def delay(request: web.Request) -> web.Response:
     return reply({**(await with_body(request)), "delayed_seconds": seconds})
 
 
+async def streaming(request: web.Request, content_type: str, status: int = 200, length: int | None = None,
+                    headers: dict[str, str] | None = None) -> web.StreamResponse:
+    """A response whose body is written piece by piece, its head already sent: chunked unless `length` is known.
+    X-Accel-Buffering: no asks nginx to pass each piece on as it comes instead of buffering the whole body; the
+    request id goes in now, since the head leaves before the handler returns."""
+    response = web.StreamResponse(status=status, headers={
+        "Content-Type": content_type, "X-Accel-Buffering": "no",
+        http.REQUEST_ID_HEADER: request[REQUEST_ID], **(headers or {})})
+    if length is None:
+        response.enable_chunked_encoding()
+    else:
+        response.content_length = length
+    await response.prepare(request)
+    return response
+
+
 async def stream(request: web.Request) -> web.StreamResponse:
     """n JSON documents, one per line, in a chunked response (no Content-Length: the size is not known)."""
     n = http.stream_n(request.match_info["n"])
-    # X-Accel-Buffering: no asks nginx to pass each chunk on as it comes instead of buffering the whole body.
-    response = web.StreamResponse(headers={"Content-Type": "application/json", "X-Accel-Buffering": "no"})
-    response.enable_chunked_encoding()
-    await response.prepare(request)
+    response = await streaming(request, "application/json")
     base = basics(request)
     for i in range(n):
         await response.write((json.dumps({**base, "id": i}) + "\n").encode())
@@ -290,10 +323,7 @@ async def drip(request: web.Request) -> web.StreamResponse:
     code = http.int_param(request.query.get("code"), "code", 200, 200, 599)
     initial = min(http.decimal(request.query.get("delay", "0"), "delay"), MAX_DELAY)
     await asyncio.sleep(initial)
-    response = web.StreamResponse(status=code, headers={"Content-Type": "application/octet-stream",
-                                                        "X-Accel-Buffering": "no"})
-    response.content_length = numbytes
-    await response.prepare(request)
+    response = await streaming(request, "application/octet-stream", code, numbytes)
     pause = duration / numbytes
     for _ in range(numbytes):
         await response.write(b"*")
@@ -302,11 +332,31 @@ async def drip(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def _seeded(request: web.Request) -> random.Random:
+    """?seed=N makes the bytes repeatable: the same N gives the same bytes as httpbin.org's (Python's Mersenne
+    Twister, one randint(0, 255) per byte)."""
+    seed = request.query.get("seed")
+    if seed is None:
+        return random.Random()
+    return random.Random(http.int_param(seed, "seed", 0, 0, 2**63 - 1))
+
+
 async def random_bytes(request: web.Request) -> web.Response:
     n = http.int_param(request.match_info["n"], "n", 1, 0, MAX_BYTES)
-    seed = request.query.get("seed")
-    rng = random.Random(int(seed)) if seed and seed.isdigit() else random.Random()
-    return web.Response(body=rng.randbytes(n), content_type="application/octet-stream")
+    rng = _seeded(request)
+    return web.Response(body=bytes(rng.randint(0, 255) for _ in range(n)), content_type="application/octet-stream")
+
+
+async def stream_bytes(request: web.Request) -> web.StreamResponse:
+    """n random bytes (seeded like /bytes), chunked, chunk_size bytes at a time (10 KiB by default)."""
+    n = http.int_param(request.match_info["n"], "n", 1, 0, MAX_BYTES)
+    chunk_size = http.int_param(request.query.get("chunk_size"), "chunk_size", 10 * 1024, 1, MAX_BYTES)
+    rng = _seeded(request)
+    response = await streaming(request, "application/octet-stream")
+    for start in range(0, n, chunk_size):
+        await response.write(bytes(rng.randint(0, 255) for _ in range(min(chunk_size, n - start))))
+    await response.write_eof()
+    return response
 
 
 _RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")  # [0-9], not \d: that takes any script's digits
@@ -357,6 +407,13 @@ async def cookies_set(request: web.Request) -> web.Response:
     raise response
 
 
+async def cookie_set(request: web.Request) -> web.Response:
+    name, value = request.match_info["name"], request.match_info["value"]
+    response = web.HTTPFound(f"{PREFIX}/cookies")
+    response.set_cookie(_cookie_name(name), header_value(value, name), path=PREFIX)
+    raise response
+
+
 async def cookies_delete(request: web.Request) -> web.Response:
     response = web.HTTPFound(f"{PREFIX}/cookies")
     for name in request.query:
@@ -367,8 +424,13 @@ async def cookies_delete(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------- caching and validators
 
 async def cache(request: web.Request) -> web.Response:
-    if request.headers.get("If-Modified-Since") or request.headers.get("If-None-Match"):
-        return web.Response(status=304)
+    """200 with Last-Modified and an ETag; any conditional request is a 304 (its copy is taken as current). A 304
+    repeats the validator the client holds and the date (RFC 9110 15.4.5: the fields a 200 would have carried)."""
+    if_none_match = request.headers.get("If-None-Match")
+    if request.headers.get("If-Modified-Since") or if_none_match:
+        held = if_none_match.split(",")[0].strip() if if_none_match else ""
+        validators = {"ETag": held} if held and held != "*" else {}
+        return web.Response(status=304, headers={**validators, "Last-Modified": formatdate(usegmt=True)})
     response = reply(basics(request))
     response.headers["Last-Modified"] = formatdate(usegmt=True)
     response.headers["ETag"] = f'"{uuid.uuid4().hex}"'
@@ -398,16 +460,27 @@ async def etag(request: web.Request) -> web.Response:
 
 # ---------------------------------------------------------------- auth
 
-async def basic_auth(request: web.Request) -> web.Response:
+def _basic_credentials_match(request: web.Request) -> bool:
     user, password = request.match_info["user"], request.match_info["passwd"]
     scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
     try:
         given = base64.b64decode(credentials, validate=True).decode() if scheme.lower() == "basic" else ""
     except (binascii.Error, UnicodeDecodeError):
         given = ""
-    if given != f"{user}:{password}":
+    return hmac.compare_digest(given.encode(), f"{user}:{password}".encode())
+
+
+async def basic_auth(request: web.Request) -> web.Response:
+    if not _basic_credentials_match(request):
         return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="Fake Realm"'})
-    return reply({"authenticated": True, "user": user})
+    return reply({"authenticated": True, "user": request.match_info["user"]})
+
+
+async def hidden_basic_auth(request: web.Request) -> web.Response:
+    """Basic auth that does not say it is there: without the right credentials, a 404 and no challenge."""
+    if not _basic_credentials_match(request):
+        raise http.Problem(404, "Not Found", f"nothing is served at {request.path}")
+    return reply({"authenticated": True, "user": request.match_info["user"]})
 
 
 async def bearer(request: web.Request) -> web.Response:
@@ -419,11 +492,24 @@ async def bearer(request: web.Request) -> web.Response:
 
 # ---------------------------------------------------------------- formats
 
+def _encoded(request: web.Request, flag: str, coding: str, compress: Callable[[bytes], bytes]) -> web.Response:
+    """The request's origin, headers and method as JSON, sent in one content coding (whatever Accept-Encoding
+    says, as httpbin.org does: these endpoints exist to test a client's decoder)."""
+    document = {flag: True, "headers": headers_of(request), "method": request.method, "origin": origin(request)}
+    return web.Response(body=compress(dumps(document).encode()), content_type="application/json",
+                        headers={"Content-Encoding": coding})
+
+
 async def gzipped(request: web.Request) -> web.Response:
-    document = {"gzipped": True, "headers": headers_of(request), "method": request.method,
-                "origin": origin(request)}
-    return web.Response(body=gzip.compress(dumps(document).encode()), content_type="application/json",
-                        headers={"Content-Encoding": "gzip"})
+    return _encoded(request, "gzipped", "gzip", gzip.compress)
+
+
+async def deflated(request: web.Request) -> web.Response:
+    return _encoded(request, "deflated", "deflate", zlib.compress)  # HTTP's deflate is the zlib format
+
+
+async def brotli_encoded(request: web.Request) -> web.Response:
+    return _encoded(request, "brotli", "br", brotli.compress)
 
 
 UTF8_DEMO = """<!doctype html>
@@ -470,6 +556,71 @@ async def robots(request: web.Request) -> web.Response:
     return web.Response(text=ROBOTS, content_type="text/plain")
 
 
+DENIED = """
+   ____________________
+  | robots.txt says:   |
+  |   Disallow: /deny  |
+  |____________________|
+          \\   (o_o)
+           \\  <)  )>  you should not be here
+               /  \\
+"""
+
+
+# /image's pictures (drawn by images/draw.py), by media type, in the order httpbin.org prefers them.
+IMAGES = {media_type: (Path(__file__).parent / "images" / f"hops.{suffix}").read_bytes()
+          for media_type, suffix in (("image/webp", "webp"), ("image/svg+xml", "svg"), ("image/jpeg", "jpeg"),
+                                     ("image/png", "png"))}
+
+
+async def image(request: web.Request) -> web.Response:
+    """The picture in the format the Accept header prefers (PNG for image/* and */*), 406 when it takes none."""
+    media_type = semantics.negotiate(request.headers.get("Accept"), list(IMAGES), wildcard_choice="image/png")
+    if media_type is None:
+        raise http.Problem(406, "Not Acceptable", f"images here are {', '.join(IMAGES)}")
+    return web.Response(body=IMAGES[media_type], content_type=media_type, headers={"Vary": "Accept"})
+
+
+def image_as(media_type: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def one_format(request: web.Request) -> web.Response:
+        return web.Response(body=IMAGES[media_type], content_type=media_type)
+
+    return one_format
+
+
+async def deny(request: web.Request) -> web.Response:
+    """The page robots.txt disallows: a crawler that honours robots.txt never sees it."""
+    return web.Response(text=DENIED, content_type="text/plain")
+
+
+async def base64_decode(request: web.Request) -> web.Response:
+    """The path segment, base64url-decoded (padding optional), as UTF-8 text."""
+    value = request.match_info["value"]
+    try:
+        decoded = base64.b64decode(value + "=" * (-len(value) % 4), altchars=b"-_", validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        raise http.Problem(400, "Invalid base64", "the path must be base64url-encoded UTF-8, e.g. "
+                           "SFRUUEJJTiBpcyBhd2Vzb21l") from None
+    return web.Response(text=decoded, content_type="text/html")
+
+
+def _links_page(n: int, offset: int) -> str:
+    links = (f"{i} " if i == offset else f"<a href='{PREFIX}/links/{n}/{i}'>{i}</a> " for i in range(n))
+    return f"<html><head><title>Links</title></head><body>{''.join(links)}</body></html>"
+
+
+async def links(request: web.Request) -> web.Response:
+    """A page of n links to pages like it (a crawler's maze): n is held to 1..200, as httpbin.org does."""
+    n = min(max(http.int_param(request.match_info["n"], "n", 1, -(2**31), 2**31), 1), 200)
+    offset = http.int_param(request.match_info["offset"], "offset", 0, -(2**31), 2**31)
+    return web.Response(text=_links_page(n, offset), content_type="text/html")
+
+
+async def links_start(request: web.Request) -> web.Response:
+    n = http.int_param(request.match_info["n"], "n", 1, -(2**31), 2**31)
+    raise web.HTTPFound(f"{PREFIX}/links/{n}/0")
+
+
 BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 ROUTES: list[tuple[str, str, object]] = [
     ("GET", "/get", get),
@@ -485,11 +636,22 @@ ROUTES: list[tuple[str, str, object]] = [
     ("GET", "/stream/{n}", stream),
     ("GET", "/drip", drip),
     ("GET", "/bytes/{n}", random_bytes),
+    ("GET", "/stream-bytes/{n}", stream_bytes),
+    ("GET", "/base64/{value}", base64_decode),
+    ("GET", "/deny", deny),
+    ("GET", "/image", image),
+    *(("GET", f"/image/{name}", image_as(media_type)) for name, media_type in (
+        ("png", "image/png"), ("jpeg", "image/jpeg"), ("webp", "image/webp"), ("svg", "image/svg+xml"))),
+    ("GET", "/links/{n}", links_start),
+    ("GET", "/links/{n}/{offset}", links),
     ("GET", "/range/{n}", byte_range),
     ("GET", "/cookies", cookies),
     ("GET", "/cookies/set", cookies_set),
     ("GET", "/cookies/delete", cookies_delete),
+    ("GET", "/cookies/set/{name}/{value}", cookie_set),
     ("GET", "/redirect/{n}", redirect),
+    ("GET", "/relative-redirect/{n}", relative_redirect),
+    ("GET", "/absolute-redirect/{n}", absolute_redirect),
     ("GET", "/redirect-to", redirect_to),
     ("POST", "/redirect-to", redirect_to),
     ("GET", "/response-headers", response_headers),
@@ -498,8 +660,11 @@ ROUTES: list[tuple[str, str, object]] = [
     ("GET", "/cache/{n}", cache_for),
     ("GET", "/etag/{etag}", etag),
     ("GET", "/basic-auth/{user}/{passwd}", basic_auth),
+    ("GET", "/hidden-basic-auth/{user}/{passwd}", hidden_basic_auth),
     ("GET", "/bearer", bearer),
     ("GET", "/gzip", gzipped),
+    ("GET", "/deflate", deflated),
+    ("GET", "/brotli", brotli_encoded),
     ("GET", "/encoding/utf8", encoding_utf8),
     ("GET", "/html", html),
     ("GET", "/xml", xml),

@@ -20,6 +20,69 @@ def simple(summary: str, schema: dict, parameters: list | None = None) -> dict:
     return {"get": oa.operation(summary, {"200": JSON("OK", schema)}, parameters, tags=["httpbin"])}
 
 
+def get(summary: str, responses: dict, parameters: list | None = None) -> dict:
+    return {"get": oa.operation(summary, responses, parameters, tags=["httpbin"])}
+
+
+AUTHENTICATED = JSON("Authenticated", {"type": "object", "required": ["authenticated", "user"]})
+N_REDIRECTS = [P("n", {"type": "integer", "minimum": 1, "maximum": 20})]
+WHOLE = {"type": "integer", "minimum": 0, "maximum": 102400}
+DURATION = {"type": "string", "pattern": "^[0-9]{1,9}(\\.[0-9]{1,9})?(ms|s)?$"}
+
+
+def more_paths(h: str) -> dict:
+    """httpbin.org's remaining endpoints and go-httpbin's additions."""
+    digest = [P("qop", {"type": "string"}), P("user", {"type": "string"}), P("passwd", {"type": "string"})]
+    algorithm = P("algorithm", {"type": "string", "enum": ["MD5", "SHA-256", "SHA-512"]})
+    return {
+        f"{h}/": get("This index: every endpoint", {"200": ANY}),
+        f"{h}/base64/{{value}}": get("The path, base64url-decoded", {"200": ANY}, [P("value", {"type": "string"})]),
+        f"{h}/cookies/set/{{name}}/{{value}}": get("Set one cookie, then redirect to /cookies", {"302": ANY}, [
+            P("name", {"type": "string"}), P("value", {"type": "string"})]),
+        f"{h}/deflate": get("A deflate-encoded JSON body", {"200": ANY}),
+        f"{h}/brotli": get("A brotli-encoded JSON body", {"200": ANY}),
+        f"{h}/deny": get("The page robots.txt disallows", {"200": ANY}),
+        f"{h}/digest-auth/{{qop}}/{{user}}/{{passwd}}": get("HTTP Digest auth (MD5)", {
+            "200": AUTHENTICATED, "401": ANY}, digest),
+        f"{h}/digest-auth/{{qop}}/{{user}}/{{passwd}}/{{algorithm}}": get("HTTP Digest auth", {
+            "200": AUTHENTICATED, "401": ANY}, [*digest, algorithm]),
+        f"{h}/digest-auth/{{qop}}/{{user}}/{{passwd}}/{{algorithm}}/{{stale_after}}": get(
+            "HTTP Digest auth whose nonce goes stale after a number of uses", {"200": AUTHENTICATED, "401": ANY},
+            [*digest, algorithm, P("stale_after", {"type": "string"})]),
+        f"{h}/hidden-basic-auth/{{user}}/{{passwd}}": get("HTTP Basic auth answering 404 instead of 401", {
+            "200": AUTHENTICATED, "404": ANY}, [P("user", {"type": "string"}), P("passwd", {"type": "string"})]),
+        f"{h}/image": get("An image in the format Accept prefers", {"200": ANY, "406": ANY}),
+        **{f"{h}/image/{kind}": get(f"A {kind.upper()} image", {"200": ANY})
+           for kind in ("png", "jpeg", "webp", "svg")},
+        f"{h}/links/{{n}}": get("Redirect to the first page of n links", {"302": ANY}, [
+            P("n", {"type": "integer", "minimum": 1, "maximum": 200})]),
+        f"{h}/links/{{n}}/{{offset}}": get("A page of n links", {"200": ANY}, [
+            P("n", {"type": "integer", "minimum": 1, "maximum": 200}),
+            P("offset", {"type": "integer", "minimum": 0, "maximum": 200})]),
+        f"{h}/relative-redirect/{{n}}": get("Redirect n times with relative Locations", {"302": ANY}, N_REDIRECTS),
+        f"{h}/absolute-redirect/{{n}}": get("Redirect n times with absolute Locations", {"302": ANY}, N_REDIRECTS),
+        f"{h}/stream-bytes/{{n}}": get("n random bytes, chunked", {"200": ANY}, [
+            P("n", WHOLE), oa.query_int("seed", 0, 2**31, "repeatable bytes"),
+            oa.query_int("chunk_size", 1, 102400, "bytes per chunk")]),
+        f"{h}/sse": get("Server-sent events", {"200": ANY}, [
+            oa.query_int("count", 1, 100, "events"), {"name": "duration", "in": "query", "schema": DURATION},
+            {"name": "delay", "in": "query", "schema": DURATION}, oa.query_int("retry", 0, 3600000, "ms")]),
+        f"{h}/jsonl": get("JSON lines", {"200": ANY}, [
+            oa.query_int("count", 1, 100, "lines"), {"name": "duration", "in": "query", "schema": DURATION}]),
+        f"{h}/websocket/echo": get("A WebSocket that echoes every message", {"101": ANY}),
+        f"{h}/hostname": get("Which instance answered", {"200": JSON("The instance", {
+            "type": "object", "required": ["hostname", "instance", "pid"]})}),
+        f"{h}/dump/request": {m: oa.operation("The request as received, in HTTP/1.1 wire form", {"200": ANY},
+                                              body=ANY_BODY if m != "get" else None, tags=["httpbin"])
+                              for m in ("get", "post", "put", "patch", "delete")},
+        f"{h}/trailers": get("The query's fields as trailers after a chunked body", {"200": ANY}),
+        f"{h}/unstable": {m: oa.operation("200, or a 500 at failure_rate (seeded)", {"200": JSON("The request", BASICS),
+                                                                                  "500": ANY}, [
+            {"name": "failure_rate", "in": "query", "schema": {"type": "number", "minimum": 0, "maximum": 1}},
+            oa.query_int("seed", 0, 2**31, "repeatable outcome")], tags=["httpbin"]) for m in ("get", "post")},
+    }
+
+
 def build() -> dict:
     h = "/httpbin"
     body_ops = {m: oa.operation(f"{m.upper()} echo", {"200": JSON("The request as received", WITH_BODY)},
@@ -84,6 +147,7 @@ def build() -> dict:
         f"{h}/html": {"get": oa.operation("An HTML page", {"200": ANY}, tags=["httpbin"])},
         f"{h}/xml": {"get": oa.operation("An XML document", {"200": ANY}, tags=["httpbin"])},
         f"{h}/robots.txt": {"get": oa.operation("robots.txt", {"200": ANY}, tags=["httpbin"])},
+        **more_paths(h),
         **oa.document_paths(f"{h}/bins", f"{h}/bins/{{name}}",
                             P("name", {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}),
                             {"type": "object"}, tag="bins"),

@@ -24,13 +24,14 @@ from deploy.render import (
     RATE_LIMITED,
     STREAM_TCP_TIMEOUT,
     UPSTREAM_FAIL_TIMEOUT_S,
+    WEBSOCKET_PATHS,
     nginx_conf,
     supervisord_conf,
     write_modules_conf,
 )
 from deploy.stack import base_images, docker_answers
 from deploy.topology import HTTP_SERVICES, ROOT, STREAM_SERVICES, Site
-from services.common.http import CLIENT_TIMEOUT_S, IO_MAX_MS
+from services.common.http import CLIENT_TIMEOUT_S, IO_MAX_MS, MAX_REQUEST_BODY_BYTES
 from services.sockets.echo import EchoServer
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -71,7 +72,8 @@ def http_block(mode, tmp_path):
 
 def test_server_tokens_off_and_sane_limits(http_block):
     assert one(http_block, "server_tokens") == ["off"]
-    assert one(http_block, "client_max_body_size") == ["1m"]
+    # The same limit as the services that take big bodies (httpbin echoes up to it).
+    assert one(http_block, "client_max_body_size") == [f"{MAX_REQUEST_BODY_BYTES // 1024 // 1024}m"]
     for timeout in ("client_header_timeout", "client_body_timeout", "send_timeout", "keepalive_timeout"):
         assert seconds(one(http_block, timeout)[0]) > 0
 
@@ -102,7 +104,13 @@ def test_upstreams_keep_connections_alive_over_http11(http_block, mode):
     assert one(http_block, "proxy_next_upstream") == ["error", "timeout"]
     assert one(http_block, "proxy_http_version") == ["1.1"]
     headers = {d["args"][0]: d["args"][1] for d in find(http_block, "proxy_set_header")}
-    assert headers["Connection"] == ""
+    # Connection is cleared (the pool works) but for a WebSocket handshake to a WebSocket path.
+    assert (headers["Connection"], headers["Upgrade"]) == ("$upstream_connection", "$upstream_upgrade")
+    maps = {tuple(d["args"]): {e["directive"]: e["args"] for e in d["block"]} for d in find(http_block, "map")}
+    upgrade = maps[("$http_upgrade:$uri", "$upstream_upgrade")]
+    assert upgrade.pop("default") == [""] and len(upgrade) == len(WEBSOCKET_PATHS) >= 1
+    assert all(key.startswith("~*^websocket:") and value == ["websocket"] for key, value in upgrade.items())
+    assert maps[("$upstream_upgrade", "$upstream_connection")] == {"default": ["upgrade"], "": [""]}
     assert headers["X-Forwarded-For"] == "$remote_addr"
     assert headers["X-Forwarded-Proto"] == "$scheme"
     assert headers["X-Forwarded-Host"] == "$forwarded_host"  # the client's Host when plain (see the map)
