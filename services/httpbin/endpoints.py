@@ -86,18 +86,26 @@ def basics(request: web.Request) -> dict:
             "url": url_of(request)}
 
 
+def _flattened(pairs: list[tuple[str, str]]) -> dict[str, str | list[str]]:
+    """httpbin's shape for form fields: a name given once maps to its value, given more often to the list."""
+    fields: dict[str, list[str]] = {}
+    for name, value in pairs:
+        fields.setdefault(name, []).append(value)
+    return {name: values[0] if len(values) == 1 else values for name, values in fields.items()}
+
+
 async def with_body(request: web.Request) -> dict:
     """httpbin's shape for requests with a body: data, form, files and json, as it decodes them."""
     kind = (request.content_type or "").lower()
     # A multipart body is read by aiohttp's own parser, from the stream: reading the body first would leave
     # it nothing ("Could not find starting boundary" for every upload).
     raw = b"" if kind.startswith("multipart/") else await request.read()
-    form: dict[str, str] = {}
+    form: dict[str, str | list[str]] = {}
     files: dict[str, str] = {}
     parsed_json = None
     data = ""
     if kind == "application/x-www-form-urlencoded":
-        form = dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
+        form = _flattened(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
     elif kind.startswith("multipart/"):
         try:
             post = await request.post()
@@ -107,8 +115,7 @@ async def with_body(request: web.Request) -> dict:
         for key, value in post.items():
             if isinstance(value, web.FileField):
                 files[key] = value.file.read().decode("utf-8", "replace")
-            else:
-                form[key] = str(value)
+        form = _flattened([(key, str(value)) for key, value in post.items() if not isinstance(value, web.FileField)])
     else:
         try:
             data = raw.decode("utf-8")
@@ -188,7 +195,10 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def redirect(request: web.Request) -> web.Response:
-    return _redirect_chain(request, "redirect", absolute=request.query.get("absolute", "").lower() == "true")
+    """302 n times, then /get: on through /relative-redirect (or /absolute-redirect with ?absolute=true), as
+    httpbin.org does."""
+    absolute = request.query.get("absolute", "").lower() == "true"
+    return _redirect_chain(request, "absolute-redirect" if absolute else "relative-redirect", absolute)
 
 
 def _redirect_chain(request: web.Request, kind: str, absolute: bool) -> web.Response:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import email.utils
 import http.client
 import json
@@ -19,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import aiohttp
 import dns.message
 import dns.query
 import dns.rcode
@@ -266,6 +269,64 @@ class StackContract:
         finally:
             for sock in slow:
                 sock.close()
+
+    def test_httpbins_events_stream_through_nginx_as_they_happen(self, stack):
+        """Server-sent events one second apart: the first reaches the client while the rest are still to come
+        (nginx does not buffer them: X-Accel-Buffering: no). Generous: buffered, the first would arrive with
+        the last, two seconds later; the test asks for one second between them."""
+        started = time.monotonic()
+        with requests.get(stack.url("/httpbin/sse?count=3&duration=3s"), stream=True, timeout=20) as response:
+            assert response.headers["Content-Type"].startswith("text/event-stream")
+            lines = response.iter_lines()
+            first = next(line for line in lines if line.startswith(b"id:"))
+            first_at = time.monotonic() - started
+            rest = [line for line in lines if line.startswith(b"id:")]
+        assert (first, rest) == (b"id: 1", [b"id: 2", b"id: 3"])
+        assert time.monotonic() - started - first_at > 1.0
+
+    def test_httpbins_websocket_echo_upgrades_through_nginx_and_nothing_else_does(self, stack):
+        async def talk() -> tuple[str, bytes]:
+            async with aiohttp.ClientSession() as session, session.ws_connect(
+                    stack.url("/httpbin/websocket/echo")) as socket_:
+                await socket_.send_str("through nginx")
+                text = (await socket_.receive()).data
+                await socket_.send_bytes(b"\x00\x01")
+                return text, (await socket_.receive()).data
+
+        assert asyncio.run(talk()) == ("through nginx", b"\x00\x01")
+        handshake = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                     "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode()}
+        elsewhere = requests.get(stack.url("/httpbin/get"), headers=handshake, timeout=10)
+        assert elsewhere.status_code == 200  # the Upgrade was not passed on: a plain answer
+        assert "Upgrade" not in elsewhere.json()["headers"]
+
+    def test_httpbin_behind_nginx_answers_as_at_its_root(self, stack):
+        """The prefix behaves like a root: the index, absolute URLs with the client's host and port, redirects
+        that stay under /httpbin, digest auth signed for the URI the client sent, the request as nginx passed it."""
+        index = requests.get(stack.url("/httpbin/"), timeout=10)
+        assert index.status_code == 200 and 'href="/httpbin/get"' in index.text
+        hop = requests.get(stack.url("/httpbin/absolute-redirect/2"), allow_redirects=False, timeout=10)
+        assert hop.headers["Location"] == stack.url("/httpbin/absolute-redirect/1")
+        assert requests.get(stack.url("/httpbin/relative-redirect/3"), timeout=10).url == stack.url("/httpbin/get")
+        digest = requests.get(stack.url("/httpbin/digest-auth/auth/ada/s3cret/SHA-256"), timeout=10,
+                              auth=requests.auth.HTTPDigestAuth("ada", "s3cret"))
+        assert digest.status_code == 200 and digest.json() == {"authenticated": True, "user": "ada"}
+        dump = requests.post(stack.url("/httpbin/dump/request"), data=b"a=1", timeout=10,
+                             headers={"X-Request-ID": "dump-1", "Content-Type": "text/plain"})
+        head = dump.text.split("\r\n\r\n")[0].lower()
+        assert dump.text.startswith("POST /httpbin/dump/request HTTP/1.1\r\n") and dump.text.endswith("a=1")
+        assert "x-request-id: dump-1" in head and "x-forwarded-for: " in head and "\r\nconnection:" not in head
+        picture = requests.get(stack.url("/httpbin/image"), headers={"Accept": "image/webp"}, timeout=10)
+        assert picture.headers["Content-Type"] == "image/webp" and picture.content[:4] == b"RIFF"
+        big = os.urandom(512 * 1024)  # beyond the 64 KiB it once stopped at, within nginx's 1 MiB
+        echoed = requests.post(stack.url("/httpbin/anything"), data=big, timeout=20,
+                               headers={"Content-Type": "application/octet-stream"}).json()
+        assert base64.b64decode(echoed["data"].split(",", 1)[1]) == big
+
+    def test_httpbin_hostname_shows_every_instance_answering(self, stack):
+        httpbin = next(service for service in HTTP_SERVICES if service.name == "httpbin")
+        answers = [requests.get(stack.url("/httpbin/hostname"), timeout=10).json() for _ in range(12)]
+        assert len({(a["hostname"], a["instance"], a["pid"]) for a in answers}) == httpbin.instances  # in turn
 
     def test_landing_page_lists_the_services(self, stack):
         response = requests.get(stack.url("/"), timeout=5)
