@@ -359,3 +359,15 @@ async def test_unstable_fails_at_the_rate_asked_and_repeatably_with_a_seed(clien
     assert set(outcomes) == {200, 500}
     await problem(await client.get("/httpbin/unstable?failure_rate=2"), 400)
     await problem(await client.get("/httpbin/unstable?failure_rate=nan"), 400)
+
+
+async def test_cookies_set_and_deleted_through_response_headers_meet_under_the_prefix(client):
+    """As at httpbin.org's root: a cookie set by /cookies/set is deleted by a Set-Cookie from /response-headers
+    (whose default path is the prefix), and /cookies sees it come and go — in a client's own cookie jar."""
+    await client.get("/httpbin/cookies/set?flavour=oat")
+    assert (await (await client.get("/httpbin/cookies")).json())["cookies"] == {"flavour": "oat"}
+    await client.get("/httpbin/response-headers", params={"Set-Cookie": "flavour=; Max-Age=0"})
+    assert (await (await client.get("/httpbin/cookies")).json())["cookies"] == {}
+    await client.get("/httpbin/cookies/set/flavour/rye")
+    await client.get("/httpbin/response-headers", params={"Set-Cookie": "flavour=; Max-Age=0; Path=/httpbin"})
+    assert (await (await client.get("/httpbin/cookies")).json())["cookies"] == {}
