@@ -204,6 +204,14 @@ def assert_same(case: Case, reference: Answer, ours: Answer) -> None:
         assert documents[0] == documents[1]
 
 
+def joined(fields: object) -> dict[str, str]:
+    """Header fields by lower-cased name, a repeated one's values joined with ", " (RFC 9110 5.3)."""
+    out: dict[str, str] = {}
+    for name, value in fields:  # type: ignore[attr-defined]
+        out[name.lower()] = f"{out[name.lower()]}, {value}" if name.lower() in out else value
+    return out
+
+
 def ask_reference(client, method: str, path: str, headers: dict[str, str], body: bytes) -> Answer:
     if "Cookie" in headers:  # Werkzeug's test client sends its own cookie jar, not a Cookie header
         headers = dict(headers)
@@ -211,19 +219,13 @@ def ask_reference(client, method: str, path: str, headers: dict[str, str], body:
             name, _, value = pair.strip().partition("=")
             client.set_cookie(name, value)
     response = client.open(path, method=method, headers=headers, data=body)
-    fields: dict[str, str] = {}
-    for name, value in response.headers.items():
-        fields[name.lower()] = f"{fields[name.lower()]}, {value}" if name.lower() in fields else value
-    return Answer(response.status_code, fields, response.get_data())
+    return Answer(response.status_code, joined(response.headers.items()), response.get_data())
 
 
 async def ask_ours(client, method: str, path: str, headers: dict[str, str], body: bytes) -> Answer:
     response = await client.request(method, PREFIX + path, headers=headers, data=body or None,
                                     allow_redirects=False, auto_decompress=False)
-    fields: dict[str, str] = {}
-    for name, value in response.headers.items():
-        fields[name.lower()] = f"{fields[name.lower()]}, {value}" if name.lower() in fields else value
-    return Answer(response.status, fields, await response.read())
+    return Answer(response.status, joined(response.headers.items()), await response.read())
 
 
 @pytest.fixture
