@@ -10,6 +10,7 @@ import gzip
 import json
 import re
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,10 +205,10 @@ def assert_same(case: Case, reference: Answer, ours: Answer) -> None:
         assert documents[0] == documents[1]
 
 
-def joined(fields: object) -> dict[str, str]:
+def joined(fields: Iterable[tuple[str, str]]) -> dict[str, str]:
     """Header fields by lower-cased name, a repeated one's values joined with ", " (RFC 9110 5.3)."""
     out: dict[str, str] = {}
-    for name, value in fields:  # type: ignore[attr-defined]
+    for name, value in fields:
         out[name.lower()] = f"{out[name.lower()]}, {value}" if name.lower() in out else value
     return out
 
