@@ -204,7 +204,7 @@ async def test_image_refuses_what_accept_rules_out(client):
 # ---------------------------------------------------------------- digest auth
 
 def digest_header(challenge: str, user: str, password: str, method: str, uri: str, body: bytes = b"",
-                  qop: str | None = "auth", nc: str = "00000001") -> str:
+                  qop: str | None = "auth", nc: str = "00000001", claimed_uri: str | None = None) -> str:
     """What a client sends back (RFC 7616), computed here independently of services/httpbin/digest.py."""
     params = dict(re.findall(r'(\w+)="?([^",]+)"?', challenge))
     algorithm = params["algorithm"]
@@ -222,7 +222,8 @@ def digest_header(challenge: str, user: str, password: str, method: str, uri: st
     else:
         response = hexdigest(ha1, params["nonce"], ha2)
         extra = ""
-    return (f'Digest username="{user}", realm="{params["realm"]}", nonce="{params["nonce"]}", uri="{uri}", '
+    return (f'Digest username="{user}", realm="{params["realm"]}", nonce="{params["nonce"]}", '
+            f'uri="{claimed_uri or uri}", '
             f'algorithm={algorithm}, response="{response}", opaque="{params["opaque"]}"{extra}')
 
 
@@ -250,6 +251,12 @@ async def test_digest_auth_refuses_a_wrong_password_user_or_uri(client):
                                                                                   signed_uri)})
         assert response.status == 401, (user, password, signed_uri)
         assert "stale=FALSE" in response.headers["WWW-Authenticate"]  # refused for the answer, not the nonce
+    # Signed for this request but naming another URI in the header (RFC 7616 3.4.6: they must agree).
+    client.session.cookie_jar.clear()
+    challenge = (await client.get(uri)).headers["WWW-Authenticate"]
+    claimed = digest_header(challenge, "ada", "s3cret", "GET", uri, claimed_uri="/httpbin/other")
+    response = await client.get(uri, headers={"Authorization": claimed})
+    assert response.status == 401
 
 
 async def test_digest_nonce_goes_stale_after_its_uses_and_on_replay_after_a_failure(client):
