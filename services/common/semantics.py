@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode
@@ -93,6 +94,10 @@ def parse_json(body: bytes) -> object:
     return document
 
 
+# RFC 9110 12.4.2's qvalue: 0 to 1 with at most three decimals. Anything else ("nan", "inf", "2") weighs 0.
+_QVALUE = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")
+
+
 def media_ranges(accept: str) -> list[tuple[str, float]]:
     """An Accept header's media ranges with their weights (q=1 unless given; a malformed q counts as 0)."""
     ranges = []
@@ -102,10 +107,8 @@ def media_ranges(accept: str) -> list[tuple[str, float]]:
         for param in params:
             key, _, value = param.partition("=")
             if key.strip().lower() == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 0.0
+                value = value.strip()
+                quality = float(value) if _QVALUE.fullmatch(value) else 0.0
         ranges.append((name.lower(), quality))
     return ranges
 
@@ -119,24 +122,27 @@ def require_acceptable(accept: str | None, offered: str = JSON) -> None:
 
 
 def negotiate(accept: str | None, offered: list[str], wildcard_choice: str | None = None) -> str | None:
-    """The offered media type the client prefers (RFC 9110 12.5.1): the highest weight, a type named outright
-    before one matched by a wildcard, then the order offered; `wildcard_choice` when only wildcards match.
-    None when the client accepts none of them. No Accept at all accepts anything: the first offered."""
+    """The offered media type the client prefers (RFC 9110 12.5.1). Each type weighs what its most specific
+    matching range says (so "image/png;q=0, */*" rules PNG out); the heaviest wins, a type the client named
+    before one it only matched by a wildcard, then the order offered. When the winner was matched by a wildcard
+    only, `wildcard_choice` is taken instead if it weighs as much. None when the client accepts none of them.
+    No Accept at all accepts anything: `wildcard_choice`, else the first offered."""
     if not accept or not accept.strip():
         return wildcard_choice or offered[0]
     ranges = media_ranges(accept)
-    best: tuple[float, int, int] | None = None
-    choice = None
-    for order, media_type in enumerate(offered):
+    weights: dict[str, tuple[float, int]] = {}  # media type -> (quality, specificity of the range that set it)
+    for media_type in offered:
         kind = media_type.partition("/")[0]
         for name, quality in ranges:
             specificity = 2 if name == media_type else 1 if name == f"{kind}/*" else 0 if name == "*/*" else -1
-            if specificity < 0 or quality <= 0:
-                continue
-            rank = (quality, specificity, -order)
-            if best is None or rank > best:
-                best, choice = rank, media_type
-    if best is not None and best[1] < 2 and wildcard_choice in offered:
+            if specificity > weights.get(media_type, (0.0, -1))[1]:
+                weights[media_type] = (quality, specificity)
+    acceptable = [(weights[t][0], weights[t][1], -order, t) for order, t in enumerate(offered)
+                  if t in weights and weights[t][0] > 0]
+    if not acceptable:
+        return None
+    quality, specificity, _, choice = max(acceptable)
+    if specificity < 2 and wildcard_choice in weights and weights[wildcard_choice][0] == quality:
         return wildcard_choice
     return choice
 

@@ -82,7 +82,7 @@ async def digest_auth(request: web.Request) -> web.Response:
 
     def answer(response: web.Response, **values: str) -> web.Response:
         for name, value in {"fake": "fake_value", **values}.items():
-            response.set_cookie(name, http_safe(value), path=PREFIX)
+            response.set_cookie(name, cookie_safe(value), path=PREFIX)
         return response
 
     if params is None or (require_cookie and "Cookie" not in request.headers):
@@ -105,7 +105,7 @@ async def digest_auth(request: web.Request) -> web.Response:
     return answer(reply({"authenticated": True, "user": user}))
 
 
-def http_safe(value: str) -> str:
+def cookie_safe(value: str) -> str:
     """A cookie value from the client (a nonce, a count): only the cookie-octet characters survive."""
     return re.sub(r"[^!#-+\--:<-\[\]-~]", "", value)[:200]
 

@@ -275,8 +275,12 @@ async def response_headers(request: web.Request) -> web.Response:
                 response.headers["Content-Type"] = header_value(value, key)
             else:
                 response.headers.add(key, header_value(value, key))
-    # Whatever the client made of this response (text/html with a script, say), it runs sandboxed: an opaque
-    # origin that cannot read this origin's cookies or call its APIs with them. Sniffing is off too.
+    return sandboxed(response)
+
+
+def sandboxed(response: web.Response) -> web.Response:
+    """A response whose content the client chose (text/html with a script, say) runs in an opaque origin that
+    cannot read this origin's cookies (web's session) or call its APIs with them; sniffing is off too."""
     response.headers.add("Content-Security-Policy", "sandbox")
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
@@ -351,10 +355,20 @@ def _seeded(request: web.Request) -> random.Random:
     return random.Random(http.int_param(seed, "seed", 0, 0, 2**63 - 1))
 
 
+async def _random(request: web.Request, rng: random.Random, n: int) -> bytes:
+    """n bytes: unseeded, straight from the generator; seeded, one randint(0, 255) per byte (httpbin.org's
+    sequence), which costs about 0.4 us a byte in Python: past a few KiB it runs in a thread, so the event loop
+    keeps serving others meanwhile (37 ms for 100 KiB measured, held in 5 ms GIL slices instead of one block)."""
+    if "seed" not in request.query:
+        return rng.randbytes(n)
+    if n <= 4096:
+        return bytes(rng.randint(0, 255) for _ in range(n))
+    return await asyncio.to_thread(lambda: bytes(rng.randint(0, 255) for _ in range(n)))
+
+
 async def random_bytes(request: web.Request) -> web.Response:
     n = http.int_param(request.match_info["n"], "n", 1, 0, MAX_BYTES)
-    rng = _seeded(request)
-    return web.Response(body=bytes(rng.randint(0, 255) for _ in range(n)), content_type="application/octet-stream")
+    return web.Response(body=await _random(request, _seeded(request), n), content_type="application/octet-stream")
 
 
 async def stream_bytes(request: web.Request) -> web.StreamResponse:
@@ -364,7 +378,7 @@ async def stream_bytes(request: web.Request) -> web.StreamResponse:
     rng = _seeded(request)
     response = await streaming(request, "application/octet-stream")
     for start in range(0, n, chunk_size):
-        await response.write(bytes(rng.randint(0, 255) for _ in range(min(chunk_size, n - start))))
+        await response.write(await _random(request, rng, min(chunk_size, n - start)))
     await response.write_eof()
     return response
 
@@ -611,7 +625,7 @@ async def base64_decode(request: web.Request) -> web.Response:
     except (binascii.Error, ValueError):
         raise http.Problem(400, "Invalid base64", "the path must be base64url-encoded UTF-8, e.g. "
                            "SFRUUEJJTiBpcyBhd2Vzb21l") from None
-    return web.Response(text=decoded, content_type="text/html")
+    return sandboxed(web.Response(text=decoded, content_type="text/html"))  # text/html, as at httpbin.org
 
 
 def _links_page(n: int, offset: int) -> str:

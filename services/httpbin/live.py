@@ -15,7 +15,7 @@ import time
 from aiohttp import WSMsgType, web
 
 from services.common import http
-from services.httpbin.endpoints import MAX_BYTES, MAX_DELAY, basics, header_value, reply, streaming
+from services.httpbin.endpoints import MAX_BYTES, MAX_DELAY, basics, header_value, reply, sandboxed, streaming
 
 _DURATION = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,9})?)(ms|s)?")
 MAX_EVENTS = 100
@@ -110,8 +110,8 @@ async def dump_request(request: web.Request) -> web.Response:
     head = [f"{request.method} {request.raw_path} {version}".encode()]
     head += [name + b": " + value for name, value in request.raw_headers]
     body = await request.read()
-    return web.Response(body=b"\r\n".join(head) + b"\r\n\r\n" + body, content_type="text/plain", charset="utf-8",
-                        headers={"X-Content-Type-Options": "nosniff"})
+    return sandboxed(web.Response(body=b"\r\n".join(head) + b"\r\n\r\n" + body, content_type="text/plain",
+                                  charset="utf-8"))
 
 
 async def trailers(request: web.Request) -> web.StreamResponse:

@@ -7,6 +7,7 @@ in catalog over HTTP, concurrently with gevent).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -73,8 +74,10 @@ def read_body_within(sock: socket.socket, seconds: float) -> None:
     finally:
         sock.settimeout(None)
     # gunicorn keeps HTTP/1.1 connections open and drops an app's Connection header; with our read side shut,
-    # its next read (of the body's rest) sees the end, and it closes the connection after this answer.
-    sock.shutdown(socket.SHUT_RD)
+    # its next read (of the body's rest) sees the end, and it closes the connection after this answer. A client
+    # that already reset the connection leaves nothing to shut.
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RD)
     raise problem
 
 

@@ -45,6 +45,8 @@ async def test_base64_decodes_urlsafe_with_or_without_padding(client):
     for encoded in ("SFRUUEJJTiBpcyBhd2Vzb21l", base64.urlsafe_b64encode("é/ü?".encode()).decode().rstrip("=")):
         response = await client.get(f"/httpbin/base64/{encoded}")
         assert response.status == 200
+        # text/html the client wrote: sandboxed, away from web's session cookie on the same origin
+        assert response.headers["Content-Security-Policy"] == "sandbox"
         assert await response.text() == base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
     await problem(await client.get("/httpbin/base64/%%%"), 400)
     await problem(await client.get("/httpbin/base64/" + base64.urlsafe_b64encode(b"\xff\xfe").decode()), 400)
@@ -91,6 +93,10 @@ async def test_stream_bytes_are_seeded_like_bytes_and_chunked(client):
     import random
     rng = random.Random(7)
     assert whole == bytes(rng.randint(0, 255) for _ in range(1000))
+    long = await (await client.get("/httpbin/stream-bytes/20000?seed=7&chunk_size=9000")).read()  # in a thread
+    assert long[:1000] == whole and len(long) == 20000
+    unseeded = [await (await client.get("/httpbin/bytes/64")).read() for _ in range(2)]
+    assert len(unseeded[0]) == 64 and unseeded[0] != unseeded[1]
     await problem(await client.get("/httpbin/stream-bytes/10?chunk_size=0"), 400)
     await problem(await client.get("/httpbin/stream-bytes/10?seed=x"), 400)
 
@@ -189,6 +195,8 @@ async def test_svg_is_well_formed_xml(client):
     (None, "image/png"), ("image/webp", "image/webp"), ("image/*", "image/png"), ("*/*", "image/png"),
     ("image/svg+xml", "image/svg+xml"), ("image/jpeg;q=0.5, image/png", "image/png"),
     ("image/avif,image/webp,*/*;q=0.8", "image/webp"), ("text/html, image/jpeg;q=0.1", "image/jpeg"),
+    ("image/png;q=0, */*", "image/webp"),  # the most specific range decides: PNG is ruled out, not chosen
+    ("image/*;q=0.5, image/jpeg;q=0.4", "image/png"),
 ])
 async def test_image_negotiates_by_accept(client, accept, chosen):
     response = await client.get("/httpbin/image", headers={"Accept": accept} if accept else {"Accept": ""})
@@ -199,6 +207,8 @@ async def test_image_negotiates_by_accept(client, accept, chosen):
 async def test_image_refuses_what_accept_rules_out(client):
     await problem(await client.get("/httpbin/image", headers={"Accept": "text/html"}), 406)
     await problem(await client.get("/httpbin/image", headers={"Accept": "image/png;q=0"}), 406)
+    for weight in ("nan", "inf", "-1", "2", "٠.5"):  # not RFC 9110 qvalues: they weigh nothing
+        await problem(await client.get("/httpbin/image", headers={"Accept": f"image/*;q={weight}"}), 406)
 
 
 # ---------------------------------------------------------------- digest auth
