@@ -8,9 +8,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
-# httpbin.org's code from PyPI, the reference tests/unit/test_httpbin_reference.py compares the httpbin service
-# with; installed without its declared dependencies (pyproject.toml's "reference" group says why).
-REFERENCE_HTTPBIN := httpbin==0.10.2
 
 .PHONY: help setup system-deps up down restart reload ps logs urls test lint fmt lock clean clean-data loadtest loadtest-headless soak chaos compare \
         trace trace-dns rawhttp tcp-vs-udp iolab
@@ -23,7 +20,9 @@ $(SETUP_STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --disable-pip-version-check pip==26.3
 	@$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt --group dev
-	@$(PY) -m pip install -q --disable-pip-version-check --no-deps $(REFERENCE_HTTPBIN)
+	@# httpbin.org's code, the reference tests/unit/test_httpbin_reference.py compares ours with, at the version
+	@# constraints.txt pins, without its declared dependencies (pyproject.toml's "reference" group says why).
+	@$(PY) -m pip install -q --disable-pip-version-check --no-deps -c constraints.txt httpbin
 	@rm -f $(VENV)/.installed-* && touch $@
 
 setup: $(SETUP_STAMP) system-deps  ## virtual environment, pinned packages, nginx (as root on Debian)

@@ -410,8 +410,11 @@ class Compose:
         keep to the peer list they started with, answers 502 instead of passing the request on."""
         old = self.containers(service)
         log(f"replacing {service}'s {len(old)} replicas with ones with its new settings, the old serving meanwhile")
-        self.run("up", "--detach", "--no-deps", "--no-recreate", "--no-build", "--scale", f"{service}={2 * len(old)}",
-                 service, capture=True)
+        started = self.run("up", "--detach", "--no-deps", "--no-recreate", "--no-build", "--scale",
+                           f"{service}={2 * len(old)}", service, capture=True, check=False)
+        if started.returncode:
+            log(f"the new {service} replicas did not start; the old ones still serve:\n{started.stderr[-2000:]}")
+            return 1
         new = [container for container in self.containers(service) if container not in old]
         for container in new:
             if not self.container_healthy(container):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -31,14 +32,19 @@ def free_tcp_udp_port(host: str = "127.0.0.1") -> int:
 
 
 @contextmanager
-def alongside(one_round: Callable[[list[int]], None]) -> Iterator[list[int]]:
+def alongside(one_round: Callable[[list], None]) -> Iterator[list]:
     """Run `one_round(seen)` over and over in a thread until the block ends (each round appends the statuses it
-    got to `seen`); yields `seen`, for the test to check what a well-behaved client saw meanwhile."""
+    got to `seen`); yields `seen`, for the test to check what a well-behaved client saw meanwhile. A round that
+    raises (a reset, a timeout) is recorded in `seen` by its exception's name, so it counts as a failure too."""
     stop, seen = threading.Event(), []
 
     def rounds() -> None:
         while not stop.is_set():
-            one_round(seen)
+            try:
+                one_round(seen)
+            except Exception as error:  # noqa: BLE001 - whatever broke, the test must see it
+                seen.append(type(error).__name__)
+                time.sleep(0.1)
 
     thread = threading.Thread(target=rounds)
     thread.start()

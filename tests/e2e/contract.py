@@ -77,11 +77,11 @@ def assert_framing(response: requests.Response) -> None:
 
 
 @contextmanager
-def bystander(stack: RunningStack) -> Iterator[list[int]]:
+def bystander(stack: RunningStack) -> Iterator[list]:
     """A well-behaved client requesting every service's /json until the block ends: the statuses it saw."""
     with requests.Session() as session:
 
-        def one_round(seen: list[int]) -> None:
+        def one_round(seen: list) -> None:
             for service in HTTP_SERVICES:
                 seen.append(session.get(stack.url(f"{service.prefix}json"), timeout=10).status_code)
 

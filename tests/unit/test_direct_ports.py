@@ -32,11 +32,11 @@ def instance(request, tmp_path_factory):
 
 
 @contextmanager
-def bystander(instance: service_process.ServiceProcess) -> Iterator[list[int]]:
+def bystander(instance: service_process.ServiceProcess) -> Iterator[list]:
     """A keep-alive client requesting the service's /json until the block ends: the statuses it saw."""
     connection = http.client.HTTPConnection(service_process.HOST, instance.port, timeout=10)
 
-    def one_round(seen: list[int]) -> None:
+    def one_round(seen: list) -> None:
         connection.request("GET", f"/{instance.service}/json")
         response = connection.getresponse()
         response.read()
