@@ -75,7 +75,7 @@ soak: setup  ## the locustfile's mix against the running native stack: MINUTES=1
 chaos: setup  ## faults under Locust's mix against the running stack, failures per fault: USERS=20 FAULTS=nginx-reload,...
 	@$(PY) -m loadtest.chaos
 
-compare: setup  ## worker classes and frameworks side by side: reports/compare-<time>/ (QUICK=1: ~2 min)
+compare: setup  ## worker classes and frameworks side by side: reports/compare-<time>/ (QUICK=1: ~2 min; CONFIGS=, WORKLOADS=)
 	@$(PY) -m loadtest compare
 
 iolab: setup  ## the IO-models lab side by side: reports/iolab-<time>/ (QUICK=1: ~2 min; SERVERS=epoll-lt,io_uring)

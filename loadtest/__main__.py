@@ -163,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     soak_args.add_argument("--users", type=int, default=int(os.environ.get("USERS", "100")))
     compare = commands.add_parser("compare")
     compare.add_argument("--quick", action="store_true", default=os.environ.get("QUICK") == "1")
+    compare.add_argument("--configs", default=os.environ.get("CONFIGS", ""),
+                         help="comma-separated configurations to run (default: all), e.g. httpbin-aiohttp,bare-aiohttp")
+    compare.add_argument("--workloads", default=os.environ.get("WORKLOADS", ""),
+                         help="comma-separated workloads: plaintext,json,io,cpu (default: all)")
     args = parser.parse_args(argv)
     site = Site.from_env()
     if args.command == "ui":
@@ -174,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         return soak(site, args.minutes, args.users, REPORTS / f"soak-{datetime.now():%Y%m%d-%H%M%S}")
     from loadtest.compare.run import main as compare_main
 
-    return compare_main(quick=args.quick)
+    return compare_main(quick=args.quick, only_configs=[name for name in args.configs.split(",") if name],
+                        only_workloads=[name for name in args.workloads.split(",") if name])
 
 
 if __name__ == "__main__":

@@ -1,23 +1,26 @@
 """Where a request's time goes in the httpbin service, counted rather than timed.
 
-Run: python -m loadtest.compare.instructions [--requests N]
+Run: python -m loadtest.compare.instructions [--requests N] [--endpoint json|plaintext] [--connections C]
+                                             [--variants bare,httpbin+log]
 
 wrk's requests per second move by ±15 % between runs on a shared 2-core VM, more than the differences this looks
-for. Instructions do not: each variant runs under valgrind's callgrind twice, for N and 6 x N sequential
-keep-alive requests, and the difference divided by 5 x N is what one more request costs, startup excluded.
-The variants add httpbin's parts one at a time to the bare aiohttp app `make compare` uses as the reference:
+for. Instructions do not: each variant runs under valgrind's callgrind twice, answering N and 6 x N keep-alive
+requests sent over C connections at once, and the difference divided by 5 x N is what one more request costs,
+startup excluded. The variants add httpbin's parts one at a time to the bare aiohttp app `make compare` uses as
+the reference:
 
   bare          loadtest/bare/aiohttp_app.py, no access log
   bare+log      the same with httpbin's access log (services/httpbin/app.py: AccessLogger)
-  httpbin       httpbin's application (request ids, problem documents, drain accounting), no access log
+  httpbin       httpbin's application (request ids, problem documents), no access log
   httpbin+log   httpbin as it runs in the stack
 
-Needs valgrind (Debian: apt-get install valgrind). About 5 minutes.
+Needs valgrind (Debian: apt-get install valgrind). About 10 minutes for all four.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import re
 import shutil
 import socket
@@ -28,8 +31,13 @@ import time
 from pathlib import Path
 
 from deploy.topology import ROOT
+from loadtest.compare import wrk
 
 VARIANTS = ("bare", "bare+log", "httpbin", "httpbin+log")
+# As many connections as `make compare`'s wrk: the event loop then handles several requests per wakeup, and its
+# own cost per request (epoll_wait, scheduling) shrinks. One client sending one request at a time would pay the
+# whole loop per request and make every layer above it look smaller than it is under load.
+CONNECTIONS = wrk.CONNECTIONS
 # Started under callgrind: the bare app or httpbin's, with or without httpbin's access log, on one port.
 SERVER = """
 import sys
@@ -49,8 +57,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def send(port: int, path: str, count: int) -> None:
-    """`count` GETs one after another on one keep-alive connection, each answer read whole."""
+def send(port: int, path: str, count: int, connections: int = 1) -> None:
+    """`count` GETs over `connections` keep-alive connections at once, each sending its share one after another
+    and reading each answer whole."""
+    if connections > 1:
+        with concurrent.futures.ThreadPoolExecutor(connections) as pool:
+            shares = [count // connections + (i < count % connections) for i in range(connections)]
+            for done in [pool.submit(send, port, path, share) for share in shares]:
+                done.result()
+        return
     deadline = time.monotonic() + 120  # startup under valgrind is slow
     while True:
         try:
@@ -74,10 +89,10 @@ def send(port: int, path: str, count: int) -> None:
                 buffer += sock.recv(65536)
 
 
-def instructions(variant: str, count: int, workdir: Path) -> int:
+def instructions(variant: str, endpoint: str, count: int, connections: int, workdir: Path) -> int:
     """Instructions the server process executed from start to exit, having answered `count` requests."""
     port = free_port()
-    path = "/bare/json" if variant.startswith("bare") else "/httpbin/json"
+    path = f"/{'bare' if variant.startswith('bare') else 'httpbin'}/{endpoint}"
     log = workdir / f"{variant}-{count}.log"
     with log.open("w") as errors:
         server = subprocess.Popen(
@@ -85,7 +100,7 @@ def instructions(variant: str, count: int, workdir: Path) -> int:
              sys.executable, "-c", SERVER, variant, str(port), str(workdir / "httpbin.sqlite3")],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=errors)
         try:
-            send(port, path, count)
+            send(port, path, count, connections)
         finally:
             server.send_signal(2)  # SIGINT: run_app stops cleanly, callgrind writes its totals
             server.wait(timeout=120)
@@ -95,16 +110,25 @@ def instructions(variant: str, count: int, workdir: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200, help="N: the runs answer N and 6 x N requests")
+    parser.add_argument("--endpoint", choices=("json", "plaintext"), default="json")
+    parser.add_argument("--connections", type=int, default=CONNECTIONS, help="concurrent keep-alive clients")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="a comma-separated subset of "
+                        + ", ".join(VARIANTS))
     args = parser.parse_args()
+    variants = args.variants.split(",")
+    if unknown := set(variants) - set(VARIANTS):
+        parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
     if not shutil.which("valgrind"):
         raise SystemExit("needs valgrind: apt-get install valgrind")
     per_request = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for variant in VARIANTS:
-            small = instructions(variant, args.requests, Path(tmp))
-            large = instructions(variant, 6 * args.requests, Path(tmp))
+        for variant in variants:
+            small = instructions(variant, args.endpoint, args.requests, args.connections, Path(tmp))
+            large = instructions(variant, args.endpoint, 6 * args.requests, args.connections, Path(tmp))
             per_request[variant] = (large - small) / (5 * args.requests)
             print(f"{variant:<12} {per_request[variant]:>9,.0f} instructions per request", flush=True)
+    if set(per_request) != set(VARIANTS):
+        return  # the comparisons below need every variant
     bare = per_request["bare"]
     print(f"\naccess log      {per_request['bare+log'] - bare:>+9,.0f}  ({(per_request['bare+log'] / bare - 1):+.1%})")
     print(f"httpbin's layer {per_request['httpbin'] - bare:>+9,.0f}  ({(per_request['httpbin'] / bare - 1):+.1%})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 CORES = os.cpu_count() or 1
@@ -85,10 +86,16 @@ QUICK_CONFIGS = ("web-sync", "web-gthread", "web-gevent", "catalog-tornado", "ca
 QUICK_WORKLOADS = ("json", "io")
 
 
-def expand(quick: bool = False) -> list[Cell]:
-    """Every cell to measure, grouped by configuration (each configuration's servers start once)."""
+def expand(quick: bool = False, only_configs: Sequence[str] = (), only_workloads: Sequence[str] = ()) -> list[Cell]:
+    """Every cell to measure, grouped by configuration (each configuration's servers start once); `only_*`
+    narrow the full (or QUICK) set to the named configurations and workloads."""
+    if unknown := (set(only_configs) - set(BY_NAME)) | (set(only_workloads) - {w.name for w in WORKLOADS}):
+        raise ValueError(f"unknown configurations or workloads: {', '.join(sorted(unknown))}; "
+                         f"configurations: {', '.join(BY_NAME)}; workloads: {', '.join(w.name for w in WORKLOADS)}")
     configs = [BY_NAME[name] for name in QUICK_CONFIGS] if quick else list(CONFIGS)
+    configs = [config for config in configs if not only_configs or config.name in only_configs]
     workloads = [w for w in WORKLOADS if not quick or w.name in QUICK_WORKLOADS]
+    workloads = [w for w in workloads if not only_workloads or w.name in only_workloads]
     cells = []
     for config in configs:
         for workload in workloads:

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
@@ -24,6 +25,7 @@ from rich.progress import Progress
 from deploy.topology import ROOT, Site
 from loadtest.compare import drivers, report, servers
 from loadtest.compare.matrix import Cell, expand, io_ceiling
+from loadtest.compare.wrk import CONNECTIONS as WRK_CONNECTIONS
 from loadtest.compare.wrk import WRK
 from loadtest.reporting import finish, machine, report_dir
 from loadtest.reporting import progress as progress_bar
@@ -35,7 +37,7 @@ class Settings:
     measure_s: float
     repetitions: int
     wrk: bool
-    wrk_connections: int = 64
+    wrk_connections: int = WRK_CONNECTIONS
     wrk_s: float = 2.0  # wrk needs less time per run than Locust; three short runs beat one long one
 
 
@@ -112,26 +114,30 @@ def mixed(settings: Settings, progress: Progress, task: object) -> dict:
             "ceiling_rps": None, "runs": runs, "wrk": None}
 
 
-def main(quick: bool = False) -> int:
+def main(quick: bool = False, only_configs: Sequence[str] = (), only_workloads: Sequence[str] = ()) -> int:
     # Locust warns about spawning every user at once: that is deliberate here (the warm-up absorbs it).
     logging.getLogger("locust").setLevel(logging.ERROR)
     # The servers run in sessions of their own (a Ctrl-C in the terminal must not hit them mid-cell), so only
     # the finally blocks below stop them: a TERM must unwind like Ctrl-C does, not kill this process outright.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     settings = QUICK if quick else FULL
-    cells = expand(quick)
+    cells = expand(quick, only_configs, only_workloads)
+    narrowed = bool(only_configs or only_workloads)
     started = datetime.now()
     out = report_dir("compare", started)
     results = {
         "started": started.isoformat(timespec="seconds"),
-        "command": "make compare" + (" QUICK=1" if quick else ""),
+        "command": "make compare" + (" QUICK=1" if quick else "")
+                   + (f" CONFIGS={','.join(only_configs)}" if only_configs else "")
+                   + (f" WORKLOADS={','.join(only_workloads)}" if only_workloads else ""),
         "machine": machine(), "versions": versions(),
         "settings": {**settings.__dict__, "workloads": list(dict.fromkeys(c.workload.name for c in cells))},
         "cells": [],
         "errors": [],
     }
     console = Console()
-    steps = len(cells) * settings.repetitions * (2 if settings.wrk else 1) + (0 if quick else settings.repetitions)
+    with_mixed = not quick and not narrowed  # the whole-stack run belongs to the full comparison only
+    steps = len(cells) * settings.repetitions * (2 if settings.wrk else 1) + (settings.repetitions if with_mixed else 0)
     with progress_bar(console) as progress:
         task = progress.add_task("starting", total=steps)
         for config, group in itertools.groupby(cells, key=lambda cell: cell.config):
@@ -156,7 +162,7 @@ def main(quick: bool = False) -> int:
                     if running:
                         running.stop()
                 shutil.rmtree(data, ignore_errors=True)
-        if not quick:
+        if with_mixed:
             results["cells"].append(mixed(settings, progress, task))
             results["settings"]["workloads"].append("mixed")
     path = report.render(finish(results, out))

@@ -6,6 +6,7 @@ import re
 import shutil
 
 WRK = shutil.which("wrk")
+CONNECTIONS = 64  # wrk's connections for every workload but io (which uses its users)
 
 
 _LATENCY = re.compile(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)

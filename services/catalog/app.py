@@ -344,7 +344,7 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     request = handler.request
     real_ip = request.headers.get("X-Real-IP") if proxy.nginx.trusts(request.remote_ip) else None
     accesslog.write(http.client_address(real_ip, request.remote_ip),
-                    f"{request.method} {request.uri} {request.version}",
+                    request.method, request.uri, request.version,
                     handler.get_status(), handler._headers.get("Content-Length", "-"),
                     getattr(handler, "request_id", "-") or "-", request.request_time())
 

@@ -1,13 +1,13 @@
-"""Access log lines, buffered and flushed twice a second.
+"""Access log lines, kept in memory and written out twice a second.
 
 One line per request is the hottest logging there is. Through the logging module (a LogRecord, handler locks,
 a formatter, a flush per record) it cost aiohttp about 40% of a hello-world request here; and with stdout
 unbuffered (PYTHONUNBUFFERED=1, which the stack sets so errors show at once) even a plain print is one
-write(2) per request. So the line is formatted with an f-string, the timestamp once per second, and the bytes
-go into a 64 KiB buffer on file descriptor 1 that a background thread flushes every FLUSH_EVERY_S (and at
-exit): a line reaches var/log/<service>.log (supervisor) or the container log (Compose) within half a second.
-Error output keeps its own unbuffered path, so an error can appear just before the access line of the
-request that caused it.
+write(2) per request. So a line is one f-string, its timestamp formatted once per second, appended to a list
+(no lock: list.append is atomic); a background thread joins the list into one write(2) every FLUSH_EVERY_S
+(and at exit), and a request that finds MAX_PENDING_LINES waiting writes them itself: a line reaches
+var/log/<service>.log (supervisor) or the container log (Compose) within half a second. Error output keeps its
+own unbuffered path, so an error can appear just before the access line of the request that caused it.
 """
 
 from __future__ import annotations
@@ -19,27 +19,42 @@ import threading
 import time
 
 FLUSH_EVERY_S = 0.5
+MAX_PENDING_LINES = 1024  # about 100 KiB
 
-_out = io.BufferedWriter(io.FileIO(1, "w", closefd=False), buffer_size=64 * 1024)  # its own lock: thread-safe
+_out = io.FileIO(1, "w", closefd=False)
+_pending: list[str] = []  # appended to by requests; only flush() removes, under _flush_lock, from the front
+_flush_lock = threading.Lock()
 _flusher_started = False
-_stamp_second = -1
+_stamp_until = 0.0  # time.time() from which _stamp is stale: the start of the next second
 _stamp = ""
+
+
+def _restamp(now: float) -> None:
+    global _stamp_until, _stamp
+    second = int(now)
+    _stamp_until, _stamp = second + 1.0, time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(second))
 
 
 def timestamp() -> str:
     """The local time to the second, `2026-11-27T13:45:00`, reformatted only when the second changes."""
-    global _stamp_second, _stamp
-    now = int(time.time())
-    if now != _stamp_second:
-        _stamp_second, _stamp = now, time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now))
+    now = time.time()
+    if now >= _stamp_until:
+        _restamp(now)
     return _stamp
 
 
 def flush() -> None:
-    try:
-        _out.flush()
-    except (OSError, ValueError):  # stdout closed or gone: nothing left to tell
-        pass
+    with _flush_lock:
+        count = len(_pending)  # lines appended meanwhile stay for the next flush
+        if not count:
+            return
+        data = "".join(_pending[:count]).encode()
+        del _pending[:count]
+        try:
+            while data:
+                data = data[_out.write(data):]
+        except (OSError, ValueError):  # stdout closed or gone: nothing left to tell
+            pass
 
 
 def _flush_forever() -> None:
@@ -54,26 +69,28 @@ def _start_flusher() -> None:
     threading.Thread(target=_flush_forever, name="accesslog-flush", daemon=True).start()
 
 
-_inherited: list[io.BufferedWriter] = []
-
-
 def _forget_flusher_in_child() -> None:
-    # A forked worker (gunicorn, tornado.process) inherits the flag but not the thread, and a copy of the
-    # buffer whose bytes the parent writes: the child starts a fresh buffer and keeps the copy unflushed
-    # (freed, it would flush them a second time).
-    global _flusher_started, _out
+    # A forked worker (gunicorn, tornado.process) inherits the flag but not the thread, and a copy of the lines
+    # the parent has just written (flush runs before the fork): the child starts with none.
+    global _flusher_started, _flush_lock
     _flusher_started = False
-    _inherited.append(_out)
-    _out = io.BufferedWriter(io.FileIO(1, "w", closefd=False), buffer_size=64 * 1024)
+    _flush_lock = threading.Lock()
+    _pending.clear()
 
 
 os.register_at_fork(before=flush, after_in_child=_forget_flusher_in_child)
 atexit.register(flush)
 
 
-def write(remote: str, request_line: str, status: int, size: int | str, request_id: str, seconds: float) -> None:
-    """`time remote "request line" status size rid=... rt=...`: the fields every service's access log carries."""
+def write(remote: str, method: str, target: str, version: str, status: int, size: int | str, request_id: str,
+          seconds: float) -> None:
+    """`time remote "method target version" status size rid=... rt=...`: the fields every service's access log
+    carries. The request line comes in its three parts, so the line is built by one f-string."""
     if not _flusher_started:
         _start_flusher()
-    _out.write(f'{timestamp()} {remote} "{request_line}" {status} {size} rid={request_id} '
-               f'rt={seconds:.6f}\n'.encode())
+    if time.time() >= _stamp_until:
+        _restamp(time.time())
+    _pending.append(f'{_stamp} {remote} "{method} {target} {version}" {status} {size} rid={request_id} '
+                    f'rt={seconds:.6f}\n')
+    if len(_pending) >= MAX_PENDING_LINES:
+        flush()

@@ -8,8 +8,8 @@ instance, on SIGTERM:
    (max_fails) and retries that request elsewhere;
 2. keeps serving the connections it has, answering each request with `Connection: close`, so nginx retires
    every pooled connection after one more response instead of racing our close;
-3. once no request is in flight and none has started for QUIET_S (nginx has stopped sending here), or after
-   LIMIT_S, closes what is left and exits.
+3. once no request is in flight and none has started for QUIET_S since the signal (nginx has stopped sending
+   here), or after LIMIT_S, closes what is left and exits.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Callable
 
 QUIET_S = 1.0
 LIMIT_S = 20.0  # as gunicorn's graceful_timeout; supervisor and Compose wait 25 s before SIGKILL
@@ -26,23 +27,34 @@ class Drain:
     def __init__(self) -> None:
         self.active = False  # once True, every response closes its connection
         self.in_flight = 0
-        self.last_start = 0.0
+        self.started_total = 0  # a count, not a clock: no time lookup per request
 
     def started(self) -> None:
         self.in_flight += 1
-        self.last_start = time.monotonic()
+        self.started_total += 1
 
     def finished(self) -> None:
         self.in_flight -= 1
 
-    async def settle(self, quiet: float = QUIET_S, limit: float = LIMIT_S) -> None:
-        """Turn on Connection: close and wait until the instance is idle (or `limit` seconds pass)."""
+    async def settle(self, quiet: float = QUIET_S, limit: float = LIMIT_S,
+                     started_total: Callable[[], int] | None = None) -> None:
+        """Turn on Connection: close and wait until the instance is idle (or `limit` seconds pass).
+
+        A server that counts its requests itself passes that count as `started_total` and calls neither
+        started() nor finished(): then only the quiet is waited for here (aiohttp's own cleanup waits for the
+        requests still running)."""
         self.active = True
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
-            if self.in_flight <= 0 and time.monotonic() - self.last_start >= quiet:
+        count = started_total or (lambda: self.started_total)
+        now = time.monotonic()
+        # Whether a request started just before is unknown (no clock per request): quiet is counted from now.
+        deadline, seen, last_start = now + limit, count(), now
+        while now < deadline:
+            if count() != seen:
+                seen, last_start = count(), now
+            if self.in_flight <= 0 and now - last_start >= quiet:
                 return
             await asyncio.sleep(0.05)
+            now = time.monotonic()
 
 
 async def stop_requested() -> int:

@@ -5,12 +5,12 @@ Nothing here imports a web framework: each service maps these plain functions on
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-import random
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -67,12 +67,38 @@ def to_json(body: object) -> str:
 
 def request_id(incoming: str | None) -> str:
     """Return the client's request id when it is well-formed, else a fresh one."""
-    if incoming and _REQUEST_ID.fullmatch(incoming):
+    if incoming and well_formed_request_id(incoming):
         return incoming
-    # 32 random hex digits, the shape of nginx's $request_id. An id names a request, it guards nothing, so it
-    # comes from the process's Mersenne Twister (reseeded in every forked worker), not from the kernel: a
-    # getrandom(2) per request (uuid4, secrets) cost a tenth of a hello-world request on this VM.
-    return f"{random.getrandbits(128):032x}"
+    return next(fresh_request_ids)
+
+
+well_formed_request_id = _REQUEST_ID.fullmatch
+
+
+# A fresh id is 32 random hex digits, the shape of nginx's $request_id. Formatting a number as hex costs more
+# than the rest of the request id's work (3,500 instructions: `f"{n:032x}"`), and a getrandom(2) per request
+# (uuid4, secrets) costs a system call each: so ids are made REQUEST_IDS_PER_BATCH at a time from one
+# os.urandom() read, hexed and cut in C, and `next(fresh_request_ids)` runs no Python frame at all. A forked
+# worker starts its own batches (it must not hand out the parent's remaining ids).
+REQUEST_IDS_PER_BATCH = 1024
+
+
+def _request_id_batch(count: int) -> list[str]:
+    digits = os.urandom(16 * count).hex()
+    return [digits[i:i + 32] for i in range(0, len(digits), 32)]
+
+
+def _new_request_ids() -> Iterator[str]:
+    return itertools.chain.from_iterable(map(_request_id_batch, itertools.repeat(REQUEST_IDS_PER_BATCH)))
+
+
+def _new_request_ids_in_child() -> None:
+    global fresh_request_ids
+    fresh_request_ids = _new_request_ids()
+
+
+fresh_request_ids = _new_request_ids()
+os.register_at_fork(after_in_child=_new_request_ids_in_child)
 
 
 def client_timeout_s(environ: Mapping[str, str] = os.environ) -> int:
@@ -109,11 +135,12 @@ def status_title(status: int) -> str:
         return "Error"
 
 
-def unparsable_request_problem(status: int, detail: str) -> tuple[str, bytes]:
-    """The request id and problem document for bytes a server could not parse as a request. The id is fresh:
-    the client's, if it sent one, was never read. A server error says nothing more than its title: what broke
-    is in the server's log, not for the client."""
-    rid, title = request_id(None), status_title(status)
+def unparsable_request_problem(status: int, detail: str, rid: str | None = None) -> tuple[str, bytes]:
+    """The request id and problem document for bytes a server could not parse as a request (or a request whose
+    handler failed outside the service's own error handling). The id is `rid`, the one the request already has,
+    else fresh: the client's, if it sent one, was never read. A server error says nothing more than its title:
+    what broke is in the server's log, not for the client."""
+    rid, title = rid or request_id(None), status_title(status)
     return rid, to_json(Problem(status, title, detail if status < 500 else title).document(rid)).encode()
 
 

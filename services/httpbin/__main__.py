@@ -25,7 +25,8 @@ async def serve(host: str, port: int) -> None:
     signum = await drain.stop_requested()
     logging.getLogger("httpbin").info("signal %d: draining, then stopping", signum)
     await site.stop()  # no new connections
-    await DRAIN.settle()  # responses say Connection: close until nothing is in flight and nginx has gone quiet
+    # Responses say Connection: close until nginx has gone quiet; cleanup waits for the requests still running.
+    await DRAIN.settle(started_total=lambda: runner.server.requests_count)
     await runner.cleanup()  # closes the idle connections, waits for any request still running
 
 

@@ -8,12 +8,13 @@ import html
 import os
 import re
 import time
-import weakref
 from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web, web_protocol
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http import HttpVersion11
+from multidict import istr
 
 from services.common import accesslog, db, drain, http, semantics
 from services.common.documents import Documents
@@ -27,14 +28,22 @@ REQUEST_ID = endpoints.REQUEST_ID
 ALLOW = web.RequestKey("allow", str)  # the Allow value unrouted() worked out, for its 405
 
 
+# Header names as multidict's istr: aiohttp's headers look such a key up without case-folding it first.
+REQUEST_ID_HEADER = istr(http.REQUEST_ID_HEADER)
+
+
 class AccessLogger(AbstractAccessLogger):
     """One line per request with the request id and time, written directly (services/common/accesslog.py)."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        version = request.version
+        version = request.version  # the parser's own HttpVersion11 for nearly every request
+        # The peer straight from the transport: request.remote computes the same through two cached properties.
+        transport = request.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
         accesslog.write(  # raw_path: the request target as sent (nginx's $request has it too), no URL parsing
-            request.remote or "-", f"{request.method} {request.raw_path} HTTP/{version.major}.{version.minor}",
-            response.status, response.body_length, response.headers.get(http.REQUEST_ID_HEADER, "-"), time,
+            peer[0] if isinstance(peer, tuple) else "-", request.method, request.raw_path,
+            "HTTP/1.1" if version is HttpVersion11 else f"HTTP/{version.major}.{version.minor}",
+            response.status, response.body_length, REQUEST_ID.get("-"), time,
         )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -68,15 +77,13 @@ async def cpu(request: web.Request) -> web.Response:
     return _json(http.cpu_body(http.cpu_n(request.query.get("n"))))
 
 
-# Requests served per TCP connection: aiohttp keeps one transport per connection.
-_requests_per_connection: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 async def conn(request: web.Request) -> web.Response:
     peer = request.transport.get_extra_info("peername") if request.transport else None
     version = f"HTTP/{request.version.major}.{request.version.minor}"
-    return _json(http.connection_info(SERVICE, peer[:2] if peer else None,
-                                      _requests_per_connection.get(request.transport, 1), version, request.headers))
+    # aiohttp counts the requests it has parsed on each connection (pipelined ones already read count too);
+    # counting them here instead would cost every request a lookup by connection.
+    served = request.protocol._request_count
+    return _json(http.connection_info(SERVICE, peer[:2] if peer else None, served, version, request.headers))
 
 
 async def fanout(request: web.Request) -> web.Response:
@@ -89,7 +96,7 @@ async def fanout(request: web.Request) -> web.Response:
 
     async def fetch(session: aiohttp.ClientSession, i: int) -> dict:
         started = time.perf_counter()
-        async with session.get(url, headers={http.REQUEST_ID_HEADER: request[REQUEST_ID]}) as response:
+        async with session.get(url, headers={http.REQUEST_ID_HEADER: REQUEST_ID.get()}) as response:
             body = await response.read()
         return http.fetch_record(i, response.status, len(body), started)
 
@@ -199,7 +206,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
 ]
 
 
-DRAIN = drain.Drain()  # this process's requests in flight, for a graceful stop (services/common/drain.py)
+DRAIN = drain.Drain()  # a graceful stop (services/common/drain.py): aiohttp counts the requests itself
 CLIENT_TIMEOUT_S = http.client_timeout_s()
 
 
@@ -230,7 +237,7 @@ class StalledBodyWatch:
 
 
 def _problem(request: web.Request, problem: http.Problem) -> web.Response:
-    return _json(problem.document(request[REQUEST_ID], request.path), problem.status, http.PROBLEM_JSON)
+    return _json(problem.document(REQUEST_ID.get(), request.path), problem.status, http.PROBLEM_JSON)
 
 
 def guarded(handler: Handler) -> Handler:
@@ -239,13 +246,14 @@ def guarded(handler: Handler) -> Handler:
     aiohttp run its own extra layer and machinery for every request, together a tenth of a hello world here."""
 
     async def run(request: web.Request) -> web.StreamResponse:
-        rid = request[REQUEST_ID] = http.request_id(request.headers.get(http.REQUEST_ID_HEADER))
-        transport = request.transport
-        if transport is not None:
-            _requests_per_connection[transport] = _requests_per_connection.get(transport, 0) + 1
-        DRAIN.started()
+        rid = request.headers.get(REQUEST_ID_HEADER)  # http.request_id(), inlined: it runs for every request
+        if rid is None or not http.well_formed_request_id(rid):
+            rid = next(http.fresh_request_ids)
+        REQUEST_ID.set(rid)
         # Most bodies are whole before the handler runs (nginx sends them buffered): only a partial one is watched.
-        watch = None if request.content.is_eof() else StalledBodyWatch(request.content, CLIENT_TIMEOUT_S)
+        watch = None
+        if request.body_exists and not request.content.is_eof():
+            watch = StalledBodyWatch(request.content, CLIENT_TIMEOUT_S)
         try:
             response = await handler(request)
         except BodyTimeout:
@@ -258,14 +266,13 @@ def guarded(handler: Handler) -> Handler:
                 response.headers["Allow"] = request[ALLOW]
         except web.HTTPException as error:
             if error.status < 400:  # redirects and the like: aiohttp sends the exception itself as the response
-                error.headers[http.REQUEST_ID_HEADER] = rid
+                error.headers[REQUEST_ID_HEADER] = rid
                 raise
             response = _problem(request, http.Problem(error.status, error.reason, error.text or error.reason))
         finally:
-            DRAIN.finished()
             if watch is not None:
                 watch.cancel()
-        response.headers[http.REQUEST_ID_HEADER] = rid
+        response.headers[REQUEST_ID_HEADER] = rid
         if DRAIN.active and not response.prepared:
             response.force_close()  # stopping: nginx retires this connection after this response
         return response
@@ -315,7 +322,11 @@ def answer_unparsable_requests_with_problems() -> None:
                      exc: BaseException | None = None, message: str | None = None) -> web.StreamResponse:
         original(self, request, status, exc, message)  # logs; raises when a response already started
         detail = (message or getattr(exc, "message", None) or str(exc or "")).strip().splitlines()
-        rid, body = http.unparsable_request_problem(status, detail[0] if detail else http.status_title(status))
+        # A handler's escaped exception keeps its request's id; bytes that never became a request get a fresh one,
+        # set for the access line too.
+        rid, body = http.unparsable_request_problem(status, detail[0] if detail else http.status_title(status),
+                                                    REQUEST_ID.get(None))
+        REQUEST_ID.set(rid)
         response = web.Response(status=status, body=body,
                                 headers={http.REQUEST_ID_HEADER: rid, "Content-Type": http.PROBLEM_JSON})
         response.force_close()

@@ -24,6 +24,6 @@ class AccessLineLogger(Logger):
             return
         status = resp.status.split(None, 1)[0] if isinstance(resp.status, str) else resp.status
         rid = next((value for name, value in resp.headers if name.lower() == _RID), "-")
-        request_line = f"{environ['REQUEST_METHOD']} {environ['RAW_URI']} {environ['SERVER_PROTOCOL']}"
-        accesslog.write(environ.get("REMOTE_ADDR") or "-", request_line, status,
+        accesslog.write(environ.get("REMOTE_ADDR") or "-", environ["REQUEST_METHOD"], environ["RAW_URI"],
+                        environ["SERVER_PROTOCOL"], status,
                         "-" if resp.sent is None else resp.sent, rid, request_time.total_seconds())

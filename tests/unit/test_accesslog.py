@@ -7,7 +7,7 @@ import textwrap
 
 from deploy.topology import ROOT
 
-LINE = 'accesslog.write("127.0.0.1", "GET /x HTTP/1.1", 200, 5, "{rid}", 0.001)'
+LINE = 'accesslog.write("127.0.0.1", "GET", "/x", "HTTP/1.1", 200, 5, "{rid}", 0.001)'
 
 
 def run_python(code: str) -> subprocess.Popen:
@@ -51,3 +51,25 @@ def test_a_line_reaches_stdout_within_the_flush_interval_while_the_process_runs(
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_lines_from_several_threads_appear_once_each_and_whole_while_flushes_run():
+    # Four threads write 5,000 lines each: the pending list fills past MAX_PENDING_LINES many times, so
+    # request-side flushes race the flusher thread and one another.
+    proc = run_python("""
+        import threading
+        from services.common import accesslog
+        def lines(thread):
+            for i in range(5000):
+                accesslog.write("127.0.0.1", "GET", "/x", "HTTP/1.1", 200, 5, f"t{thread}-{i}", 0.001)
+        threads = [threading.Thread(target=lines, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    """)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    rids = [line.split(" rid=")[1].split(" ")[0] for line in out.splitlines()]
+    assert len(rids) == 20_000 and len(set(rids)) == 20_000
+    assert all(line.endswith(" rt=0.001000") and '"GET /x HTTP/1.1" 200 5 ' in line for line in out.splitlines())

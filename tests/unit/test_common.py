@@ -2,6 +2,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import signal
 
 import pytest
@@ -21,6 +22,9 @@ def json_like() -> st.SearchStrategy[bytes]:
                              st.dictionaries(st.text(max_size=3), inner, max_size=3), max_leaves=30)
     return st.tuples(documents, st.integers(0, 50)).map(
         lambda pair: json.dumps(pair[0]).encode()[: len(json.dumps(pair[0])) - pair[1]])
+
+
+HEX32 = re.compile(r"[0-9a-f]{32}")
 
 
 def test_request_id_keeps_a_well_formed_client_id():
@@ -106,6 +110,11 @@ def test_idempotency_keys_expire(tmp_path):
     assert keys.claim("s", "k", "print-1").headers == {"Location": "/x/1"}
     expired = IdempotencyKeys(keys.conn, ttl=0)  # the same table, read with a zero lifetime
     assert expired.claim("s", "k", "print-2") is None  # expired: the key is free for a new request
+
+
+def test_fresh_request_ids_are_32_hex_digits_and_distinct_across_batches():
+    ids = [http.request_id(None) for _ in range(3 * http.REQUEST_IDS_PER_BATCH)]
+    assert len(set(ids)) == len(ids) and all(HEX32.fullmatch(rid) for rid in ids)
 
 
 def test_request_ids_differ_in_a_forked_worker():

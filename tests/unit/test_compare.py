@@ -37,6 +37,15 @@ def test_quick_matrix_is_a_small_subset():
     assert len(quick) < len(matrix.expand()) / 3
 
 
+def test_the_matrix_narrows_to_named_configurations_and_workloads():
+    configs, workloads = ("httpbin-aiohttp", "bare-aiohttp"), ("plaintext", "json")
+    cells = matrix.expand(only_configs=configs, only_workloads=workloads)
+    assert {cell.key for cell in cells} == {f"{config}/{workload}/{route}" for config in configs
+                                            for workload in workloads for route in ("direct", "nginx")}
+    with pytest.raises(ValueError, match="httpbin-aiohtp"):
+        matrix.expand(only_configs=["httpbin-aiohtp"])  # a typo is named, not silently an empty run
+
+
 @pytest.mark.parametrize(
     ("config", "users", "expected"),
     [("web-gthread", 200, 320.0), ("web-gevent", 200, 4000.0), ("catalog-tornado", 200, 4000.0),
@@ -121,3 +130,35 @@ def test_report_renders_medians_ceilings_and_charts(tmp_path):
     for chart in ("throughput.png", "latency-cpu-rss.png"):
         assert (tmp_path / chart).stat().st_size > 10_000
         assert f"]({chart})" in text
+
+
+def test_the_instruction_counts_client_spreads_its_requests_over_concurrent_keep_alive_connections():
+    import http.server
+    import threading
+
+    from loadtest.compare import instructions
+
+    seen: list[tuple[int, str]] = []  # (client port, path) per request
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive
+
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            seen.append((self.client_address[1], self.path))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        instructions.send(server.server_address[1], "/httpbin/json", 10, connections=3)
+    finally:
+        server.shutdown()
+        server.server_close()
+    per_connection = sorted(sum(1 for port, _ in seen if port == client) for client in {port for port, _ in seen})
+    assert per_connection == [3, 3, 4] and {path for _, path in seen} == {"/httpbin/json"}

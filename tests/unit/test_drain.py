@@ -4,6 +4,7 @@ The asyncio services do this themselves; gunicorn's gevent worker does it by its
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import os
 import signal
@@ -64,3 +65,62 @@ def test_sigterm_drains_then_exits(instance):
     assert process.wait(timeout=drain.LIMIT_S + 5) == 0
     # Once nothing runs and nothing arrives, it goes (no waiting out the whole limit).
     assert time.monotonic() - signalled < drain.LIMIT_S
+
+
+# Drain.settle alone: how long a stopping instance keeps answering.
+
+async def timed_settle(stopping: drain.Drain, **kwargs) -> float:
+    started = time.monotonic()
+    await stopping.settle(**kwargs)
+    return time.monotonic() - started
+
+
+async def test_an_idle_instance_waits_one_quiet_period_then_stops():
+    stopping = drain.Drain()
+    assert 0.2 <= await timed_settle(stopping, quiet=0.2, limit=5) < 1.5
+    assert stopping.active  # from the first moment on, responses close their connections
+
+
+async def test_a_request_in_flight_and_new_requests_keep_it_serving():
+    stopping = drain.Drain()
+    stopping.started()
+
+    async def traffic() -> None:
+        for step in range(4):  # a quick request every 0.2 s; each start restarts the quiet period
+            await asyncio.sleep(0.2)
+            stopping.started()
+            stopping.finished()
+            if step == 2:
+                stopping.finished()  # the first request, slow, ends at 0.6 s
+
+    task = asyncio.create_task(traffic())
+    elapsed = await timed_settle(stopping, quiet=0.3, limit=5)
+    await task
+    assert 0.8 + 0.3 <= elapsed < 3  # the last start came at 0.8 s
+
+
+async def test_a_slow_request_holds_the_stop_past_the_quiet_period():
+    stopping = drain.Drain()
+    stopping.started()
+    asyncio.get_running_loop().call_later(0.8, stopping.finished)
+    assert 0.8 <= await timed_settle(stopping, quiet=0.2, limit=5) < 2
+
+
+async def test_a_server_that_counts_its_own_requests_is_followed_by_its_count():
+    count = [0]
+
+    async def traffic() -> None:
+        for _ in range(3):
+            await asyncio.sleep(0.2)
+            count[0] += 1
+
+    task = asyncio.create_task(traffic())
+    elapsed = await timed_settle(drain.Drain(), quiet=0.3, limit=5, started_total=lambda: count[0])
+    await task
+    assert 0.6 + 0.3 <= elapsed < 3
+
+
+async def test_the_limit_ends_the_wait_whatever_runs():
+    stopping = drain.Drain()
+    stopping.started()  # never finishes
+    assert 0.5 <= await timed_settle(stopping, quiet=0.1, limit=0.5) < 1.5

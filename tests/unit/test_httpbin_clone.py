@@ -7,6 +7,7 @@ import gzip
 import json
 
 import pytest
+from aiohttp.test_utils import TestServer
 
 from services.httpbin.app import create_app
 
@@ -310,3 +311,32 @@ async def test_bins_are_listed_a_page_at_a_time_by_key(client):
     body = await (await client.get("/httpbin/bins?limit=2&cursor=d4")).json()
     assert [b["key"] for b in body["bins"]] == ["e5"] and body["next_cursor"] is None
     assert (await client.get("/httpbin/bins?cursor=%2F..")).status == 400
+
+
+async def test_the_access_line_and_an_escaped_error_carry_the_request_id(aiohttp_client, tmp_path, monkeypatch):
+    from services.common import accesslog
+    from services.httpbin import app as httpbin
+
+    async def broken(request):
+        raise RuntimeError("a bug, not a Problem")
+
+    httpbin.answer_unparsable_requests_with_problems()
+    application = create_app(str(tmp_path / "httpbin.sqlite3"))
+    application.router.add_get("/httpbin/broken", httpbin.guarded(broken))
+    lines = []
+    monkeypatch.setattr(accesslog, "write", lambda *fields: lines.append(fields))
+    server = TestServer(application)
+    await server.start_server(access_log_class=httpbin.AccessLogger)  # the stack's logger, as __main__ runs it
+    client = await aiohttp_client(server)
+
+    response = await client.get("/httpbin/json", headers={"X-Request-ID": "rid-ok"})
+    assert response.status == 200 and response.headers["X-Request-ID"] == "rid-ok"
+    response = await client.get("/httpbin/broken", headers={"X-Request-ID": "rid-bug"})
+    problem = await response.json()
+    assert response.status == 500 and response.headers["Content-Type"] == "application/problem+json"
+    assert response.headers["X-Request-ID"] == problem["request_id"] == "rid-bug"  # the request's, not a new one
+    assert problem["detail"] == "Internal Server Error"  # nothing of the exception reaches the client
+    remote, *request_line, status, size, rid, seconds = lines[0]
+    assert (request_line, status, rid) == (["GET", "/httpbin/json", "HTTP/1.1"], 200, "rid-ok")
+    assert remote == "127.0.0.1" and size > 27 and 0 < seconds < 5  # aiohttp's size counts the head too
+    assert lines[1][1:5] == ("GET", "/httpbin/broken", "HTTP/1.1", 500) and lines[1][6] == "rid-bug"
