@@ -18,6 +18,7 @@ import os
 import pwd
 import re
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -298,17 +299,14 @@ def supervisord_conf(site: Site, python: str = sys.executable) -> str:
     run, logs = site.var / "run", site.var / "log"
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     addr = {s.name: f"{site.address(s)}:{s.port}" for s in (*STREAM_SERVICES, DNS)}
-    launch = {
-        "web": lambda name, bind: f"{python} -m gunicorn -c services/web/gunicorn_conf.py --bind {bind} "
-                                  f"--pid {run / (name + '.pid')} services.web.wsgi:app",
-        "catalog": lambda name, bind: f"{python} -m services.catalog --bind {bind}",
-        "httpbin": lambda name, bind: f"{python} -m services.httpbin --bind {bind}",
-    }
+    # gunicorn's pid file, per instance: `make ps` reads its workers from it.
+    options = {"web": lambda name: ("--pid", str(run / f"{name}.pid"))}
     programs = {
-        "dns": f"{python} -m services.dns --zone-file {run / 'zone.json'} --bind {addr['dns']}",
+        "dns": shlex.join(DNS.command(addr["dns"], "--zone-file", str(run / "zone.json"), python=python)),
         # One program per instance (web-1, web-2, ...), each on its own address.
-        **{name: launch[s.name](name, bind) for s in HTTP_SERVICES for name, bind in site.instances(s).items()},
-        **{s.name: f"{python} -m {s.module} --bind {addr[s.name]}" for s in STREAM_SERVICES},
+        **{name: shlex.join(s.command(bind, *options.get(s.name, lambda name: ())(name), python=python))
+           for s in HTTP_SERVICES for name, bind in site.instances(s).items()},
+        **{s.name: shlex.join(s.command(addr[s.name], python=python)) for s in STREAM_SERVICES},
         "nginx": f"{nginx} -c {run / 'nginx.conf'} -e {logs / 'nginx-error.log'} -g 'daemon off;'",
     }
     service_of = {name: s for s in HTTP_SERVICES for name in s.instance_names()}

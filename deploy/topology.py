@@ -1,11 +1,14 @@
-"""The one place that lists every service, its port and its addresses. Both run modes read it.
+"""The one place that lists every service: its port, URL prefix, health path, how to launch it and its addresses.
+Both run modes, the services themselves, the compare harness and the tests read it; the literals that must stay
+in docker-compose.yml and the Dockerfiles are checked against it (tests/config/test_compose_and_dockerfiles.py).
 
-Standard library only: the Dockerfiles' render stages import it too.
+Standard library only: the service images and the Dockerfiles' render stages import it too.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +35,8 @@ class Service:
     public_port: int | None = None  # where nginx's stream {} proxy publishes it on the public host
     probe: str | None = None  # health probe scheme for services.common.healthcheck: time+tcp, time+udp, echo
     instances: int = 1  # processes (native) or replicas (Compose) behind the one name
+    # The Python argv that starts one instance, before `--bind HOST:PORT`; a module service's is `-m <module>`.
+    launch: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 1 <= self.instances <= MAX_INSTANCES:
@@ -48,6 +53,22 @@ class Service:
     def health_path(self) -> str | None:
         return f"{self.prefix}healthz" if self.prefix else None
 
+    @property
+    def route_prefix(self) -> str:
+        """The prefix as the apps' routes begin: `/httpbin` (the nginx location is `/httpbin/`)."""
+        if not self.prefix:
+            raise ValueError(f"{self.name} serves no HTTP")
+        return self.prefix.rstrip("/")
+
+    def command(self, bind: str, *options: str, python: str = sys.executable) -> list[str]:
+        """The argv that starts one instance listening on `bind` (HOST:PORT), then `options`."""
+        launch = self.launch or ("-m", str(self.module))
+        return [python, *launch, "--bind", bind, *options]
+
+    def default_bind(self, environ: Mapping[str, str] = os.environ) -> str:
+        """Where an instance listens when not told: its port on $BIND_HOST (127.0.0.1; the images set 0.0.0.0)."""
+        return f"{environ.get('BIND_HOST', '127.0.0.1')}:{self.port}"
+
     def probe_url(self, host: str, port: int) -> str:
         """What `python -m services.common.healthcheck` checks for a socket service at host:port."""
         return f"{self.probe}://{host}:{port}"
@@ -59,9 +80,12 @@ class Service:
 
 
 HTTP_SERVICES: tuple[Service, ...] = (
-    Service("web", "Flask", "gunicorn, gevent workers", 8001, 11, "/web/", instances=HTTP_INSTANCES),
-    Service("catalog", "Tornado", "Tornado HTTPServer, own IOLoop", 8002, 12, "/catalog/", instances=HTTP_INSTANCES),
-    Service("httpbin", "aiohttp", "aiohttp AppRunner", 8003, 13, "/httpbin/", instances=HTTP_INSTANCES),
+    Service("web", "Flask", "gunicorn, gevent workers", 8001, 11, "/web/", instances=HTTP_INSTANCES,
+            launch=("-m", "gunicorn", "-c", "services/web/gunicorn_conf.py", "services.web.wsgi:app")),
+    Service("catalog", "Tornado", "Tornado HTTPServer, own IOLoop", 8002, 12, "/catalog/", instances=HTTP_INSTANCES,
+            launch=("-m", "services.catalog")),
+    Service("httpbin", "aiohttp", "aiohttp AppRunner", 8003, 13, "/httpbin/", instances=HTTP_INSTANCES,
+            launch=("-m", "services.httpbin")),
 )
 # The seed's socket programs, behind nginx's stream {} proxy (layer 4: bytes and datagrams, no HTTP).
 # time-tcp and time-udp are one service on two transports: the same address and port number, like DNS.
@@ -73,9 +97,17 @@ STREAM_SERVICES: tuple[Service, ...] = (
     Service("echo", "socket", "selectors echo server, non-blocking", 8007, 17,
             module="services.sockets.echo", public_port=8007, probe="echo"),
 )
-DNS = Service("dns", "dnslib", "authoritative DNS, UDP and TCP", 5353, 53)
+DNS = Service("dns", "dnslib", "authoritative DNS, UDP and TCP", 5353, 53, module="services.dns")
 NGINX = Service("nginx", "nginx", "reverse proxy", NGINX_PORT, 1)
 SERVICES: tuple[Service, ...] = (*HTTP_SERVICES, *STREAM_SERVICES, DNS)
+
+
+def service(name: str) -> Service:
+    """The registry's entry for `name`."""
+    for entry in SERVICES:
+        if entry.name == name:
+            return entry
+    raise KeyError(f"no service {name!r}; the registry has {', '.join(s.name for s in SERVICES)}")
 
 
 @dataclass(frozen=True)

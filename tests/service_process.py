@@ -7,22 +7,19 @@ import http.client
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.topology import ROOT
+from deploy.topology import HTTP_SERVICES, ROOT
 from tests.conftest import free_port
 
-LAUNCH = {
-    "catalog": [sys.executable, "-m", "services.catalog", "--bind"],
-    "httpbin": [sys.executable, "-m", "services.httpbin", "--bind"],
-    "web": [sys.executable, "-m", "gunicorn", "-c", "services/web/gunicorn_conf.py", "--workers", "1",
-            "services.web.wsgi:app", "--bind"],
-}
+# The registry's launch command of each HTTP service, and what a test adds to it (one gunicorn worker: the tests
+# of one process's behaviour).
+LAUNCH = {s.name: s for s in HTTP_SERVICES}
+OPTIONS = {"web": ("--workers", "1")}
 HOST = "127.0.0.1"
 
 
@@ -38,7 +35,8 @@ def running(service: str, data: Path, environ: Mapping[str, str] | None = None) 
     """The service, healthy on HOST and a free port, its state in `data`; killed (its whole group) at the end."""
     port = free_port(HOST)
     env = {**os.environ, "STACK_DATA": str(data), "PYTHONPATH": str(ROOT), **(environ or {})}
-    process = subprocess.Popen([*LAUNCH[service], f"{HOST}:{port}"], cwd=ROOT, env=env,
+    command = LAUNCH[service].command(f"{HOST}:{port}", *OPTIONS.get(service, ()))
+    process = subprocess.Popen(command, cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 20

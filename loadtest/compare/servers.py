@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from deploy.topology import ROOT
+from deploy.topology import ROOT, service
 from loadtest.compare.matrix import CORES, Config
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -31,15 +31,17 @@ def free_port(host: str = "127.0.0.1") -> int:
 def command_for(config: Config, port: int) -> tuple[list[str], dict[str, str]]:
     """The command line and environment that serve `config` on 127.0.0.1:port."""
     bind = f"127.0.0.1:{port}"
-    web_conf = ["-c", "services/web/gunicorn_conf.py"]
+    web = service("web")
     env = {"WEB_BIND": bind, **config.env}
+    # The bare Flask app under web's own gunicorn settings: web's launch command with the other app.
+    bare_flask = [app if app != "services.web.wsgi:app" else "loadtest.bare.flask_app:app" for app in web.launch]
     commands = {
-        "gunicorn-web": [sys.executable, "-m", "gunicorn", *web_conf, "services.web.wsgi:app"],
-        "gunicorn-bare-flask": [sys.executable, "-m", "gunicorn", *web_conf, "loadtest.bare.flask_app:app"],
-        "tornado": [sys.executable, "-m", "services.catalog", "--bind", bind, "--processes", str(CORES)],
+        "gunicorn-web": web.command(bind),
+        "gunicorn-bare-flask": [sys.executable, *bare_flask, "--bind", bind],
+        "tornado": service("catalog").command(bind, "--processes", str(CORES)),
         "gunicorn-tornado": [*GUNICORN, "-k", "tornado", "-w", str(CORES), "--bind", bind,
                              "services.catalog.app:make_app()"],
-        "aiohttp": [sys.executable, "-m", "services.httpbin", "--bind", bind],
+        "aiohttp": service("httpbin").command(bind),
         "gunicorn-aiohttp": [*GUNICORN, "-k", "aiohttp.GunicornWebWorker", "-w", str(CORES), "--reuse-port",
                              "--bind", bind, "services.httpbin.app:app_factory"],
         "bare-tornado": [sys.executable, "-m", "loadtest.bare.tornado_app", str(port), str(CORES)],

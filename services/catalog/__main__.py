@@ -13,6 +13,7 @@ import tornado.iostream
 import tornado.netutil
 import tornado.process
 
+from deploy import topology
 from services.catalog.app import DRAIN, make_app
 from services.common import drain, http
 
@@ -56,7 +57,7 @@ async def serve(host: str, port: int, reuse_port: bool) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--bind", default=os.environ.get("CATALOG_BIND", "127.0.0.1:8002"))
+    parser.add_argument("--bind", default=os.environ.get("CATALOG_BIND") or topology.service("catalog").default_bind())
     parser.add_argument(
         "--processes", type=int, default=int(os.environ.get("CATALOG_PROCESSES", "1")),
         help="processes to fork (0 = one per core)",

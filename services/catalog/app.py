@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import tornado.web
 from tornado.httpclient import AsyncHTTPClient
 
+from deploy import topology
 from services.catalog.openapi import OPENAPI
 from services.catalog.store import Items, validate
 from services.common import accesslog, credentials, db, drain, http, proxy, semantics, stack_dns
@@ -22,7 +23,7 @@ from services.common.idempotency import HEADER as IDEMPOTENCY_KEY
 from services.common.idempotency import StoredResponse, fingerprint, run_once
 
 SERVICE = "catalog"
-PREFIX = "/catalog"
+PREFIX = topology.service("catalog").route_prefix
 DRAIN = drain.Drain()  # this process's requests in flight, for a graceful stop (services/common/drain.py)
 # Requests served per TCP connection (Tornado keeps one IOStream per connection across requests).
 _requests_per_stream: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()

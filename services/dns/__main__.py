@@ -10,13 +10,14 @@ import threading
 
 from dnslib.server import DNSLogger, DNSServer
 
+from deploy import topology
 from services.dns.server import SizeLimitedHandler, Zone, ZoneResolver
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--zone-file", default=os.environ.get("DNS_ZONE_FILE", "zone.json"))
-    parser.add_argument("--bind", default=os.environ.get("DNS_BIND", "127.0.0.1:5353"))
+    parser.add_argument("--bind", default=os.environ.get("DNS_BIND") or topology.DNS.default_bind())
     args = parser.parse_args()
     host, _, port = args.bind.rpartition(":")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(process)d %(message)s")

@@ -9,6 +9,7 @@ import os
 
 from aiohttp import web
 
+from deploy import topology
 from services.common import drain, http
 from services.httpbin.app import DRAIN, AccessLogger, answer_unparsable_requests_with_problems, create_app
 
@@ -32,7 +33,7 @@ async def serve(host: str, port: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--bind", default=os.environ.get("HTTPBIN_BIND", "127.0.0.1:8003"))
+    parser.add_argument("--bind", default=os.environ.get("HTTPBIN_BIND") or topology.service("httpbin").default_bind())
     args = parser.parse_args()
     host, _, port = args.bind.rpartition(":")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(process)d %(message)s")

@@ -23,7 +23,7 @@ from services.httpbin import digest, endpoints, live
 from services.httpbin.openapi import OPENAPI
 
 SERVICE = "httpbin"
-PREFIX = "/httpbin"
+PREFIX = endpoints.PREFIX
 REQUEST_ID = endpoints.REQUEST_ID
 ALLOW = web.RequestKey("allow", str)  # the Allow value unrouted() worked out, for its 405
 

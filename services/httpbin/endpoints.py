@@ -23,9 +23,10 @@ from urllib.parse import parse_qsl, quote, urlsplit
 import brotli
 from aiohttp import web
 
+from deploy import topology
 from services.common import http, proxy, semantics
 
-PREFIX = "/httpbin"
+PREFIX = topology.service("httpbin").route_prefix
 # The id of the request being handled, set by app.guarded before any handler runs. A context variable rather
 # than request state: aiohttp runs each request in a task of its own (a context of its own), and setting one
 # costs a fraction of Request.__setitem__, which checks its key's type on every call.

@@ -19,6 +19,7 @@ from flask import Flask, Response, current_app, g, request
 from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
+from deploy import topology
 from services.common import db, http, proxy, semantics
 from services.common.idempotency import HEADER as IDEMPOTENCY_KEY
 from services.common.idempotency import StoredResponse, fingerprint, run_once
@@ -27,7 +28,7 @@ from services.web.openapi import OPENAPI
 from services.web.store import SESSION_TTL, Store
 
 SERVICE = "web"
-PREFIX = "/web"
+PREFIX = topology.service("web").route_prefix
 COOKIE = "sid"
 CLIENT_TIMEOUT_S = http.client_timeout_s()
 COOKIE_SECURE = os.environ.get("WEB_COOKIE_SECURE", "0") == "1"  # set 1 behind TLS

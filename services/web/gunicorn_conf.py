@@ -6,7 +6,7 @@ Worker class and sizing come from the environment so comparisons switch them wit
                      by the STACK_INSTANCES instances on this machine (at least 2 each)
   WEB_THREADS        threads per gthread worker (default 1)        -> threads
   WEB_WORKER_CONNECTIONS  max concurrent clients per gevent worker (default 1000)
-  WEB_BIND           host:port to listen on (default 127.0.0.1:8001)
+  WEB_BIND           host:port to listen on (default: web's port in deploy/topology.py on $BIND_HOST or 127.0.0.1)
 """
 
 import multiprocessing
@@ -15,6 +15,7 @@ import socket
 
 from gunicorn import util
 
+from deploy import topology
 from services.common import http
 from services.common.proxy import TrustedProxy
 
@@ -24,9 +25,10 @@ def _env_int(name: str, default: int) -> int:
     return int(value) if value.strip() else default
 
 
-# Where to listen. nginx reaches it by this address (native: the service's own loopback address;
-# Compose: 0.0.0.0 inside the container, reachable only on the Compose network).
-bind = os.environ.get("WEB_BIND", "127.0.0.1:8001")
+# Where to listen. nginx reaches it by this address (native: the service's own loopback address, given by
+# --bind; Compose: the registry's port on BIND_HOST=0.0.0.0 inside the container, reachable only on the Compose
+# network). WEB_BIND overrides it (the compare harness).
+bind = os.environ.get("WEB_BIND") or topology.service("web").default_bind()
 
 # Pending connections the kernel queues before accept(); beyond it clients see SYN retries.
 backlog = 2048

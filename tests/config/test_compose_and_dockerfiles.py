@@ -117,9 +117,17 @@ def test_dockerfile_takes_its_base_from_a_build_arg_and_drops_root(dockerfile):
         assert "ARG NGINX_IMAGE=" in text and "FROM ${NGINX_IMAGE}" in text
 
 
-@pytest.mark.parametrize("service", HTTP_SERVICES, ids=lambda s: s.name)
-def test_each_dockerfile_exposes_its_topology_port(service):
-    assert f"EXPOSE {service.port}\n" in (ROOT / "services" / service.name / "Dockerfile").read_text()
+@pytest.mark.parametrize("service", [*HTTP_SERVICES, DNS], ids=lambda s: s.name)
+def test_each_dockerfile_exposes_its_topology_port_and_runs_its_topology_launch_command(service):
+    """A service image starts the registry's launch command with no port of its own: the service reads its port
+    from the registry (copied into the image) and listens on BIND_HOST=0.0.0.0."""
+    text = (ROOT / "services" / service.name / "Dockerfile").read_text()
+    exposed = text.split("\nEXPOSE ")[1].split("\n")[0].split()
+    assert {port.split("/")[0] for port in exposed} == {str(service.port)}
+    cmd = json.loads(text.split("\nCMD ")[1].split("\n")[0])
+    assert cmd[0] == "python" and service.command("HOST:PORT", python="python")[:-2] == cmd
+    assert "BIND_HOST=0.0.0.0" in text and "COPY deploy/__init__.py deploy/topology.py" in text
+    assert f":{service.port}" not in text.replace(f"EXPOSE {service.port}", "")  # no second copy of the port
 
 
 @pytest.mark.parametrize("service", STREAM_SERVICES, ids=lambda s: s.name)

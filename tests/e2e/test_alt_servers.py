@@ -12,11 +12,12 @@ import time
 import pytest
 import requests
 
-from deploy.topology import ROOT
+from deploy.topology import ROOT, service
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.e2e
 GUNICORN = [sys.executable, "-m", "gunicorn", "--no-control-socket", "--workers", "2"]
+WEB = service("web")
 
 
 def serve(command: list[str], port: int, prefix: str, env: dict[str, str] | None = None):
@@ -85,10 +86,8 @@ def test_web_under_each_worker_class_from_the_environment(worker_class):
     port = free_port()
     # Threads only for gthread: gunicorn quietly turns a sync worker with threads > 1 into gthread.
     threads = "4" if worker_class == "gthread" else "1"
-    env = {"WEB_WORKER_CLASS": worker_class, "WEB_WORKERS": "2", "WEB_THREADS": threads,
-           "WEB_BIND": f"127.0.0.1:{port}"}
-    proc, url = serve([sys.executable, "-m", "gunicorn", "-c", "services/web/gunicorn_conf.py",
-                       "services.web.wsgi:app"], port, "/web/", env)
+    env = {"WEB_WORKER_CLASS": worker_class, "WEB_WORKERS": "2", "WEB_THREADS": threads}
+    proc, url = serve(WEB.command(f"127.0.0.1:{port}"), port, WEB.prefix, env)
     try:
         assert check_app(url, "web").headers["Server"] == "gunicorn"
     finally:
@@ -105,9 +104,8 @@ def test_many_sync_workers_boot_together_on_a_fresh_data_directory():
 
     for _ in range(3):
         port = free_port()
-        command = [*GUNICORN, "-c", "services/web/gunicorn_conf.py", "--workers", "8", "--bind", f"127.0.0.1:{port}",
-                   "services.web.wsgi:app"]
-        proc, url = serve(command, port, "/web/", {"WEB_WORKER_CLASS": "sync", "WEB_WORKERS": "8"})
+        command = WEB.command(f"127.0.0.1:{port}", "--no-control-socket", "--workers", "8")
+        proc, url = serve(command, port, WEB.prefix, {"WEB_WORKER_CLASS": "sync", "WEB_WORKERS": "8"})
         deadline = time.monotonic() + 20
         while len(psutil.Process(proc.pid).children()) < 8 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
