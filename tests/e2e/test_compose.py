@@ -52,6 +52,12 @@ def inspect(container: str) -> dict:
     return json.loads(docker("inspect", container))[0]
 
 
+def network_addresses(network: str) -> set[str]:
+    """The IPv4 addresses the network's containers hold now."""
+    containers = json.loads(docker("network", "inspect", network))[0]["Containers"] or {}
+    return {entry["IPv4Address"].split("/")[0] for entry in containers.values()}
+
+
 def address(container: str) -> str:
     (network,) = inspect(container)["NetworkSettings"]["Networks"].values()
     return network["IPAddress"]
@@ -181,14 +187,21 @@ class TestComposeStack(StackContract, HttpSemanticsContract):
         old = stack.containers("catalog")
         old_ips, image = {address(c) for c in old}, inspect(old[0])["Image"]
         assert stack.compose("rm", "--stop", "--force", "catalog").returncode == 0
-        # Hold every old address so the new replicas surely get others, as after a real reschedule.
-        placeholders = [docker("run", "--detach", "--rm", "--network", f"{PROJECT}_default", "--entrypoint",
+        # Hold every old address so the new replicas surely get others, as after a real reschedule. Docker
+        # releases a removed container's address a moment after `rm` returns: a placeholder started before that
+        # took another address, and a new replica then got the old one back.
+        network = f"{PROJECT}_default"
+        deadline = time.monotonic() + 15
+        while old_ips & network_addresses(network) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        placeholders = [docker("run", "--detach", "--rm", "--network", network, "--entrypoint",
                                "python", image, "-c", "import time; time.sleep(300)") for _ in old]
         try:
+            held = {address(c) for c in placeholders}
             result = stack.compose("up", "--detach", "--no-deps", "--wait", "catalog")
             assert result.returncode == 0, result.stderr
             new = stack.containers("catalog")
-            assert not set(new) & set(old) and not {address(c) for c in new} & old_ips
+            assert not set(new) & set(old) and not {address(c) for c in new} & old_ips, (old_ips, held)
             deadline, reached = time.monotonic() + 2 * COMPOSE_RESOLVE_S + 10, None  # nginx asks DNS again
             while time.monotonic() < deadline and reached is None:
                 rid = f"recreated-{uuid.uuid4().hex}"
