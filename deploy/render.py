@@ -312,7 +312,7 @@ def supervisord_conf(site: Site, python: str = sys.executable) -> str:
     service_of = {name: s for s in HTTP_SERVICES for name in s.instance_names()}
     # Services reach each other by name, resolved through the stack's DNS server.
     by_name = f'STACK_DNS="{addr["dns"]}",' + ",".join(
-        f'STACK_{s.name.upper()}_URL="http://{s.name}.{ZONE}:{s.port}"' for s in HTTP_SERVICES
+        f'STACK_{s.name.upper()}_URL="{s.internal_url()}"' for s in HTTP_SERVICES
     )
     conf = configparser.ConfigParser(interpolation=None)
     conf["unix_http_server"] = {"file": str(run / "supervisor.sock"), "chmod": "0700"}

@@ -60,6 +60,10 @@ class Service:
             raise ValueError(f"{self.name} serves no HTTP")
         return self.prefix.rstrip("/")
 
+    def internal_url(self) -> str:
+        """How the services reach it natively: its name in the stack's zone (the stack's DNS answers it) and port."""
+        return f"http://{self.name}.{ZONE}:{self.port}"
+
     def command(self, bind: str, *options: str, python: str = sys.executable) -> list[str]:
         """The argv that starts one instance listening on `bind` (HOST:PORT), then `options`."""
         launch = self.launch or ("-m", str(self.module))

@@ -6,6 +6,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from deploy.topology import service
+
 CORES = os.cpu_count() or 1
 IO_MS = 50
 
@@ -45,26 +47,27 @@ class Cell:
 
 
 SYNC_WORKERS = 2 * CORES + 1
+WEB_PREFIX, CATALOG_PREFIX, HTTPBIN_PREFIX = (service(name).route_prefix for name in ("web", "catalog", "httpbin"))
 CONFIGS: tuple[Config, ...] = (
-    Config("web-sync", "web", f"Flask, gunicorn sync x{SYNC_WORKERS}", "/web", "gunicorn-web",
+    Config("web-sync", "web", f"Flask, gunicorn sync x{SYNC_WORKERS}", WEB_PREFIX, "gunicorn-web",
            {"WEB_WORKER_CLASS": "sync", "WEB_WORKERS": str(SYNC_WORKERS), "WEB_THREADS": "1"},
            slots=SYNC_WORKERS, processes=SYNC_WORKERS),
-    Config("web-gthread", "web", "Flask, gunicorn gthread 2x8", "/web", "gunicorn-web",
+    Config("web-gthread", "web", "Flask, gunicorn gthread 2x8", WEB_PREFIX, "gunicorn-web",
            {"WEB_WORKER_CLASS": "gthread", "WEB_WORKERS": "2", "WEB_THREADS": "8"}, slots=16, processes=2),
-    Config("web-gevent", "web", "Flask, gunicorn gevent x2", "/web", "gunicorn-web",
+    Config("web-gevent", "web", "Flask, gunicorn gevent x2", WEB_PREFIX, "gunicorn-web",
            {"WEB_WORKER_CLASS": "gevent", "WEB_WORKERS": "2"}, processes=2),
     Config("bare-flask", "reference", "bare Flask, gunicorn gevent x2", "/bare", "gunicorn-bare-flask",
            {"WEB_WORKER_CLASS": "gevent", "WEB_WORKERS": "2"}, processes=2, endpoints=("plaintext", "json")),
-    Config("catalog-tornado", "catalog", f"Tornado, own IOLoop x{CORES}", "/catalog", "tornado",
+    Config("catalog-tornado", "catalog", f"Tornado, own IOLoop x{CORES}", CATALOG_PREFIX, "tornado",
            processes=CORES),
     Config("bare-tornado", "reference", f"bare Tornado, own IOLoop x{CORES}", "/bare", "bare-tornado",
            processes=CORES, endpoints=("plaintext", "json")),
-    Config("catalog-gunicorn", "catalog", f"Tornado, gunicorn -k tornado x{CORES}", "/catalog",
+    Config("catalog-gunicorn", "catalog", f"Tornado, gunicorn -k tornado x{CORES}", CATALOG_PREFIX,
            "gunicorn-tornado", processes=CORES),
-    Config("httpbin-aiohttp", "httpbin", "aiohttp, AppRunner x1", "/httpbin", "aiohttp"),
+    Config("httpbin-aiohttp", "httpbin", "aiohttp, AppRunner x1", HTTPBIN_PREFIX, "aiohttp"),
     Config("bare-aiohttp", "reference", "bare aiohttp, web.run_app x1", "/bare", "bare-aiohttp",
            endpoints=("plaintext", "json")),
-    Config("httpbin-gunicorn", "httpbin", f"aiohttp, gunicorn GunicornWebWorker x{CORES}", "/httpbin",
+    Config("httpbin-gunicorn", "httpbin", f"aiohttp, gunicorn GunicornWebWorker x{CORES}", HTTPBIN_PREFIX,
            "gunicorn-aiohttp", processes=CORES),
     # References: the ceiling of anything behind the proxy (and each framework bare, above: right after its
     # service, since ours ÷ bare is the figure and the host's speed drifts over minutes).

@@ -18,8 +18,11 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
-CATALOG_URL = os.environ.get("STACK_CATALOG_URL", "http://catalog.stack.internal:8002")
-HTTPBIN_URL = os.environ.get("STACK_HTTPBIN_URL", "http://httpbin.stack.internal:8003")
+from deploy import topology
+
+# Native defaults, from the registry: the name the stack's DNS answers for, and the service's port.
+CATALOG_URL = os.environ.get("STACK_CATALOG_URL") or topology.service("catalog").internal_url()
+HTTPBIN_URL = os.environ.get("STACK_HTTPBIN_URL") or topology.service("httpbin").internal_url()
 
 
 class NameNotFound(Exception):

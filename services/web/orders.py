@@ -11,6 +11,7 @@ import json
 
 import gevent
 
+from deploy import topology
 from services.common.http import Problem
 from services.common.semantics import MERGE_PATCH_JSON
 from services.web import upstream
@@ -18,6 +19,7 @@ from services.web import upstream
 MAX_LINES = 20
 MAX_QUANTITY = 1000
 ATTEMPTS = 8
+CATALOG_ITEMS = f"{topology.service('catalog').route_prefix}/items"  # catalog's items, as web calls them
 
 
 def validate_lines(document: object) -> list[dict]:
@@ -50,14 +52,14 @@ def validate_lines(document: object) -> list[dict]:
 def _adjust_stock(item_id: int, delta: int, request_id: str) -> dict:
     """Add `delta` to an item's stock with a compare-and-set loop; returns the item as it was."""
     for _ in range(ATTEMPTS):
-        got = upstream.request("GET", upstream.CATALOG_URL, f"/catalog/items/{item_id}", request_id)
+        got = upstream.request("GET", upstream.CATALOG_URL, f"{CATALOG_ITEMS}/{item_id}", request_id)
         if got.status_code == 404:
             raise Problem(422, "Unknown item", f"catalog has no item {item_id}")
         item = got.json()
         if item["stock"] + delta < 0:
             raise Problem(409, "Insufficient stock", f"item {item_id} has {item['stock']} in stock")
         patched = upstream.request(
-            "PATCH", upstream.CATALOG_URL, f"/catalog/items/{item_id}", request_id,
+            "PATCH", upstream.CATALOG_URL, f"{CATALOG_ITEMS}/{item_id}", request_id,
             data=json.dumps({"stock": item["stock"] + delta}),
             headers={"Content-Type": MERGE_PATCH_JSON, "If-Match": got.headers["ETag"]},
         )

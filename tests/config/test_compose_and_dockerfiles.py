@@ -12,6 +12,7 @@ import pytest
 from deploy.render import STOP_GRACE_SECONDS
 from deploy.stack import COMPOSE_FILE, compose_command
 from deploy.topology import DNS, HTTP_SERVICES, NGINX_PORT, ROOT, SERVICES, STREAM_SERVICES
+from deploy.topology import service as service_named
 from services.web import gunicorn_conf
 
 DOCKERFILES = [*sorted(ROOT.glob("services/*/Dockerfile")), ROOT / "nginx" / "Dockerfile",
@@ -100,6 +101,11 @@ def test_published_ports_are_loopback_only_and_match_the_topology():
         assert mapping in text, mapping
     for service in HTTP_SERVICES:  # each healthcheck probes the port the topology gives the service
         assert f":{service.port}{service.prefix}healthz" in services[service.name]["healthcheck"]["test"][-1]
+    for name, entry in services.items():  # services call each other by Compose name on the registry's port
+        for variable, url in (entry.get("environment") or {}).items():
+            if variable.startswith("STACK_") and variable.endswith("_URL"):
+                callee = variable.removeprefix("STACK_").removesuffix("_URL").lower()
+                assert url == f"http://{callee}:{service_named(callee).port}", (name, variable, url)
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))
