@@ -188,16 +188,20 @@ class TestComposeStack(StackContract, HttpSemanticsContract):
         old_ips, image = {address(c) for c in old}, inspect(old[0])["Image"]
         assert stack.compose("rm", "--stop", "--force", "catalog").returncode == 0
         # Hold every old address so the new replicas surely get others, as after a real reschedule. Docker
-        # releases a removed container's address a moment after `rm` returns: a placeholder started before that
-        # took another address, and a new replica then got the old one back.
+        # releases a removed container's address a moment after `rm` returns, and hands out the lowest free one:
+        # placeholders are started until they hold every old address (the lower gaps earlier tests left go first).
         network = f"{PROJECT}_default"
         deadline = time.monotonic() + 15
         while old_ips & network_addresses(network) and time.monotonic() < deadline:
             time.sleep(0.2)
-        placeholders = [docker("run", "--detach", "--rm", "--network", network, "--entrypoint",
-                               "python", image, "-c", "import time; time.sleep(300)") for _ in old]
+        placeholders: list[str] = []
+        held: set[str] = set()
         try:
-            held = {address(c) for c in placeholders}
+            while not old_ips <= held and len(placeholders) < 24:
+                placeholders.append(docker("run", "--detach", "--rm", "--network", network, "--entrypoint",
+                                           "python", image, "-c", "import time; time.sleep(300)"))
+                held.add(address(placeholders[-1]))
+            assert old_ips <= held, (old_ips, held)
             result = stack.compose("up", "--detach", "--no-deps", "--wait", "catalog")
             assert result.returncode == 0, result.stderr
             new = stack.containers("catalog")
@@ -214,7 +218,8 @@ class TestComposeStack(StackContract, HttpSemanticsContract):
             # A new container served it (either replica).
             assert any(reached in container_logs(c, reached, timeout=3) for c in stack.containers("catalog"))
         finally:
-            docker("rm", "--force", *placeholders)
+            if placeholders:
+                docker("rm", "--force", *placeholders)
         nginx_after = inspect(stack.container("nginx"))
         assert nginx_after["Id"] == nginx_before["Id"]
         assert nginx_after["State"]["StartedAt"] == nginx_before["State"]["StartedAt"]  # never restarted
