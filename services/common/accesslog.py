@@ -35,14 +35,6 @@ def _restamp(now: float) -> None:
     _stamp_until, _stamp = second + 1.0, time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(second))
 
 
-def timestamp() -> str:
-    """The local time to the second, `2026-11-27T13:45:00`, reformatted only when the second changes."""
-    now = time.time()
-    if now >= _stamp_until:
-        _restamp(now)
-    return _stamp
-
-
 def flush() -> None:
     with _flush_lock:
         count = len(_pending)  # lines appended meanwhile stay for the next flush
@@ -88,8 +80,9 @@ def write(remote: str, method: str, target: str, version: str, status: int, size
     carries. The request line comes in its three parts, so the line is built by one f-string."""
     if not _flusher_started:
         _start_flusher()
-    if time.time() >= _stamp_until:
-        _restamp(time.time())
+    now = time.time()
+    if now >= _stamp_until:  # the local time to the second, `2026-11-27T13:45:00`, formatted once a second
+        _restamp(now)
     _pending.append(f'{_stamp} {remote} "{method} {target} {version}" {status} {size} rid={request_id} '
                     f'rt={seconds:.6f}\n')
     if len(_pending) >= MAX_PENDING_LINES:
