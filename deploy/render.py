@@ -22,7 +22,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from deploy.topology import DNS, HTTP_SERVICES, NGINX, NGINX_PORT, ROOT, STREAM_SERVICES, ZONE, Service, Site
@@ -37,7 +37,8 @@ CONNECTIONS_PER_CLIENT = 128  # requests in progress at once
 EXPENSIVE_PATHS = ("fanout", "cpu")
 # Exact paths with their own limit: path -> (upstream, limit_req zone, burst).
 RATE_LIMITED = {
-    "/web/login": ("web", "credentials", 20), "/web/signup": ("web", "credentials", 20),
+    **{f"{s.prefix}{path}": (s.name, "credentials", 20) for s in HTTP_SERVICES if s.name == "web"
+       for path in ("login", "signup")},
     **{f"{s.prefix}{path}": (s.name, "expensive", EXPENSIVE_BURST) for s in HTTP_SERVICES for path in EXPENSIVE_PATHS},
 }
 LIMITS = (f"per client: login and signup {CREDENTIALS_LIMIT}; fanout and cpu {EXPENSIVE_RATE[:-4]} per second; "
@@ -148,8 +149,13 @@ def _edge_errors(codes: list[int]) -> str:
             "        }\n")
 
 
-def nginx_conf(mode: str, site: Site | None = None) -> str:
+def nginx_conf(mode: str, site: Site | None = None, *, upstreams: Mapping[str, Sequence[str]] | None = None,
+               routes: Mapping[str, str] | None = None, overrides: Mapping[str, str] | None = None) -> str:
+    """The stack's nginx config for `mode`. `upstreams` (name -> host:port servers; native only) and `routes`
+    (location prefix -> upstream name) replace the services' own, and `overrides` any template value: how
+    make compare puts the stack's edge, unchanged otherwise, in front of one server under test."""
     site = site or Site()
+    routes = routes if routes is not None else {s.prefix: s.name for s in HTTP_SERVICES if s.prefix}
     if mode == "compose":
         # Upstreams named by Compose service name and re-resolved through Docker's DNS while running
         # (`resolve`, nginx >= 1.27.3): a recreated container with a new address is reached without a reload.
@@ -160,7 +166,9 @@ def nginx_conf(mode: str, site: Site | None = None) -> str:
         # so containers it recreated are reached at once; the other replica covers the rest.
         resolver = f"    resolver {DOCKER_DNS} valid={COMPOSE_RESOLVE_S}s ipv6=off;\n    resolver_timeout 2s;\n"
         # One name, every replica: Docker's DNS answers each replica's address and nginx balances over them.
-        upstreams = "".join(_upstream(s.name, [f"{s.name}:{s.port} resolve"]) for s in HTTP_SERVICES)
+        if upstreams:
+            raise ValueError("Compose's upstreams are its services, found through Docker's DNS")
+        upstream_blocks = "".join(_upstream(s.name, [f"{s.name}:{s.port} resolve"]) for s in HTTP_SERVICES)
         stream_upstreams = "".join(_stream_upstream(s, f"{s.name}:{s.port} resolve") for s in STREAM_SERVICES)
         stream_servers = "".join(_stream_server(s, str(s.public_port)) for s in STREAM_SERVICES)
         values = {
@@ -178,7 +186,9 @@ def nginx_conf(mode: str, site: Site | None = None) -> str:
         }
     elif mode == "native":
         resolver = ""
-        upstreams = "".join(_upstream(s.name, list(site.instances(s).values())) for s in HTTP_SERVICES)
+        if upstreams is None:
+            upstreams = {s.name: list(site.instances(s).values()) for s in HTTP_SERVICES}
+        upstream_blocks = "".join(_upstream(name, list(addresses)) for name, addresses in upstreams.items())
         stream_upstreams = "".join(_stream_upstream(s, f"{site.address(s)}:{s.port}") for s in STREAM_SERVICES)
         stream_servers = "".join(
             _stream_server(s, f"{site.public_host}:{site.public_port_of(s)}") for s in STREAM_SERVICES
@@ -205,24 +215,25 @@ def nginx_conf(mode: str, site: Site | None = None) -> str:
     # Prefix locations ending in "/" also redirect the bare prefix (/web -> /web/) with a 301.
     writes = f"            limit_req zone=writes burst={WRITE_BURST} nodelay;\n"
     locations = "".join(
-        f"\n        location {s.prefix} {{\n{writes}            proxy_pass http://{s.name};\n        }}\n"
-        for s in HTTP_SERVICES
+        f"\n        location {prefix} {{\n{writes}            proxy_pass http://{name};\n        }}\n"
+        for prefix, name in routes.items()
     )
     locations += "".join(
         f"\n        location = {path} {{\n            limit_req zone={zone} burst={burst} nodelay;\n{writes}"
         f"            proxy_pass http://{upstream};\n        }}\n"
-        for path, (upstream, zone, burst) in RATE_LIMITED.items()
+        for path, (upstream, zone, burst) in RATE_LIMITED.items() if upstream in routes.values()
     )
     values.update(WEBSOCKET_PATHS=", ".join(WEBSOCKET_PATHS),
                   WEBSOCKET_MAP="".join(f'        "~*^websocket:{re.escape(path)}$" "websocket";\n'
                                         for path in WEBSOCKET_PATHS))
     values.update(EXPENSIVE_RATE=EXPENSIVE_RATE, WRITE_RATE=WRITE_RATE, LIMITS=LIMITS,
                   CONNECTIONS_PER_CLIENT=str(CONNECTIONS_PER_CLIENT))
-    values.update(RESOLVER=resolver, UPSTREAMS=upstreams, LOCATIONS=locations, PROBLEM_TITLES=_problem_titles(),
+    values.update(RESOLVER=resolver, UPSTREAMS=upstream_blocks, LOCATIONS=locations, PROBLEM_TITLES=_problem_titles(),
                   EDGE_ERRORS=_edge_errors(list(EDGE_ERRORS)),
                   # The catch-all server answers only what it cannot parse; 404 there means "no answer".
                   DEFAULT_SERVER_ERRORS=_edge_errors([code for code in EDGE_ERRORS if code != 404]),
                   STREAM_UPSTREAMS=stream_upstreams, STREAM_SERVERS=stream_servers)
+    values.update(overrides or {})
     return _fill(NGINX_TEMPLATE.read_text(), values)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 ZONE = "stack.internal"
 NGINX_PORT = 8080  # nginx's listening port inside its container, and the default public port
+LOCUST_UI_PORT = 8089  # Locust's web UI (make loadtest; Compose's load profile), on loopback
 # How many processes (native) or replicas (Compose) of each HTTP service run behind nginx: two, so that one can
 # restart while the other serves. A number, not a layout: every config below is rendered from it.
 HTTP_INSTANCES = 2
@@ -37,6 +38,8 @@ class Service:
     instances: int = 1  # processes (native) or replicas (Compose) behind the one name
     # The Python argv that starts one instance, before `--bind HOST:PORT`; a module service's is `-m <module>`.
     launch: tuple[str, ...] = ()
+    # The same app under other servers (make compare's configurations): server name -> argv, as `launch`.
+    alternatives: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if not 1 <= self.instances <= MAX_INSTANCES:
@@ -64,9 +67,15 @@ class Service:
         """How the services reach it natively: its name in the stack's zone (the stack's DNS answers it) and port."""
         return f"http://{self.name}.{ZONE}:{self.port}"
 
-    def command(self, bind: str, *options: str, python: str = sys.executable) -> list[str]:
-        """The argv that starts one instance listening on `bind` (HOST:PORT), then `options`."""
-        launch = self.launch or ("-m", str(self.module))
+    def command(self, bind: str, *options: str, python: str = sys.executable, server: str | None = None) -> list[str]:
+        """The argv that starts one instance listening on `bind` (HOST:PORT), then `options`; under `server`
+        (one of `alternatives`) rather than its own."""
+        if server is not None:
+            if server not in self.alternatives:
+                raise KeyError(f"{self.name} has no server {server!r}; it has {', '.join(self.alternatives)}")
+            launch = self.alternatives[server]
+        else:
+            launch = self.launch or ("-m", str(self.module))
         return [python, *launch, "--bind", bind, *options]
 
     def default_bind(self, environ: Mapping[str, str] = os.environ) -> str:
@@ -83,13 +92,19 @@ class Service:
         return f"STACK_{self.name.upper().replace('-', '_')}_PORT"
 
 
+# gunicorn as the compare harness and the tests run it: no control socket under $HOME (gunicorn >= 25.1).
+_GUNICORN = ("-m", "gunicorn", "--no-control-socket")
 HTTP_SERVICES: tuple[Service, ...] = (
     Service("web", "Flask", "gunicorn, gevent workers", 8001, 11, "/web/", instances=HTTP_INSTANCES,
             launch=("-m", "gunicorn", "-c", "services/web/gunicorn_conf.py", "services.web.wsgi:app")),
     Service("catalog", "Tornado", "Tornado HTTPServer, own IOLoop", 8002, 12, "/catalog/", instances=HTTP_INSTANCES,
-            launch=("-m", "services.catalog")),
+            launch=("-m", "services.catalog"),
+            alternatives={"gunicorn-tornado": (*_GUNICORN, "-k", "tornado", "services.catalog.app:make_app()")}),
     Service("httpbin", "aiohttp", "aiohttp AppRunner", 8003, 13, "/httpbin/", instances=HTTP_INSTANCES,
-            launch=("-m", "services.httpbin")),
+            launch=("-m", "services.httpbin"),
+            # --reuse-port: a listening socket per worker, or one event loop takes most connections (DESIGN.md)
+            alternatives={"gunicorn-aiohttp": (*_GUNICORN, "-k", "aiohttp.GunicornWebWorker", "--reuse-port",
+                                               "services.httpbin.app:app_factory")}),
 )
 # The seed's socket programs, behind nginx's stream {} proxy (layer 4: bytes and datagrams, no HTTP).
 # time-tcp and time-udp are one service on two transports: the same address and port number, like DNS.

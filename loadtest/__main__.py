@@ -21,10 +21,10 @@ from datetime import datetime
 from pathlib import Path
 
 from deploy.stack import COMPOSE_FILE, Compose, choose_mode, compose_command
-from deploy.topology import ROOT, Site
+from deploy.topology import LOCUST_UI_PORT, ROOT, Site
 
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
-UI_HOST, UI_PORT = "127.0.0.1", 8089
+UI_HOST, UI_PORT = "127.0.0.1", LOCUST_UI_PORT
 READ_P999_TARGET_MS = 20  # soak: the tail every read endpoint should stay under at 100 users
 REPORTS = ROOT / "reports"
 

@@ -24,8 +24,11 @@ from pathlib import Path
 import gevent
 from locust import FastHttpUser, between, events, tag, task
 
+from deploy.topology import service
+
 log = logging.getLogger("loadtest")
 JSON = {"Content-Type": "application/json"}
+WEB, CATALOG, HTTPBIN = (service(name).route_prefix for name in ("web", "catalog", "httpbin"))
 # Creating catalog items takes the operator's credential (services/common/credentials.py; `make up` makes it).
 _OPERATOR_TOKEN = Path(os.environ.get("STACK_SECRETS", "var/secrets"), "catalog_operator")
 OPERATOR = {"Authorization": f"Bearer {_OPERATOR_TOKEN.read_text().strip()}"} if _OPERATOR_TOKEN.exists() else {}
@@ -96,7 +99,7 @@ def expect(response, status: int, header: str | None = None, check=None) -> bool
 
 
 # The one request that waits on purpose (100 ms): tail-latency targets leave it out.
-SLOW_BY_DESIGN = "/httpbin/delay"
+SLOW_BY_DESIGN = f"{HTTPBIN}/delay"
 
 class CatalogBrowser(FastHttpUser):
     """Reads the catalog like a client with a cache: list, conditional re-reads, HEAD."""
@@ -108,16 +111,16 @@ class CatalogBrowser(FastHttpUser):
     def on_start(self) -> None:
         self.item_ids = []
         self.etags: dict[int, str] = {}
-        with self.client.post("/catalog/items", json={"name": f"load {uuid.uuid4().hex[:8]}", "price": 100,
+        with self.client.post(f"{CATALOG}/items", json={"name": f"load {uuid.uuid4().hex[:8]}", "price": 100,
                                                        "stock": 1000}, headers=OPERATOR, catch_response=True,
-                              name="/catalog/items [POST]") as response:
+                              name=f"{CATALOG}/items [POST]") as response:
             if expect(response, 201, "Location"):
                 self.item_ids.append(response.json()["id"])
 
     @tag("catalog")
     @task(3)
     def list_items(self) -> None:
-        with self.client.get("/catalog/items?limit=20", catch_response=True, name="/catalog/items") as response:
+        with self.client.get(f"{CATALOG}/items?limit=20", catch_response=True, name=f"{CATALOG}/items") as response:
             if expect(response, 200, check=lambda r: isinstance(r.json()["items"], list)):
                 self.item_ids += [item["id"] for item in response.json()["items"][:5]]
                 self.item_ids = self.item_ids[-50:]
@@ -129,8 +132,8 @@ class CatalogBrowser(FastHttpUser):
             return
         item_id = random.choice(self.item_ids)
         headers = {"If-None-Match": self.etags[item_id]} if item_id in self.etags else {}
-        with self.client.get(f"/catalog/items/{item_id}", headers=headers, catch_response=True,
-                             name="/catalog/items/{id}") as response:
+        with self.client.get(f"{CATALOG}/items/{item_id}", headers=headers, catch_response=True,
+                             name=f"{CATALOG}/items/{{id}}") as response:
             if response.status_code == 404:  # deleted by someone else: forget it
                 response.success()
                 self.item_ids.remove(item_id)
@@ -143,8 +146,8 @@ class CatalogBrowser(FastHttpUser):
     @task(1)
     def head_item(self) -> None:
         if self.item_ids:
-            with self.client.head(f"/catalog/items/{self.item_ids[0]}", catch_response=True,
-                                  name="/catalog/items/{id} [HEAD]") as response:
+            with self.client.head(f"{CATALOG}/items/{self.item_ids[0]}", catch_response=True,
+                                  name=f"{CATALOG}/items/{{id}} [HEAD]") as response:
                 expect(response, 200, "ETag", lambda r: r.content == b"")
 
 
@@ -158,11 +161,11 @@ class Shopper(FastHttpUser):
     def on_start(self) -> None:
         self.orders: list[str] = []
         credentials = {"email": f"{uuid.uuid4().hex[:16]}@load.example", "password": "load-test-pass"}
-        post_with_backoff(self, "/web/signup", credentials, 201)
-        post_with_backoff(self, "/web/login", credentials, 200, "Set-Cookie")
-        with self.client.post("/catalog/items", json={"name": "stock for shoppers", "price": 250,
+        post_with_backoff(self, f"{WEB}/signup", credentials, 201)
+        post_with_backoff(self, f"{WEB}/login", credentials, 200, "Set-Cookie")
+        with self.client.post(f"{CATALOG}/items", json={"name": "stock for shoppers", "price": 250,
                                                        "stock": 10**9}, headers=OPERATOR, catch_response=True,
-                              name="/catalog/items [POST]") as r:
+                              name=f"{CATALOG}/items [POST]") as r:
             self.item_id = r.json()["id"] if expect(r, 201) else None
 
     @tag("web")
@@ -172,11 +175,11 @@ class Shopper(FastHttpUser):
             return
         body = json.dumps({"lines": [{"item_id": self.item_id, "quantity": random.randint(1, 3)}]})
         headers = {**JSON, "Idempotency-Key": uuid.uuid4().hex}
-        first = post_until_answered(self, "/web/orders", body, headers, "/web/orders [POST]", 201, "Location")
+        first = post_until_answered(self, f"{WEB}/orders", body, headers, f"{WEB}/orders [POST]", 201, "Location")
         if first is None:
             return
-        with self.client.post("/web/orders", data=body, headers=headers, catch_response=True,
-                              name="/web/orders [POST retry]") as retry:
+        with self.client.post(f"{WEB}/orders", data=body, headers=headers, catch_response=True,
+                              name=f"{WEB}/orders [POST retry]") as retry:
             expect(retry, 201, "Idempotent-Replayed",
                    lambda r: r.headers["Location"] == first.headers["Location"])
         self.orders.append(first.headers["Location"])
@@ -184,16 +187,16 @@ class Shopper(FastHttpUser):
     @tag("web")
     @task(2)
     def read_orders(self) -> None:
-        with self.client.get("/web/orders", catch_response=True, name="/web/orders") as response:
+        with self.client.get(f"{WEB}/orders", catch_response=True, name=f"{WEB}/orders") as response:
             expect(response, 200, check=lambda r: isinstance(r.json()["orders"], list))
         if self.orders:
-            with self.client.get(random.choice(self.orders), catch_response=True, name="/web/orders/{id}") as r:
+            with self.client.get(random.choice(self.orders), catch_response=True, name=f"{WEB}/orders/{{id}}") as r:
                 expect(r, 200, "ETag")
 
     @tag("web")
     @task(1)
     def me(self) -> None:
-        with self.client.get("/web/me", catch_response=True, name="/web/me") as response:
+        with self.client.get(f"{WEB}/me", catch_response=True, name=f"{WEB}/me") as response:
             expect(response, 200, check=lambda r: r.json()["email"].endswith("@load.example"))
 
 
@@ -206,25 +209,25 @@ class HttpbinCaller(FastHttpUser):
     @tag("httpbin")
     @task(3)
     def get(self) -> None:
-        with self.client.get("/httpbin/get?load=1", catch_response=True, name="/httpbin/get") as r:
+        with self.client.get(f"{HTTPBIN}/get?load=1", catch_response=True, name=f"{HTTPBIN}/get") as r:
             expect(r, 200, check=lambda r: r.json()["args"] == {"load": "1"})
 
     @tag("httpbin")
     @task(2)
     def post(self) -> None:
-        with self.client.post("/httpbin/post", json={"k": 1}, catch_response=True, name="/httpbin/post") as r:
+        with self.client.post(f"{HTTPBIN}/post", json={"k": 1}, catch_response=True, name=f"{HTTPBIN}/post") as r:
             expect(r, 200, check=lambda r: r.json()["json"] == {"k": 1})
 
     @tag("httpbin")
     @task(1)
     def stream(self) -> None:
-        with self.client.get("/httpbin/stream/3", catch_response=True, name="/httpbin/stream/3") as r:
+        with self.client.get(f"{HTTPBIN}/stream/3", catch_response=True, name=f"{HTTPBIN}/stream/3") as r:
             expect(r, 200, check=lambda r: len(r.text.splitlines()) == 3)
 
     @tag("httpbin")
     @task(1)
     def delay(self) -> None:
-        with self.client.get("/httpbin/delay/0.1", catch_response=True, name=SLOW_BY_DESIGN) as r:
+        with self.client.get(f"{HTTPBIN}/delay/0.1", catch_response=True, name=SLOW_BY_DESIGN) as r:
             expect(r, 200, check=lambda r: r.json()["delayed_seconds"] == 0.1)
 
 

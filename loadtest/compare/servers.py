@@ -15,11 +15,13 @@ from pathlib import Path
 
 import psutil
 
-from deploy.topology import ROOT, service
+from deploy import render
+from deploy.topology import HTTP_SERVICES, ROOT, STREAM_SERVICES, Site, service
 from loadtest.compare.matrix import CORES, Config
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-GUNICORN = [sys.executable, "-m", "gunicorn", "--no-control-socket", "--keep-alive", "75", "--log-level", "warning"]
+# Above nginx's upstream keepalive_timeout (60 s), like web's own config; quiet, so logs don't cost throughput.
+GUNICORN_OPTIONS = ("--keep-alive", "75", "--log-level", "warning")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -39,46 +41,45 @@ def command_for(config: Config, port: int) -> tuple[list[str], dict[str, str]]:
         "gunicorn-web": web.command(bind),
         "gunicorn-bare-flask": [sys.executable, *bare_flask, "--bind", bind],
         "tornado": service("catalog").command(bind, "--processes", str(CORES)),
-        "gunicorn-tornado": [*GUNICORN, "-k", "tornado", "-w", str(CORES), "--bind", bind,
-                             "services.catalog.app:make_app()"],
+        "gunicorn-tornado": service("catalog").command(bind, "-w", str(CORES), *GUNICORN_OPTIONS,
+                                                       server="gunicorn-tornado"),
         "aiohttp": service("httpbin").command(bind),
-        "gunicorn-aiohttp": [*GUNICORN, "-k", "aiohttp.GunicornWebWorker", "-w", str(CORES), "--reuse-port",
-                             "--bind", bind, "services.httpbin.app:app_factory"],
+        "gunicorn-aiohttp": service("httpbin").command(bind, "-w", str(CORES), *GUNICORN_OPTIONS,
+                                                       server="gunicorn-aiohttp"),
         "bare-tornado": [sys.executable, "-m", "loadtest.bare.tornado_app", str(port), str(CORES)],
         "bare-aiohttp": [sys.executable, "-m", "loadtest.bare.aiohttp_app", str(port)],
     }
     return commands[config.kind], env
 
 
-def nginx_conf(listen: int, upstream: int | None, workdir: Path) -> str:
-    """A minimal edge: a keep-alive upstream pool (like the stack's), or a static 200 when upstream is None."""
+# The static reference's two answers: files the stack's own `location /` serves (sendfile, open_file_cache).
+STATIC_ANSWERS = {"plaintext": "Hello, World!", "json": '{"message":"Hello, World!"}'}
+
+
+def nginx_conf(listen: int, upstream: int | None, prefix: str, workdir: Path) -> str:
+    """The stack's own edge (deploy/render.py, the native template) listening on 127.0.0.1:listen, with one
+    route: `prefix` to the server under test on 127.0.0.1:upstream, or, when upstream is None, static files
+    under `prefix` (the reference: what nginx does without a service behind it). Its logs, temp files and
+    socket-service listeners (on free ports) live in workdir."""
+    family = next((s for s in HTTP_SERVICES if s.route_prefix == prefix), None)
+    name = family.name if family else "server_under_test"  # the bare apps have no service's name
+    stream_ports = {s.name: free_port() for s in STREAM_SERVICES if s.transport == "tcp"}
+    stream_ports |= {s.name: stream_ports[shares.name] for s in STREAM_SERVICES if s.transport == "udp"
+                     for shares in STREAM_SERVICES if shares.transport == "tcp" and shares.port == s.port}
+    site = Site(public_host="127.0.0.1", public_port=listen, var=workdir, stream_ports=stream_ports)
+    for sub in ("run", "log", "nginx"):
+        (workdir / sub).mkdir(parents=True, exist_ok=True)
+    for directory in (workdir.parent, workdir):  # nginx's workers run as the checkout's owner (render.py)
+        directory.chmod(0o755)
+    render.write_modules_conf(workdir / "run" / "modules.conf")
     if upstream is None:
-        locations = ('location /static/plaintext { default_type text/plain; return 200 "Hello, World!"; }\n'
-                     '        location /static/json { default_type application/json; '
-                     'return 200 \'{"message":"Hello, World!"}\'; }')
-        upstream_block = ""
-    else:
-        upstream_block = f"upstream app {{ server 127.0.0.1:{upstream}; keepalive 64; keepalive_timeout 60s; }}"
-        locations = ('location / { proxy_pass http://app; proxy_http_version 1.1; '
-                     'proxy_set_header Connection ""; proxy_set_header Host $host; }')
-    user = "user root root;" if os.geteuid() == 0 else ""
-    return f"""{user}
-worker_processes auto;
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    keepalive_requests 100000;
-    client_body_temp_path {workdir}/body; proxy_temp_path {workdir}/proxy;
-    fastcgi_temp_path {workdir}/fcgi; uwsgi_temp_path {workdir}/uwsgi; scgi_temp_path {workdir}/scgi;
-    {upstream_block}
-    server {{
-        listen 127.0.0.1:{listen};
-        {locations}
-    }}
-}}
-"""
+        static = workdir / "static"
+        (static / prefix.strip("/")).mkdir(parents=True, exist_ok=True)
+        for endpoint, body in STATIC_ANSWERS.items():
+            (static / prefix.strip("/") / endpoint).write_text(body)
+        return render.nginx_conf("native", site, upstreams={}, routes={}, overrides={"STATIC_ROOT": str(static)})
+    return render.nginx_conf("native", site, upstreams={name: [f"127.0.0.1:{upstream}"]},
+                             routes={f"{prefix}/": name})
 
 
 @dataclass
@@ -186,7 +187,7 @@ def start(config: Config, data_dir: Path) -> Running:
     """The configuration's server, ready to serve (its SQLite files in data_dir)."""
     port = free_port()
     if config.kind == "nginx-static":
-        return start_nginx(config.name, None, data_dir)
+        return start_nginx(config.name, None, config.prefix, data_dir)
     command, env = command_for(config, port)
     log = data_dir / f"{config.name}.log"  # the server's own output: access logs, and why it died if it did
     with log.open("ab") as sink:
@@ -203,15 +204,15 @@ def start(config: Config, data_dir: Path) -> Running:
     return running
 
 
-def start_nginx(name: str, upstream: int | None, data_dir: Path) -> Running:
+def start_nginx(name: str, upstream: int | None, prefix: str, data_dir: Path) -> Running:
     workdir = Path(tempfile.mkdtemp(prefix="nginx-", dir=data_dir))
     port = free_port()
-    (workdir / "nginx.conf").write_text(nginx_conf(port, upstream, workdir))
+    (workdir / "nginx.conf").write_text(nginx_conf(port, upstream, prefix, workdir))
     process = subprocess.Popen([NGINX, "-c", str(workdir / "nginx.conf"), "-e", str(workdir / "error.log"),
                                 "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     running = Running(f"nginx for {name}", process, port)
-    probe = "/static/json" if upstream is None else None
+    probe = f"{prefix}/json" if upstream is None else None
     if probe:
         wait_until_serving(port, probe, process)
     else:

@@ -166,7 +166,7 @@ class FanoutHandler(BaseHandler):
         except stack_dns.NameNotFound as error:
             raise http.Problem(502, "Bad Gateway", str(error)) from None
         host = urlsplit(base).netloc
-        path = f"/httpbin/delay/{delay}"
+        path = f"{topology.service('httpbin').route_prefix}/delay/{delay}"
         # The shared AsyncHTTPClient runs at most 10 requests at once and queues the rest; a private one
         # sized for the fan-out lets all N wait together.
         client = AsyncHTTPClient(force_instance=True, max_clients=http.FANOUT_MAX)

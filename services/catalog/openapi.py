@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from deploy.topology import service
 from services.common import openapi as oa
 from services.common.semantics import MERGE_PATCH_JSON
 
@@ -40,10 +41,11 @@ def guarded(op: dict) -> dict:
 
 
 def build() -> dict:
-    items = "/catalog/items"
+    prefix = service("catalog").route_prefix
+    items = f"{prefix}/items"
     paths = {
-        **oa.shared_paths("/catalog", "catalog"),
-        **oa.stream_path("/catalog", "catalog"),
+        **oa.shared_paths(prefix, "catalog"),
+        **oa.stream_path(prefix, "catalog"),
         items: {
             "get": oa.operation("A page of items (keyset pagination, RFC 8288 Link)", {
                 "200": oa.json_response("The page", {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from deploy.topology import service
 from services.common import openapi as oa
 
 ANY = {"description": "Any content"}
@@ -84,7 +85,7 @@ def more_paths(h: str) -> dict:
 
 
 def build() -> dict:
-    h = "/httpbin"
+    h = service("httpbin").route_prefix
     body_ops = {m: oa.operation(f"{m.upper()} echo", {"200": JSON("The request as received", WITH_BODY)},
                                 body=ANY_BODY, tags=["httpbin"]) for m in ("post", "put", "patch", "delete")}
     anything = {m: oa.operation("Echo any method", {"200": JSON("The request", {**WITH_BODY, "required": [

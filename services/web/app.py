@@ -130,7 +130,7 @@ def fanout() -> Response:
     all N wait at once, so the total is about D seconds, not N x D."""
     n = http.int_param(request.args.get("n"), "n", 10, 1, http.FANOUT_MAX)
     delay = http.int_param(request.args.get("delay"), "delay", 1, 0, 3)
-    path = f"/httpbin/delay/{delay}"
+    path = f"{topology.service('httpbin').route_prefix}/delay/{delay}"
     request_id = g.request_id  # greenlets do not inherit Flask's request context
 
     def fetch(i: int) -> dict:

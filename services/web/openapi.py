@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from deploy.topology import service
 from services.common import openapi as oa
+
+PREFIX = service("web").route_prefix  # every path below begins with it
 
 CREDENTIALS = {"type": "object", "required": ["email", "password"], "additionalProperties": False, "properties": {
     "email": {"type": "string", "minLength": 3, "maxLength": 254}, "password": {"type": "string", "minLength": 8,
@@ -23,19 +26,19 @@ IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
 
 def build() -> dict:
     paths = {
-        **oa.shared_paths("/web", "web"),
-        **oa.stream_path("/web", "web"),
-        "/web/signup": {"post": oa.operation("Create an account", {
+        **oa.shared_paths(PREFIX, "web"),
+        **oa.stream_path(PREFIX, "web"),
+        f"{PREFIX}/signup": {"post": oa.operation("Create an account", {
             "201": oa.json_response("Created", USER, {"Location": {"schema": {"type": "string"}}})},
             body=oa.json_body(CREDENTIALS), tags=["accounts"])},
-        "/web/login": {"post": oa.operation("Log in: sets the session cookie (a new id every time)", {
+        f"{PREFIX}/login": {"post": oa.operation("Log in: sets the session cookie (a new id every time)", {
             "200": oa.json_response("Logged in", USER, {"Set-Cookie": {"schema": {"type": "string"}}})},
             body=oa.json_body(CREDENTIALS), tags=["accounts"])},
-        "/web/logout": {"post": oa.operation("Log out: the session row is deleted", {
+        f"{PREFIX}/logout": {"post": oa.operation("Log out: the session row is deleted", {
             "204": {"description": "Logged out"}}, SESSION, tags=["accounts"])},
-        "/web/me": {"get": oa.operation("The logged-in account", {"200": oa.json_response("You", USER)}, SESSION,
+        f"{PREFIX}/me": {"get": oa.operation("The logged-in account", {"200": oa.json_response("You", USER)}, SESSION,
                                         tags=["accounts"])},
-        "/web/orders": {
+        f"{PREFIX}/orders": {
             "post": oa.operation("Place an order: items priced and reserved in catalog", {
                 "201": oa.json_response("Placed", ORDER, {"Location": {"schema": {"type": "string"}}})},
                 [*SESSION, IDEMPOTENCY_KEY], oa.json_body({
@@ -49,11 +52,11 @@ def build() -> dict:
                 [*SESSION, oa.query_int("limit", 1, 100, "page size"),
                  oa.query_int("cursor", 0, 2**53 - 1, "last id seen")], tags=["orders"]),
         },
-        "/web/orders/{order_id}": {"get": oa.operation("One of your orders", {
+        f"{PREFIX}/orders/{{order_id}}": {"get": oa.operation("One of your orders", {
             "200": oa.json_response("The order", ORDER, {"ETag": {"schema": {"type": "string"}}}),
             "304": {"description": "Not modified"}},
             [oa.path_param("order_id", {"type": "integer", "minimum": 0}), *SESSION], tags=["orders"])},
-        **oa.document_paths("/web/cart", "/web/cart/items/{item_id}",
+        **oa.document_paths(f"{PREFIX}/cart", f"{PREFIX}/cart/items/{{item_id}}",
                             oa.path_param("item_id", {"type": "integer", "minimum": 0}),
                             {"type": "object", "required": ["quantity"], "additionalProperties": False,
                              "properties": {"quantity": {"type": "integer", "minimum": 1, "maximum": 1000}}},

@@ -11,7 +11,7 @@ import pytest
 
 from deploy.render import STOP_GRACE_SECONDS
 from deploy.stack import COMPOSE_FILE, compose_command
-from deploy.topology import DNS, HTTP_SERVICES, NGINX_PORT, ROOT, SERVICES, STREAM_SERVICES
+from deploy.topology import DNS, HTTP_SERVICES, LOCUST_UI_PORT, NGINX_PORT, ROOT, SERVICES, STREAM_SERVICES
 from deploy.topology import service as service_named
 from services.web import gunicorn_conf
 
@@ -41,7 +41,7 @@ def test_locust_runs_only_in_the_load_profile_with_its_ui_on_loopback():
     assert {"locust-master", "locust-worker"} <= set(services)
     assert "locust-master" not in compose_config()["services"]
     (port,) = services["locust-master"]["ports"]
-    assert (port["host_ip"], port["target"]) == ("127.0.0.1", 8089)
+    assert (port["host_ip"], port["target"]) == ("127.0.0.1", LOCUST_UI_PORT)
     assert "--worker" in services["locust-worker"]["command"]
 
 
@@ -106,6 +106,27 @@ def test_published_ports_are_loopback_only_and_match_the_topology():
             if variable.startswith("STACK_") and variable.endswith("_URL"):
                 callee = variable.removeprefix("STACK_").removesuffix("_URL").lower()
                 assert url == f"http://{callee}:{service_named(callee).port}", (name, variable, url)
+
+
+def test_every_port_docker_compose_yml_writes_is_the_registrys():
+    """Ports must stay literal in YAML (healthchecks, published targets, commands): each one a service writes
+    is its own registry port, or one it calls (nginx's, Locust's UI) — a port changed in deploy/topology.py
+    and not here fails."""
+    import re
+
+    services = compose_config("load")["services"]
+    own = {s.name: {s.port} for s in SERVICES}
+    own["nginx"] = {NGINX_PORT, *(s.public_port for s in STREAM_SERVICES)}
+    own["locust-master"] = {LOCUST_UI_PORT, NGINX_PORT}
+    own["locust-worker"] = set()
+    for name, entry in services.items():
+        text = json.dumps({key: entry.get(key) for key in ("command", "healthcheck", "ports", "environment")})
+        written = {int(port) for port in re.findall(r'(?::|"target": )(\d{4,5})\b', text)}
+        # http://catalog:8002 is a call to another service, checked against the callee above
+        called = {int(port) for port in re.findall(r"http://[a-z-]+:(\d+)", text)}
+        assert written - called <= own[name], (name, written - called - own[name])
+        if name != "locust-worker":
+            assert written & own[name], name  # its own port is written somewhere (a healthcheck at least)
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))

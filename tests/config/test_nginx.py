@@ -353,3 +353,52 @@ def test_web_settings_reach_webs_program_entry(monkeypatch):
     monkeypatch.setenv("WEB_WORKERS", '2",EVIL="1')  # a value cannot inject another variable
     with pytest.raises(SystemExit):
         supervisord_conf(SITE)
+
+
+def _http_block(text: str, tmp_path: Path) -> list[dict]:
+    path = tmp_path / "parse.conf"
+    path.write_text(text)
+    payload = crossplane.parse(str(path), single=True, check_ctx=False, check_args=False, comments=False)
+    assert payload["status"] == "ok", payload["errors"]
+    (http,) = find(payload["config"][0]["parsed"], "http")
+    return http["block"]
+
+
+def _without_lines(directives: list[dict]) -> list[dict]:
+    return [{"directive": d["directive"], "args": d["args"], "block": _without_lines(d.get("block", []))}
+            for d in directives]
+
+
+@pytest.mark.parametrize("config_name", ["httpbin-aiohttp", "bare-tornado", "nginx-static"])
+def test_make_compare_puts_the_stacks_own_edge_in_front_of_the_server_under_test(tmp_path, config_name):
+    """Its "through nginx" figures are the stack's nginx: the same template and settings (request ids, limits,
+    keep-alive pool, access log), one route to the server under test, and it passes `nginx -t`."""
+    from loadtest.compare import servers
+    from loadtest.compare.matrix import BY_NAME
+
+    config = BY_NAME[config_name]
+    upstream = None if config.kind == "nginx-static" else 45678
+    workdir = tmp_path / "compare"
+    workdir.mkdir()
+    text = servers.nginx_conf(18181, upstream, config.prefix, workdir)
+    http = _http_block(text, tmp_path)
+    # Everything in http {} but the upstreams and servers is the stack's own.
+    stack = _http_block(nginx_conf("native", Site(public_host="127.0.0.1", public_port=18181, var=workdir)), tmp_path)
+    assert _without_lines([d for d in http if d["directive"] not in ("upstream", "server")]) == _without_lines(
+        [d for d in stack if d["directive"] not in ("upstream", "server")])
+    upstreams = find(http, "upstream")
+    if upstream is None:
+        assert upstreams == []
+        assert (workdir / "static" / config.prefix.strip("/") / "json").read_text() == '{"message":"Hello, World!"}'
+    else:
+        (pool,) = upstreams
+        assert [d["args"][0] for d in find(pool["block"], "server")] == [f"127.0.0.1:{upstream}"]
+        assert one(pool["block"], "keepalive") == ["32"]
+        site_server = [s for s in find(http, "server") if "127.0.0.1" in one(s["block"], "server_name")][0]
+        routes = {d["args"][-1]: d for d in find(site_server["block"], "location")}
+        assert one(routes[f"{config.prefix}/"]["block"], "proxy_pass") == [f"http://{pool['args'][0]}"]
+    conf = workdir / "nginx.conf"
+    conf.write_text(text)
+    result = subprocess.run([NGINX, "-t", "-c", str(conf), "-e", str(workdir / "log" / "error.log")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -16,7 +15,6 @@ from deploy.topology import ROOT, service
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.e2e
-GUNICORN = [sys.executable, "-m", "gunicorn", "--no-control-socket", "--workers", "2"]
 WEB = service("web")
 
 
@@ -61,9 +59,8 @@ def test_catalog_under_gunicorn_tornado_worker():
     # while a second worker is still booting is forgotten and that worker only dies at graceful_timeout.
     # With one worker, the health check proves its loop runs before we stop it.
     port = free_port()
-    command = [*GUNICORN, "--workers", "1", "-k", "tornado", "--bind", f"127.0.0.1:{port}",
-               "services.catalog.app:make_app()"]
-    proc, url = serve(command, port, "/catalog/")
+    command = service("catalog").command(f"127.0.0.1:{port}", "--workers", "1", server="gunicorn-tornado")
+    proc, url = serve(command, port, service("catalog").prefix)
     try:
         response = check_app(url, "catalog")
         assert "Gunicorn" in response.headers["Server"]  # gunicorn's tornado worker tags the Server header
@@ -73,8 +70,8 @@ def test_catalog_under_gunicorn_tornado_worker():
 
 def test_httpbin_under_aiohttp_gunicorn_web_worker():
     port = free_port()
-    proc, url = serve([*GUNICORN, "-k", "aiohttp.GunicornWebWorker", "--bind", f"127.0.0.1:{port}",
-                       "services.httpbin.app:app_factory"], port, "/httpbin/")
+    command = service("httpbin").command(f"127.0.0.1:{port}", "--workers", "2", server="gunicorn-aiohttp")
+    proc, url = serve(command, port, service("httpbin").prefix)
     try:
         assert "aiohttp" in check_app(url, "httpbin").headers["Server"]
     finally:
