@@ -252,8 +252,8 @@ def zone(mode: str, site: Site | None = None) -> dict:
         for s in services:
             addresses = site.instance_addresses(s)
             records[s.name] = addresses if len(addresses) > 1 else addresses[0]
-            if s.instances > 1:  # web-1, web-2: one instance by name (make restart waits on each)
-                records.update(zip(s.instance_names(), addresses, strict=True))
+            if len(addresses) > 1:  # web-1, web-2: one instance by name (make restart waits on each)
+                records.update(zip(site.scaled(s).instance_names(), addresses, strict=True))
         records.update({"": site.public_host, "nginx": site.public_host})
     directory = [
         f"service=nginx name=nginx.{ZONE} transport=http+tcp+udp address={records['nginx']}:{NGINX_PORT} "
@@ -320,7 +320,7 @@ def supervisord_conf(site: Site, python: str = sys.executable) -> str:
         **{s.name: shlex.join(s.command(addr[s.name], python=python)) for s in STREAM_SERVICES},
         "nginx": f"{nginx} -c {run / 'nginx.conf'} -e {logs / 'nginx-error.log'} -g 'daemon off;'",
     }
-    service_of = {name: s for s in HTTP_SERVICES for name in s.instance_names()}
+    service_of = {name: s for s in site.http_services for name in s.instance_names()}
     # Services reach each other by name, resolved through the stack's DNS server.
     by_name = f'STACK_DNS="{addr["dns"]}",' + ",".join(
         f'STACK_{s.name.upper()}_URL="{s.internal_url()}"' for s in HTTP_SERVICES
@@ -341,7 +341,10 @@ def supervisord_conf(site: Site, python: str = sys.executable) -> str:
         "supervisor.rpcinterface_factory": "supervisor.rpcinterface:make_main_rpcinterface"
     }
     conf["supervisorctl"] = {"serverurl": f"unix://{run / 'supervisor.sock'}"}
-    for priority, (name, command) in enumerate(programs.items(), start=1):
+    # Start order, dns first and nginx last, by kind, not position: a new instance (SCALE) must not renumber, and
+    # so restart, every program after it.
+    priorities = {"dns": 10, **dict.fromkeys(service_of, 100), **{s.name: 200 for s in STREAM_SERVICES}, "nginx": 900}
+    for name, command in programs.items():
         conf[f"program:{name}"] = {
             "command": command,
             "directory": str(ROOT),
@@ -349,11 +352,12 @@ def supervisord_conf(site: Site, python: str = sys.executable) -> str:
             "environment": ",".join(filter(None, [
                 f'PYTHONPATH="{ROOT}",PYTHONUNBUFFERED="1",STACK_VAR="{site.var}",STACK_DATA="{site.var / "data"}",'
                 f'STACK_SECRETS="{site.secrets}",STACK_PROXY="{site.address(NGINX)}"',
-                *((by_name, f'STACK_INSTANCE="{name}",STACK_INSTANCES="{service_of[name].instances}"')
-                  if name in service_of else ()),
+                # Not the instance count: a program whose entry changes restarts, and SCALE must only add or
+                # remove instances (web reads the count from $STACK_VAR/scale: services/web/gunicorn_conf.py).
+                *((by_name, f'STACK_INSTANCE="{name}"') if name in service_of else ()),
                 web_settings(os.environ) if name in service_of and service_of[name].name == "web" else None,
             ])),
-            "priority": str(priority * 10),  # dns first, nginx last
+            "priority": str(priorities[name]),
             "autostart": "true",
             "autorestart": "true",
             "startsecs": "1",

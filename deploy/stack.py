@@ -9,6 +9,7 @@ engine answers and native otherwise. Every command is safe to repeat.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import http.client
 import json
@@ -24,9 +25,9 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from deploy import procs
+from deploy import procs, topology
 from deploy.render import COMPOSE_RESOLVE_S, MODES, STOP_GRACE_SECONDS, UPSTREAM_FAIL_TIMEOUT_S, render_native
-from deploy.topology import HTTP_SERVICES, ROOT, STREAM_SERVICES, ZONE, Site
+from deploy.topology import HTTP_SERVICES, ROOT, STREAM_SERVICES, ZONE, Service, Site, format_scale
 from services.common import credentials
 from services.common.healthcheck import check
 
@@ -93,8 +94,9 @@ def print_urls(site: Site, mode: str) -> None:
     host, port = site.dns_endpoint(mode)
     print(f"\nThe stack is up ({mode} mode):")
     print(f"  landing page  {site.base_url}/")
-    for service in HTTP_SERVICES:
-        print(f"  {service.name:<12}  {site.base_url}{service.prefix}json   ({service.framework}, {service.server})")
+    for service in site.http_services:
+        print(f"  {service.name:<12}  {site.base_url}{service.prefix}json   ({service.framework}, {service.server};"
+              f" {service.instances} instances)")
     for service in STREAM_SERVICES:
         address = f"{service.transport} {site.public_host}:{site.public_port_of(service)}"
         print(f"  {service.name:<12}  {address:<26}  ({service.server}; python -m services.sockets.client)")
@@ -133,9 +135,21 @@ class Native:
         self.pidfile = site.var / "run" / "supervisord.pid"
         self.nginx_conf = site.var / "run" / "nginx.conf"
         self.bin = Path(sys.executable).parent
-        # supervisor program name -> (service, instance's host:port) for every HTTP service instance
-        self.instances = {name: (service, bind) for service in HTTP_SERVICES
-                          for name, bind in site.instances(service).items()}
+
+    @property
+    def instances(self) -> dict[str, tuple[Service, str]]:
+        """supervisor program name -> (service, instance's host:port) for every HTTP service instance."""
+        return {name: (service, bind) for service in self.site.http_services
+                for name, bind in self.site.instances(service).items()}
+
+    def scale(self, scale: Mapping[str, int]) -> int:
+        """`make up SCALE=...` on the running stack: new instances start and join nginx's upstreams and the DNS
+        zone, removed ones leave them and then drain."""
+        self.site = dataclasses.replace(self.site, scale=dict(scale))
+        code = self.up()
+        if not code:
+            remember_scale(self.site)
+        return code
 
     def supervisord_pid(self) -> int | None:
         try:
@@ -155,8 +169,10 @@ class Native:
         if not nginx:
             log("nginx is missing: run `make up` as root on Debian, or `apt-get install nginx libnginx-mod-stream`")
             return 1
-        nginx_conf_before = self.nginx_conf.read_text() if self.nginx_conf.exists() else ""
+        rendered = [self.nginx_conf, self.site.var / "run" / "zone.json"]
+        before = [path.read_text() if path.exists() else "" for path in rendered]
         render_native(self.site)
+        remember_scale(self.site)  # before any instance starts: web sizes its workers by it
         test = subprocess.run(
             [nginx, "-t", "-q", "-c", str(self.site.var / "run" / "nginx.conf"),
              "-e", str(self.site.var / "log" / "nginx-error.log")],
@@ -167,10 +183,8 @@ class Native:
             return 1
         if self.supervisord_pid():
             log("supervisord already runs: applying any config change, one instance at a time")
-            self.apply_changes()
+            self.apply_changes(instances_changed=before != [path.read_text() for path in rendered])
             self.ctl("start", "all", check=False)
-            if nginx_conf_before != self.nginx_conf.read_text():
-                self.reload()
         else:
             env = {**os.environ, "PYTHONPATH": str(ROOT)}
             subprocess.run([str(self.bin / "supervisord"), "-c", str(self.conf)], check=True, env=env, cwd=ROOT)
@@ -186,18 +200,34 @@ class Native:
             time.sleep(0.2)
         return True
 
-    def apply_changes(self) -> None:
-        """supervisor's `update`, one program at a time: a changed instance is stopped (gracefully), started
-        with its new settings and healthy before the next one goes, so the service never stops answering."""
+    def apply_changes(self, instances_changed: bool) -> None:
+        """supervisor's `update`, one program at a time: a new or changed instance is started (a changed one
+        stopped gracefully first) and healthy before the next one goes, so the service never stops answering.
+        Then nginx and the DNS server take the new set of instances; only then do removed instances (a smaller
+        SCALE) stop, each finishing the requests it holds."""
         changes = self.ctl("reread", check=False).stdout.split("\n")
-        names = [line.split(":")[0] for line in changes if line.endswith((": changed", ": available", ": disappeared"))]
-        for name in names:
+
+        def programs(state: str) -> list[str]:
+            return [line.split(":")[0] for line in changes if line.endswith(f": {state}")]
+
+        for name in programs("available"):  # new instances first: capacity before any restart
+            log(f"starting {name}")
+            self.ctl("update", name, check=False)
+            if name in self.instances and not self.instance_healthy(name):
+                raise SystemExit(f"[stack] {name} did not become healthy; see `make logs`")
+        for name in programs("changed"):
             log(f"applying the new settings of {name}")
             self.ctl("update", name, check=False)
             if name in self.instances:
                 if not self.instance_healthy(name):
                     raise SystemExit(f"[stack] {name} did not become healthy with its new settings; see `make logs`")
                 back_in_rotation()
+        if instances_changed:  # nginx's upstreams and the DNS zone list every instance
+            self.ctl("signal", "HUP", "dns", check=False)
+            self.reload()
+        for name in programs("disappeared"):
+            log(f"stopping {name}: no longer in the stack's scale")
+            self.ctl("update", name, check=False)
 
     def restart(self, services: list[str]) -> int:
         """Restart every instance of the named HTTP services, one at a time: each is stopped gracefully
@@ -258,7 +288,7 @@ class Native:
 
     def log_text(self, name: str) -> str:
         """What a program has logged so far: nginx is its access log, nginx-stream its stream log."""
-        services = {s.name: s for s in HTTP_SERVICES}
+        services = {s.name: s for s in self.site.http_services}
         files = ([f"{instance}.log" for instance in services[name].instance_names()] if name in services
                  else [{"nginx": "nginx-access.log"}.get(name, f"{name}.log")])
         text = ""
@@ -357,6 +387,21 @@ class Compose:
             **{s.port_env: str(site.public_port_of(s)) for s in STREAM_SERVICES},
         }
 
+    def scale(self, scale: Mapping[str, int]) -> int:
+        """`make up SCALE=...` on the running stack: Compose adds replicas (nginx finds them through Docker's DNS
+        within its resolver interval) or stops the surplus ones, each draining. Scaling in has replace()'s rare
+        502: nginx may still try a removed replica's address until it resolves the name again."""
+        self.site = dataclasses.replace(self.site, scale=dict(scale))
+        code = self.up()
+        if not code:
+            time.sleep(COMPOSE_RESOLVE_S + 1)  # until nginx has asked Docker's DNS again
+            remember_scale(self.site)
+        return code
+
+    def scale_options(self) -> list[str]:
+        """`--scale NAME=N` for every HTTP service: the site's SCALE, or the registry's default."""
+        return [option for s in self.site.http_services for option in ("--scale", f"{s.name}={s.instances}")]
+
     def run(self, *args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess[str]:
         command = [*compose_command(), "-f", str(COMPOSE_FILE), *args]
         return subprocess.run(command, env=self.env, cwd=ROOT, check=check, text=True, capture_output=capture)
@@ -375,7 +420,8 @@ class Compose:
         # afterwards: it would not make nginx resolve the names again (its upstream zone keeps the peers; the
         # resolver's interval does), and it closes idle client keep-alive connections, racing any request sent
         # on one at that moment.
-        return self.run("up", "--detach", "--wait", "--wait-timeout", "300", check=False).returncode
+        return self.run("up", "--detach", "--wait", "--wait-timeout", "300", *self.scale_options(),
+                        check=False).returncode
 
     def outdated(self) -> list[str]:
         """The HTTP services whose running replicas are not what `up` would start now: other settings (Compose's
@@ -399,9 +445,9 @@ class Compose:
 
     def replace(self, service: str) -> int:
         """A service's replicas replaced by ones with its new settings, never fewer serving meanwhile (Compose's
-        own `up` would stop and recreate them all at once): as many new replicas start beside the old ones, each
-        healthy; once nginx has resolved the name again they take requests; then the old ones drain and stop
-        together (each refuses new connections at once, and nginx sends those to the new ones).
+        own `up` would stop and recreate them all at once): the new replicas (as many as SCALE says) start beside
+        the old ones, each healthy; once nginx has resolved the name again they take requests; then the old ones
+        drain and stop together (each refuses new connections at once, and nginx sends those to the new ones).
 
         A reload does not make nginx resolve again (the upstream zone keeps its peers), so this waits for the
         resolver's interval. After the stop, nginx may try a gone replica's address until it resolves again:
@@ -409,9 +455,10 @@ class Compose:
         79,000, in 7 replacements under 4 clients) the answer changes during that attempt, and nginx, whose retries
         keep to the peer list they started with, answers 502 instead of passing the request on."""
         old = self.containers(service)
-        log(f"replacing {service}'s {len(old)} replicas with ones with its new settings, the old serving meanwhile")
+        wanted = self.site.scaled(topology.service(service)).instances  # SCALE may change the count too
+        log(f"replacing {service}'s {len(old)} replicas with {wanted} with its new settings, the old serving meanwhile")
         started = self.run("up", "--detach", "--no-deps", "--no-recreate", "--no-build", "--scale",
-                           f"{service}={2 * len(old)}", service, capture=True, check=False)
+                           f"{service}={len(old) + wanted}", service, capture=True, check=False)
         if started.returncode:
             log(f"the new {service} replicas did not start; the old ones still serve:\n{started.stderr[-2000:]}")
             return 1
@@ -492,6 +539,12 @@ class Compose:
         return self.run("logs", "--follow", "--tail", "50", check=False).returncode
 
 
+def remember_scale(site: Site) -> None:
+    """The running stack's scale, for the commands that come after `up` (restart, ps, logs) and run without SCALE."""
+    site.var.mkdir(parents=True, exist_ok=True)
+    (site.var / "scale").write_text(format_scale(site.scale) + "\n")
+
+
 def driver(mode: str, site: Site, environ: Mapping[str, str] | None = None) -> Native | Compose:
     """The mode's driver; `environ`: Compose's environment (default: this process's)."""
     return Native(site) if mode == "native" else Compose(site, environ)
@@ -536,7 +589,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--service", action="append", choices=[s.name for s in HTTP_SERVICES],
                         help="restart: this service's instances, one at a time (default: every HTTP service)")
     args = parser.parse_args(argv)
-    site = Site.from_env()
+    try:
+        site = Site.from_env()
+    except ValueError as error:  # a malformed SCALE
+        raise SystemExit(f"[stack] {error}") from None
     state = site.var / "mode"
 
     if args.command == "down":
@@ -546,10 +602,13 @@ def main(argv: list[str] | None = None) -> int:
         for mode in modes:
             code |= driver(mode, site).down()
         state.unlink(missing_ok=True)
+        (site.var / "scale").unlink(missing_ok=True)
         log("stopped")
         return code
 
     if args.command == "up":
+        if "SCALE" not in os.environ:  # `make up` without SCALE: the default, not the last run's
+            site = dataclasses.replace(site, scale={})
         mode = args.mode or os.environ.get("MODE") or ("compose" if docker_answers() else "native")
         if state.exists() and state.read_text().strip() != mode:
             log(f"stopping the {state.read_text().strip()} stack first")
@@ -563,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         site.var.mkdir(parents=True, exist_ok=True)
         state.write_text(mode + "\n")
+        remember_scale(site)
         states = wait_healthy(site, mode)
         if not healthy(states):
             for name, hop in states.items():

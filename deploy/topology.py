@@ -8,9 +8,10 @@ Standard library only: the service images and the Dockerfiles' render stages imp
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,13 +130,35 @@ def service(name: str) -> Service:
     raise KeyError(f"no service {name!r}; the registry has {', '.join(s.name for s in SERVICES)}")
 
 
+def parse_scale(spec: str) -> dict[str, int]:
+    """`SCALE="web=3 catalog=2 httpbin=2"` (spaces or commas) -> {"web": 3, ...}: instances per HTTP service,
+    the rest keeping their default. Raises ValueError saying what is wrong."""
+    scale: dict[str, int] = {}
+    names = [s.name for s in HTTP_SERVICES]
+    for entry in filter(None, re.split(r"[\s,]+", spec.strip())):
+        match = re.fullmatch(r"([a-z-]+)=(\d{1,3})", entry)
+        if not match or match.group(1) not in names:
+            raise ValueError(f"SCALE entry {entry!r}: write NAME=COUNT with NAME one of {', '.join(names)}")
+        count = int(match.group(2))
+        if not 1 <= count <= MAX_INSTANCES:
+            raise ValueError(f"SCALE entry {entry!r}: 1 to {MAX_INSTANCES} instances")
+        scale[match.group(1)] = count
+    return scale
+
+
+def format_scale(scale: Mapping[str, int]) -> str:
+    """Every HTTP service's instance count as SCALE writes it: "web=2 catalog=2 httpbin=2"."""
+    return " ".join(f"{s.name}={scale.get(s.name, s.instances)}" for s in HTTP_SERVICES)
+
+
 @dataclass(frozen=True)
 class Site:
     """One running instance of the stack: the user's (defaults) or a test's (its own addresses and ports).
 
     Environment: STACK_NET (native services' loopback /24), STACK_HOST and STACK_PORT (nginx, public),
     STACK_DNS_PORT (the DNS server's published port in Compose), STACK_VAR (native state: logs, pids),
-    STACK_TIME_TCP_PORT, STACK_TIME_UDP_PORT, STACK_ECHO_PORT (nginx's stream ports, public).
+    STACK_TIME_TCP_PORT, STACK_TIME_UDP_PORT, STACK_ECHO_PORT (nginx's stream ports, public), SCALE (instances
+    per HTTP service, parse_scale; without it, the scale the last `make up` saved in $STACK_VAR/scale).
     """
 
     net: str = "127.0.10"
@@ -144,17 +167,32 @@ class Site:
     dns_port: int = DNS.port
     var: Path = ROOT / "var"
     stream_ports: Mapping[str, int] = field(default_factory=dict, hash=False)  # name -> public port, if moved
+    scale: Mapping[str, int] = field(default_factory=dict, hash=False)  # HTTP service -> instances, if not default
 
     @classmethod
     def from_env(cls, environ: os._Environ[str] | dict[str, str] = os.environ) -> Site:
+        var = Path(environ.get("STACK_VAR", cls.var)).resolve()
+        saved = var / "scale"
+        spec = environ["SCALE"] if "SCALE" in environ else saved.read_text() if saved.exists() else ""
         return cls(
             net=environ.get("STACK_NET", cls.net),
             public_host=environ.get("STACK_HOST", cls.public_host),
             public_port=int(environ.get("STACK_PORT", cls.public_port)),
             dns_port=int(environ.get("STACK_DNS_PORT", cls.dns_port)),
-            var=Path(environ.get("STACK_VAR", cls.var)).resolve(),
+            var=var,
             stream_ports={s.name: int(environ[s.port_env]) for s in STREAM_SERVICES if s.port_env in environ},
+            scale=parse_scale(spec),
         )
+
+    def scaled(self, service: Service) -> Service:
+        """The service with this site's instance count."""
+        count = self.scale.get(service.name, service.instances)
+        return service if count == service.instances else replace(service, instances=count)
+
+    @property
+    def http_services(self) -> tuple[Service, ...]:
+        """HTTP_SERVICES at this site's scale."""
+        return tuple(self.scaled(s) for s in HTTP_SERVICES)
 
     def address(self, service: Service) -> str:
         """The service's own loopback address in native mode (its first instance's)."""
@@ -162,12 +200,14 @@ class Site:
 
     def instance_addresses(self, service: Service) -> list[str]:
         """Every instance's loopback address in native mode: .octet, then .(10 x octet + 1), + 2, ..."""
-        return [self.address(service)] + [f"{self.net}.{10 * service.octet + k}" for k in range(1, service.instances)]
+        count = self.scaled(service).instances
+        return [self.address(service)] + [f"{self.net}.{10 * service.octet + k}" for k in range(1, count)]
 
     def instances(self, service: Service) -> dict[str, str]:
         """Instance name -> its host:port in native mode."""
+        names = self.scaled(service).instance_names()
         return {name: f"{address}:{service.port}"
-                for name, address in zip(service.instance_names(), self.instance_addresses(service), strict=True)}
+                for name, address in zip(names, self.instance_addresses(service), strict=True)}
 
     def public_port_of(self, service: Service) -> int:
         """Where nginx's stream proxy publishes a socket service for clients."""

@@ -145,12 +145,49 @@ def rolling_restart(service: str) -> Callable[[Native | Compose], None]:
     return restart
 
 
+# Scaled out: one more instance of every HTTP service than the registry's default (3 by default).
+SCALED_OUT = {s.name: s.instances + 1 for s in HTTP_SERVICES}
+
+
+def scale_out(stack: Native | Compose) -> None:
+    """make up SCALE="web=3 catalog=3 httpbin=3": the new instances start, join nginx and the DNS zone and serve"""
+    if stack.scale(SCALED_OUT):
+        raise RuntimeError(f"make up SCALE={SCALED_OUT} failed")
+    _every_instance_answers(stack, SCALED_OUT["httpbin"])
+
+
+def scale_in(stack: Native | Compose) -> None:
+    """make up (the default scale again): the extra instances leave nginx and the DNS zone, then drain"""
+    if stack.scale({}):
+        raise RuntimeError("make up with the default scale failed")
+    _every_instance_answers(stack, next(s for s in HTTP_SERVICES if s.name == "httpbin").instances)
+
+
+def _every_instance_answers(stack: Native | Compose, count: int, timeout: float = 30) -> None:
+    """Until httpbin's /hostname, asked through nginx, has named exactly `count` distinct instances in its last
+    answers (nginx balances round-robin: each instance answers in turn)."""
+    import requests
+
+    prefix = next(s for s in HTTP_SERVICES if s.name == "httpbin").prefix
+    deadline = time.monotonic() + timeout
+    seen: list[tuple] = []
+    while time.monotonic() < deadline:
+        answer = requests.get(f"{stack.site.base_url}{prefix}hostname", timeout=10).json()
+        seen = [*seen[-(4 * count) + 1:], (answer["hostname"], answer["instance"], answer["pid"])]
+        if len(seen) == 4 * count and len(set(seen)) == count:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"httpbin's instances did not settle at {count}: the last answers came from {set(seen)}")
+
+
 FAULTS: dict[str, Callable[[Native | Compose], None]] = {
     "nginx-reload": nginx_reload,
     "gunicorn-hup": gunicorn_hup,
     "worker-sigkill": worker_sigkill,
     **{f"kill-{s.name}": instance_kill(s.name) for s in HTTP_SERVICES},
     **{f"restart-{s.name}": rolling_restart(s.name) for s in HTTP_SERVICES},
+    "scale-out": scale_out,
+    "scale-in": scale_in,
 }
 
 

@@ -33,6 +33,18 @@ def main() -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+
+    def reload(*_: object) -> None:
+        """SIGHUP: read the zone file again (`make up SCALE=...` changed the instances). One assignment, so a
+        query in flight sees the old zone or the new one, never a mix."""
+        try:
+            resolver.zone = Zone.load(args.zone_file)
+        except (OSError, ValueError, KeyError) as error:
+            logging.getLogger("stack.dns").error("zone reload failed, keeping the old zone: %s", error)
+            return
+        logging.getLogger("stack.dns").info("zone reloaded from %s", args.zone_file)
+
+    signal.signal(signal.SIGHUP, reload)
     stop.wait()
     for server in servers:
         server.stop()

@@ -72,6 +72,7 @@ class ZoneResolver(BaseResolver):
         )
 
     def resolve(self, request: DNSRecord, handler: DNSHandler) -> DNSRecord:
+        zone = self.zone  # once: a reload (SIGHUP) swaps the whole zone
         reply = request.reply(ra=0, aa=1)
         qname, qtype = request.q.qname, QTYPE[request.q.qtype]
         if not qname.matchSuffix(self.origin):
@@ -79,25 +80,25 @@ class ZoneResolver(BaseResolver):
             reply.header.rcode = RCODE.REFUSED
             return reply
         label = str(qname.stripSuffix(self.origin)).rstrip(".")
-        texts = (self.zone.txt or {}).get(label)
-        if label not in self.zone.records and texts is None:
+        texts = (zone.txt or {}).get(label)
+        if label not in zone.records and texts is None:
             reply.header.rcode = RCODE.NXDOMAIN
-            reply.add_auth(RR(self.origin, QTYPE.SOA, rdata=self.soa, ttl=self.zone.ttl))
+            reply.add_auth(RR(self.origin, QTYPE.SOA, rdata=self.soa, ttl=zone.ttl))
             return reply
-        if qtype in ("A", "ANY") and label in self.zone.records:
-            targets = self.zone.records[label]
+        if qtype in ("A", "ANY") and label in zone.records:
+            targets = zone.records[label]
             for address in dict.fromkeys(a for t in ([targets] if isinstance(targets, str) else targets)
                                          for a in addresses_of(t)):
-                reply.add_answer(RR(qname, QTYPE.A, rdata=A(address), ttl=self.zone.ttl))
+                reply.add_answer(RR(qname, QTYPE.A, rdata=A(address), ttl=zone.ttl))
         if qtype in ("TXT", "ANY") and texts:
             for text in texts:
-                reply.add_answer(RR(qname, QTYPE.TXT, rdata=TXT(text.encode()), ttl=self.zone.ttl))
+                reply.add_answer(RR(qname, QTYPE.TXT, rdata=TXT(text.encode()), ttl=zone.ttl))
         if label == "" and qtype in ("SOA", "ANY"):
-            reply.add_answer(RR(qname, QTYPE.SOA, rdata=self.soa, ttl=self.zone.ttl))
+            reply.add_answer(RR(qname, QTYPE.SOA, rdata=self.soa, ttl=zone.ttl))
         if label == "" and qtype in ("NS", "ANY"):
-            reply.add_answer(RR(qname, QTYPE.NS, rdata=NS(f"dns.{self.zone.origin}."), ttl=self.zone.ttl))
+            reply.add_answer(RR(qname, QTYPE.NS, rdata=NS(f"dns.{zone.origin}."), ttl=zone.ttl))
         if not reply.rr:  # the name exists but has no data of this type (e.g. AAAA): NODATA
-            reply.add_auth(RR(self.origin, QTYPE.SOA, rdata=self.soa, ttl=self.zone.ttl))
+            reply.add_auth(RR(self.origin, QTYPE.SOA, rdata=self.soa, ttl=zone.ttl))
         return reply
 
 

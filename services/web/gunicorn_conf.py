@@ -3,7 +3,7 @@
 Worker class and sizing come from the environment so comparisons switch them without editing files:
   WEB_WORKER_CLASS   sync | gthread | gevent (default) | ...      -> worker_class
   WEB_WORKERS        default 2 x cores + 1, capped at 8, shared     -> workers
-                     by the STACK_INSTANCES instances on this machine (at least 2 each)
+                     by web's instances on this machine (at least 2 each)
   WEB_THREADS        threads per gthread worker (default 1)        -> threads
   WEB_WORKER_CONNECTIONS  max concurrent clients per gevent worker (default 1000)
   WEB_BIND           host:port to listen on (default: web's port in deploy/topology.py on $BIND_HOST or 127.0.0.1)
@@ -41,7 +41,10 @@ worker_class = os.environ.get("WEB_WORKER_CLASS", "gevent")
 # machine share it (2 instances on 2 cores: 2 workers each, not 5: ten processes on two cores put web's p99.9
 # at 23-30 ms under `make soak`, four at 18-21 ms). Capped because each worker costs memory and, on a small
 # machine, more processes than cores only add context switches for event-loop workers.
-instances = _env_int("STACK_INSTANCES", 1)
+# How many: STACK_INSTANCES (Compose sets it), else the running native stack's scale ($STACK_VAR/scale, which
+# `make up` writes before it starts an instance: running instances keep their count until they restart).
+instances = _env_int("STACK_INSTANCES", 0) or (
+    topology.Site.from_env().scaled(topology.service("web")).instances if "STACK_VAR" in os.environ else 1)
 workers = _env_int("WEB_WORKERS", max(2, min(2 * multiprocessing.cpu_count() + 1, 8) // instances))
 
 # Threads per worker, for the gthread class. Keep 1 for sync: gunicorn silently runs a "sync" worker with

@@ -116,7 +116,8 @@ def compose_stack(tmp_path_factory):
 
 class TestComposeStack(StackContract, HttpSemanticsContract):
     # Each Compose restart waits on Docker's 2 s healthcheck interval: the native run covers every service.
-    CHAOS_FAULTS = ("nginx-reload", "gunicorn-hup", "worker-sigkill", "kill-catalog", "restart-httpbin")
+    CHAOS_FAULTS = ("nginx-reload", "gunicorn-hup", "worker-sigkill", "kill-catalog", "restart-httpbin", "scale-out",
+                    "scale-in")
 
     @pytest.fixture
     def stack(self, compose_stack):

@@ -1,7 +1,9 @@
 """The stack's DNS server: the resolver's answers, then the real server over UDP and TCP (dnspython client)."""
 
+import contextlib
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -82,12 +84,9 @@ def test_names_outside_the_zone_are_refused():
     assert reply.header.rcode == RCODE.REFUSED and reply.header.aa == 0
 
 
-@pytest.fixture
-def dns_server(tmp_path):
-    zone_file = tmp_path / "zone.json"
-    zone_file.write_text(json.dumps({"zone": "stack.internal", "ttl": 5, "records": {"web": "127.0.10.11",
-                                                                              "pair": ["127.0.10.11", "127.0.10.111"]},
-                                     "txt": {"big": BIG_TXT, "small": ["fits"]}}))
+@contextlib.contextmanager
+def serving(zone_file):
+    """`python -m services.dns` on a free port with that zone file: (port, process) once it answers."""
     port = free_tcp_udp_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.dns", "--zone-file", str(zone_file), "--bind", f"127.0.0.1:{port}"],
@@ -103,9 +102,49 @@ def dns_server(tmp_path):
             if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
                 raise
-    yield port
+    yield port, proc
     proc.terminate()
     assert proc.wait(timeout=10) == 0  # SIGTERM is a clean exit
+
+
+@pytest.fixture
+def dns_server(tmp_path):
+    zone_file = tmp_path / "zone.json"
+    zone_file.write_text(json.dumps({"zone": "stack.internal", "ttl": 5, "records": {"web": "127.0.10.11",
+                                                                              "pair": ["127.0.10.11", "127.0.10.111"]},
+                                     "txt": {"big": BIG_TXT, "small": ["fits"]}}))
+    with serving(zone_file) as (port, _):
+        yield port
+
+
+def test_sighup_reloads_the_zone_file_a_bad_one_keeps_the_old(tmp_path):
+    """`make up SCALE=...` rewrites the zone with every instance's address and sends the server a SIGHUP."""
+    zone_file = tmp_path / "zone.json"
+
+    def write(records: dict) -> None:
+        zone_file.write_text(json.dumps({"zone": "stack.internal", "ttl": 5, "records": records}))
+
+    def answer(port: int) -> list[str]:
+        reply = dns.query.udp(dns.message.make_query("web.stack.internal", "A"), "127.0.0.1", port=port, timeout=2)
+        return sorted(rr.address for rrset in reply.answer for rr in rrset)
+
+    def until(port: int, wanted: list[str]) -> list[str]:
+        deadline = time.monotonic() + 5
+        while (got := answer(port)) != wanted and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return got
+
+    write({"web": ["127.0.10.11", "127.0.10.111"]})
+    with serving(zone_file) as (port, proc):
+        assert answer(port) == ["127.0.10.11", "127.0.10.111"]
+        write({"web": ["127.0.10.11", "127.0.10.111", "127.0.10.112"]})
+        proc.send_signal(signal.SIGHUP)
+        assert until(port, ["127.0.10.11", "127.0.10.111", "127.0.10.112"]) == [
+            "127.0.10.11", "127.0.10.111", "127.0.10.112"]
+        zone_file.write_text("{not json")
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.3)
+        assert proc.poll() is None and answer(port) == ["127.0.10.11", "127.0.10.111", "127.0.10.112"]
 
 
 @pytest.mark.parametrize("transport", [dns.query.udp, dns.query.tcp], ids=["udp", "tcp"])
