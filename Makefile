@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-deps up down restart reload ps logs urls test lint fmt lock clean clean-data loadtest loadtest-headless soak chaos compare \
+.PHONY: help setup system-deps up down restart reload ps logs urls test lint fmt lock clean clean-data loadtest loadtest-headless soak chaos compare kubernetes \
         trace trace-dns rawhttp tcp-vs-udp iolab
 
 help:  ## list the targets
@@ -30,7 +30,7 @@ setup: $(SETUP_STAMP) system-deps  ## virtual environment, pinned packages, ngin
 system-deps:
 	@deploy/native/system-deps.sh
 
-up: setup  ## start the stack and wait until every hop answers (a second `make up` is harmless)
+up: setup  ## start the stack and wait until every hop answers; SCALE="web=3 catalog=2" sets instances (default 2 each)
 	@$(PY) -m deploy up
 
 down:  ## stop everything `make up` started
@@ -89,6 +89,13 @@ test: setup lint  ## every test: unit, config, native end-to-end, Compose end-to
 
 fmt: $(SETUP_STAMP)
 	@$(VENV)/bin/ruff check --fix .
+
+kubernetes: setup  ## build the Kubernetes manifests offline into var/kubernetes/{dev,production}.yaml (never applied)
+	@$(PY) -m deploy.render --mode kubernetes --nginx-out deploy/kubernetes/base/nginx.conf
+	@mkdir -p var/kubernetes
+	@for overlay in dev production; do \
+	   kubectl kustomize deploy/kubernetes/overlays/$$overlay > var/kubernetes/$$overlay.yaml && echo "var/kubernetes/$$overlay.yaml"; \
+	 done
 
 lock: $(SETUP_STAMP)  ## re-pin every transitive dependency into constraints.txt
 	@{ echo "# Every transitive pin of the dev group (which includes every service group). Regenerate: make lock"; \

@@ -28,7 +28,12 @@ from pathlib import Path
 from deploy.topology import DNS, HTTP_SERVICES, NGINX, NGINX_PORT, ROOT, STREAM_SERVICES, ZONE, Service, Site
 
 NGINX_TEMPLATE = ROOT / "nginx" / "nginx.conf.template"
-MODES = ("native", "compose")
+MODES = ("native", "compose")  # the run modes `make up` knows
+# Kubernetes (deploy/kubernetes/): the manifests' namespace, and the cluster DNS nginx asks for every pod of a
+# headless Service. nginx's resolver applies no search domains: upstreams are named in full.
+KUBERNETES_NAMESPACE = "pystack"
+KUBERNETES_DNS = "kube-dns.kube-system.svc.cluster.local"
+RENDER_TARGETS = (*MODES, "kubernetes")
 # Per-client limits (nginx's limit_req and limit_conn; the template explains who is exempt). Over one: 429.
 CREDENTIALS_LIMIT = "5 per second, bursts of 20"  # login and signup: password guessing
 EXPENSIVE_RATE, EXPENSIVE_BURST = "20r/s", 40  # /fanout (N upstream calls each) and /cpu on every service
@@ -156,7 +161,7 @@ def nginx_conf(mode: str, site: Site | None = None, *, upstreams: Mapping[str, S
     make compare puts the stack's edge, unchanged otherwise, in front of one server under test."""
     site = site or Site()
     routes = routes if routes is not None else {s.prefix: s.name for s in HTTP_SERVICES if s.prefix}
-    if mode == "compose":
+    if mode in ("compose", "kubernetes"):
         # Upstreams named by Compose service name and re-resolved through Docker's DNS while running
         # (`resolve`, nginx >= 1.27.3): a recreated container with a new address is reached without a reload.
         # Every 10 s, not 2: each change of the answer starts a new peer list, and a request whose attempt was
@@ -164,12 +169,17 @@ def nginx_conf(mode: str, site: Site | None = None, *, upstreams: Mapping[str, S
         # generation). A killed container vanishes from Docker's answer for a moment as it restarts in place;
         # polled every 2 s that moment was seen often enough to cost requests a 504. `make up` reloads nginx,
         # so containers it recreated are reached at once; the other replica covers the rest.
-        resolver = f"    resolver {DOCKER_DNS} valid={COMPOSE_RESOLVE_S}s ipv6=off;\n    resolver_timeout 2s;\n"
+        # Kubernetes: the same, through the cluster's DNS, each HTTP service a headless Service (every pod's
+        # address, as Docker's DNS answers every replica's).
+        dns, host = ((DOCKER_DNS, "{}") if mode == "compose"
+                     else (KUBERNETES_DNS, f"{{}}.{KUBERNETES_NAMESPACE}.svc.cluster.local"))
+        resolver = f"    resolver {dns} valid={COMPOSE_RESOLVE_S}s ipv6=off;\n    resolver_timeout 2s;\n"
         # One name, every replica: Docker's DNS answers each replica's address and nginx balances over them.
         if upstreams:
-            raise ValueError("Compose's upstreams are its services, found through Docker's DNS")
-        upstream_blocks = "".join(_upstream(s.name, [f"{s.name}:{s.port} resolve"]) for s in HTTP_SERVICES)
-        stream_upstreams = "".join(_stream_upstream(s, f"{s.name}:{s.port} resolve") for s in STREAM_SERVICES)
+            raise ValueError(f"{mode}'s upstreams are its services, found through its DNS")
+        upstream_blocks = "".join(_upstream(s.name, [f"{host.format(s.name)}:{s.port} resolve"]) for s in HTTP_SERVICES)
+        stream_upstreams = "".join(_stream_upstream(s, f"{host.format(s.name)}:{s.port} resolve")
+                                   for s in STREAM_SERVICES)
         stream_servers = "".join(_stream_server(s, str(s.public_port)) for s in STREAM_SERVICES)
         values = {
             "LOAD_MODULES": f"include {COMPOSE_MODULES_CONF};",
@@ -181,7 +191,7 @@ def nginx_conf(mode: str, site: Site | None = None, *, upstreams: Mapping[str, S
             "STREAM_ACCESS_LOG": "/dev/stdout",
             "TEMP_DIR": "/tmp",  # a tmpfs in Compose (the root filesystem is read-only)
             "STATIC_ROOT": "/srv/stack/static",
-            "PROXY_BIND": "",  # the services know nginx by its Compose name (services/common/proxy.py)
+            "PROXY_BIND": "",  # the services know nginx by name (services/common/proxy.py)
             "SERVER_NAMES": f"localhost 127.0.0.1 nginx {ZONE} nginx.{ZONE}",
         }
     elif mode == "native":
@@ -211,7 +221,7 @@ def nginx_conf(mode: str, site: Site | None = None, *, upstreams: Mapping[str, S
             ),
         }
     else:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+        raise ValueError(f"unknown mode {mode!r}; expected one of {RENDER_TARGETS}")
     # Prefix locations ending in "/" also redirect the bare prefix (/web -> /web/) with a 301.
     writes = f"            limit_req zone=writes burst={WRITE_BURST} nodelay;\n"
     locations = "".join(
@@ -389,14 +399,14 @@ def render_native(site: Site) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=MODES, required=True)
+    parser.add_argument("--mode", choices=RENDER_TARGETS, required=True)
     parser.add_argument("--nginx-out", type=Path, help="write nginx.conf here")
     parser.add_argument("--zone-out", type=Path, help="write the DNS zone (JSON) here")
     args = parser.parse_args()
     site = Site.from_env()
     if not (args.nginx_out or args.zone_out):
         if args.mode != "native":
-            parser.error("--nginx-out or --zone-out is required for compose")
+            parser.error(f"--nginx-out or --zone-out is required for {args.mode}")
         print(render_native(site))
     for path, text in (
         (args.nginx_out, lambda: nginx_conf(args.mode, site)),
