@@ -1,18 +1,20 @@
 """Container healthchecks in Python (slim images have no curl):
 
     python -m services.common.healthcheck http://127.0.0.1:8001/web/healthz
-    python -m services.common.healthcheck dns://127.0.0.1:5353/dns.stack.internal
+    python -m services.common.healthcheck "dns://127.0.0.1:5353/stack.internal?type=SOA"
     python -m services.common.healthcheck time+tcp://127.0.0.1:8013    (also time+udp://, echo://)
 
-Exit 0 when the endpoint answers (HTTP 200; a DNS reply with at least one A record; the time, or the echo
-of what was sent), 1 otherwise.
+Exit 0 when the endpoint answers (HTTP 200; an authoritative DNS answer with a record of the type asked, A by
+default; the time, or the echo of what was sent), 1 otherwise. The DNS server's own probe asks for the zone's
+SOA, which it answers from its zone alone: an A record of a service name would also need Docker's DNS to know
+that name, and Swarm lists a task there only once it is healthy.
 """
 
 from __future__ import annotations
 
 import sys
 import urllib.request
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 
 def check_http(url: str, timeout: float) -> bool:
@@ -27,11 +29,14 @@ def check_dns(url: str, timeout: float) -> bool:
     from dnslib import QTYPE, DNSRecord  # only the DNS image needs dnslib
 
     parts = urlsplit(url)
+    qtype = dict(parse_qsl(parts.query)).get("type", "A").upper()
     try:
-        packet = DNSRecord.question(parts.path.lstrip("/")).send(parts.hostname, parts.port or 53, timeout=timeout)
+        packet = DNSRecord.question(parts.path.lstrip("/"), qtype).send(parts.hostname, parts.port or 53,
+                                                                        timeout=timeout)
     except OSError:
         return False
-    return any(rr.rtype == QTYPE.A for rr in DNSRecord.parse(packet).rr)
+    reply = DNSRecord.parse(packet)
+    return bool(reply.header.aa) and any(rr.rtype == getattr(QTYPE, qtype) for rr in reply.rr)
 
 
 def check_socket_service(url: str, timeout: float) -> bool:

@@ -25,11 +25,6 @@ def main() -> None:
     resolver = ZoneResolver(zone)
     # One line per query and per reply, like an access log.
     logger = DNSLogger("request,reply,truncated,error", prefix=True)
-    servers = [DNSServer(resolver, address=host, port=int(port), tcp=tcp, logger=logger, handler=SizeLimitedHandler)
-               for tcp in (False, True)]
-    for server in servers:
-        server.start_thread()
-    logging.getLogger("stack.dns").info("authoritative for %s on %s (udp+tcp)", zone.origin, args.bind)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -44,7 +39,12 @@ def main() -> None:
             return
         logging.getLogger("stack.dns").info("zone reloaded from %s", args.zone_file)
 
-    signal.signal(signal.SIGHUP, reload)
+    signal.signal(signal.SIGHUP, reload)  # before serving: once it answers, a SIGHUP reloads
+    servers = [DNSServer(resolver, address=host, port=int(port), tcp=tcp, logger=logger, handler=SizeLimitedHandler)
+               for tcp in (False, True)]
+    for server in servers:
+        server.start_thread()
+    logging.getLogger("stack.dns").info("authoritative for %s on %s (udp+tcp)", zone.origin, args.bind)
     stop.wait()
     for server in servers:
         server.stop()

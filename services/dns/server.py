@@ -81,7 +81,7 @@ class ZoneResolver(BaseResolver):
             return reply
         label = str(qname.stripSuffix(self.origin)).rstrip(".")
         texts = (zone.txt or {}).get(label)
-        if label not in zone.records and texts is None:
+        if label and label not in zone.records and texts is None:  # the apex always exists: its SOA, NS
             reply.header.rcode = RCODE.NXDOMAIN
             reply.add_auth(RR(self.origin, QTYPE.SOA, rdata=self.soa, ttl=zone.ttl))
             return reply

@@ -205,3 +205,14 @@ def test_dig_retries_over_tcp_by_itself(dns_server):
                          capture_output=True, text=True, timeout=20).stdout
     assert ";; Truncated, retrying in TCP mode." in out
     assert out.count('IN\tTXT\t"record ') == len(BIG_TXT)  # the whole answer, from the TCP retry
+
+
+def test_the_healthcheck_asks_for_the_type_it_names_and_wants_an_authoritative_answer(dns_server):
+    from services.common.healthcheck import check
+
+    base = f"dns://127.0.0.1:{dns_server}"
+    assert check(f"{base}/stack.internal?type=SOA", 2)  # the server's own probe: its zone alone answers it
+    assert check(f"{base}/web.stack.internal", 2)  # A by default
+    assert not check(f"{base}/web.stack.internal?type=TXT", 2)  # the name has no TXT record
+    assert not check(f"{base}/nowhere.stack.internal", 2)
+    assert not check(f"{base}/example.com?type=SOA", 2)  # refused: not our zone
