@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-deps up down restart reload ps logs urls test lint fmt lock clean clean-data loadtest loadtest-headless soak chaos compare kubernetes \
+.PHONY: help setup system-deps up down restart reload ps logs urls test lint fmt lock clean clean-data loadtest loadtest-headless soak chaos compare kubernetes swarm-up swarm-down \
         trace trace-dns rawhttp tcp-vs-udp iolab
 
 help:  ## list the targets
@@ -89,6 +89,12 @@ test: setup lint  ## every test: unit, config, native end-to-end, Compose end-to
 
 fmt: $(SETUP_STAMP)
 	@$(VENV)/bin/ruff check --fix .
+
+swarm-up: setup  ## deploy the stack on this engine's swarm (docker swarm init first); nginx on 127.0.0.1:8080
+	@$(PY) -m deploy.swarm up
+
+swarm-down:  ## remove the Swarm stack
+	@$(PY) -m deploy.swarm down
 
 kubernetes: setup  ## build the Kubernetes manifests offline into var/kubernetes/{dev,production}.yaml (never applied)
 	@$(PY) -m deploy.render --mode kubernetes --nginx-out deploy/kubernetes/base/nginx.conf

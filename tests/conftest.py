@@ -31,6 +31,24 @@ def free_tcp_udp_port(host: str = "127.0.0.1") -> int:
     raise RuntimeError("no port free for both TCP and UDP")
 
 
+def require_docker_engine() -> dict[str, str]:
+    """Skip (fail where CI sets STACK_REQUIRE_DOCKER=1: there the engine tests must run) unless a Docker engine
+    answers and the base images are there; the base images' build args."""
+    from deploy.stack import base_images, docker_answers
+
+    required = os.environ.get("STACK_REQUIRE_DOCKER") == "1"
+    if not docker_answers():
+        if required:
+            pytest.fail("STACK_REQUIRE_DOCKER=1 but no Docker engine answers")
+        pytest.skip("no Docker engine answers: start dockerd (as .ci/run does) to run the engine tests")
+    try:
+        return base_images(dict(os.environ))
+    except SystemExit as missing:
+        if required:
+            raise
+        pytest.skip(str(missing))
+
+
 @contextmanager
 def alongside(one_round: Callable[[list], None]) -> Iterator[list]:
     """Run `one_round(seen)` over and over in a thread until the block ends (each round appends the statuses it

@@ -20,9 +20,9 @@ import pytest
 import requests
 
 from deploy.render import COMPOSE_RESOLVE_S
-from deploy.stack import COMPOSE_FILE, Compose, base_images, compose_command, docker_answers
+from deploy.stack import COMPOSE_FILE, Compose, compose_command
 from deploy.topology import ROOT, SERVICES, STREAM_SERVICES, Site
-from tests.conftest import free_port, free_tcp_udp_port
+from tests.conftest import free_port, free_tcp_udp_port, require_docker_engine
 from tests.e2e.contract import RunningStack, StackContract, bystander, ps_output
 from tests.e2e.http_contract import HttpSemanticsContract
 
@@ -65,16 +65,7 @@ def address(container: str) -> str:
 
 @pytest.fixture(scope="module")
 def compose_stack(tmp_path_factory):
-    if not docker_answers():
-        if os.environ.get("STACK_REQUIRE_DOCKER") == "1":  # CI sets it: there the Compose tests must run
-            pytest.fail("STACK_REQUIRE_DOCKER=1 but no Docker engine answers")
-        pytest.skip("no Docker engine answers: start dockerd (as .ci/run does) to run the Compose tests")
-    try:
-        base_images(dict(os.environ))
-    except SystemExit as missing:
-        if os.environ.get("STACK_REQUIRE_DOCKER") == "1":
-            raise
-        pytest.skip(str(missing))
+    require_docker_engine()
     var = tmp_path_factory.mktemp("compose-var")
     while True:  # four distinct ports: the kernel may hand out a just-released port twice
         ports = (free_tcp_udp_port(), free_port(), free_port(), free_tcp_udp_port())
