@@ -153,17 +153,17 @@ def scale_out(stack: Native | Compose) -> None:
     """make up SCALE="web=3 catalog=3 httpbin=3": the new instances start, join nginx and the DNS zone and serve"""
     if stack.scale(SCALED_OUT):
         raise RuntimeError(f"make up SCALE={SCALED_OUT} failed")
-    _every_instance_answers(stack, SCALED_OUT["httpbin"])
+    every_instance_answers(stack, SCALED_OUT["httpbin"])
 
 
 def scale_in(stack: Native | Compose) -> None:
     """make up (the default scale again): the extra instances leave nginx and the DNS zone, then drain"""
     if stack.scale({}):
         raise RuntimeError("make up with the default scale failed")
-    _every_instance_answers(stack, next(s for s in HTTP_SERVICES if s.name == "httpbin").instances)
+    every_instance_answers(stack, next(s for s in HTTP_SERVICES if s.name == "httpbin").instances)
 
 
-def _every_instance_answers(stack: Native | Compose, count: int, timeout: float = 30) -> None:
+def every_instance_answers(stack: Native | Compose, count: int, timeout: float = 30) -> None:
     """Until httpbin's /hostname, asked through nginx, has named exactly `count` distinct instances in its last
     answers (nginx balances round-robin: each instance answers in turn)."""
     import requests

@@ -162,3 +162,16 @@ def test_the_instruction_counts_client_spreads_its_requests_over_concurrent_keep
         server.server_close()
     per_connection = sorted(sum(1 for port, _ in seen if port == client) for client in {port for port, _ in seen})
     assert per_connection == [3, 3, 4] and {path for _, path in seen} == {"/httpbin/json"}
+
+
+def test_the_scaling_report_tabulates_every_size_with_its_cpu_split_and_charts_it(tmp_path):
+    from loadtest import scaling
+
+    cells = [{"service": name, "instances": n, "rps": 1000.0 * n, "p50_ms": 1.0, "p99_ms": 5.0 / n, "failures": 0,
+              "service_cores": 0.5 * n, "nginx_cores": 0.3, "wrk_cores": 0.9, "service_us_per_request": 500.0,
+              "nginx_us_per_request": 300.0 / n} for name in ("web", "catalog") for n in (1, 2)]
+    results = {"endpoint": "json", "seconds": 10, "instances": [1, 2], "cells": cells,
+               "command": "make scaling", "machine": {"cores": 2, "cpu_model": "test"}}
+    text = scaling.render(results, tmp_path).read_text()
+    assert "| web | 2 | 2,000 | 2.5 | 1.00 | 0.30 | 0.90 | 500 | 150 | 0 |" in text
+    assert (tmp_path / "scaling.png").stat().st_size > 1000
