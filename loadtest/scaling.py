@@ -3,12 +3,13 @@
     python -m loadtest.scaling [--instances 1,2,4] [--seconds 10] [--endpoint json]
     make scaling [INSTANCES=1,2,4] [SECONDS_PER_CELL=10]
 
-A native stack of its own (127.0.43.x, a free port) starts at the first size and is scaled with `make up SCALE=`
-between sizes. At each size, wrk drives each service's endpoint through nginx (64 connections) and the CPU each
-tier used is read from its processes: nginx, the service's instances together, and wrk itself. The figures are
-honest about the machine: on 2 cores wrk, nginx and the service share them, so more instances can only help
-until the cores are busy; the CPU columns show where they went. From the same run, the CPU seconds each tier
-spends per request, which is what README's capacity model multiplies out for N machines.
+A native stack of its own (127.0.43.x, a free port) starts afresh at each size (`make up SCALE=...`): a running
+web instance keeps the worker count it started with, so scaling a running stack would mix sizes. At each size,
+wrk drives each service's endpoint through nginx (64 connections) and the CPU each tier used is read from its
+processes: nginx, the service's instances together, and wrk itself. The figures are honest about the machine:
+on 2 cores wrk, nginx and the service share them, so more instances can only help until the cores are busy;
+the CPU columns show where they went. From the same run, the CPU seconds each tier spends per request, which
+is what README's capacity model multiplies out for N machines.
 
 Bounded: every wrk run has a fixed duration; loopback only; the stack is stopped at the end whatever happens.
 """
@@ -148,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             site = Site.from_env(env)
             results["cells"] += measure(site, var, instances, f"{args.endpoint}", args.seconds)
             (out / "results.json").write_text(json.dumps(results, indent=2))
+            deploy(env, "down")
     finally:
         deploy(stack_env(var, port, sizes[0]), "down")
         shutil.rmtree(var, ignore_errors=True)
