@@ -12,7 +12,10 @@ the `load` profile's containers (a master and N workers) instead.
 from __future__ import annotations
 
 import argparse
+import collections
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,8 +23,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from deploy.stack import COMPOSE_FILE, Compose, choose_mode, compose_command
-from deploy.topology import LOCUST_UI_PORT, ROOT, Site
+from deploy.stack import COMPOSE_FILE, Compose, choose_mode, compose_command, driver
+from deploy.topology import HTTP_SERVICES, LOCUST_UI_PORT, ROOT, Site
 
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
 UI_HOST, UI_PORT = "127.0.0.1", LOCUST_UI_PORT
@@ -86,16 +89,39 @@ def headless(site: Site, users: int, rate: float, duration: str, classes: list[s
                "--host", site.base_url, "--csv", str(out / "locust"), "--html", str(out / "report.html"),
                "--only-summary", "--stop-timeout", "10", *classes]
     print("$", " ".join(command[2:]), flush=True)
+    stack = driver(choose_mode(None, site), site)
+    log_before = len(stack.log_text("nginx"))
     code = subprocess.run(command, cwd=ROOT, env=locust_env(site)).returncode
-    print(f"\nreport: {out / 'report.html'}  CSV: {out}/locust_*.csv  exit code: {code}")
+    spread = instance_spread(stack.log_text("nginx")[log_before:])
+    (out / "spread.json").write_text(json.dumps(spread, indent=2))
+    print("\nwhich instance answered (nginx's access log, this run):")
+    for name, counts in spread.items():
+        total = sum(counts.values())
+        print(f"  {name:<8} " + "   ".join(f"{upstream} {n:,} ({n / total:.0%})" for upstream, n in counts.items()))
+    print(f"\nreport: {out / 'report.html'}  CSV: {out}/locust_*.csv  spread: {out / 'spread.json'}  "
+          f"exit code: {code}")
     return code
+
+
+_ACCESS_LINE = re.compile(r'^\S+ "\S+ (/[^/ "?]*/)\S* [^"]*" \d{3} .* ups=(\S+(?:, \S+)*) conn=', re.M)
+
+
+def instance_spread(nginx_log: str) -> dict[str, dict[str, int]]:
+    """HTTP service -> {upstream address: requests it answered}, from nginx's access lines (the `stack` format:
+    `ups=` lists every upstream tried, the last one answered). Requests nginx answered itself are left out."""
+    prefixes = {s.prefix: s.name for s in HTTP_SERVICES}
+    spread: dict[str, collections.Counter] = {s.name: collections.Counter() for s in HTTP_SERVICES}
+    for prefix, upstreams in _ACCESS_LINE.findall(nginx_log):
+        answered = upstreams.split(", ")[-1]
+        if prefix in prefixes and answered != "-":
+            spread[prefixes[prefix]][answered] += 1
+    return {name: dict(sorted(counts.items())) for name, counts in spread.items() if counts}
 
 
 def soak(site: Site, minutes: float, users: int, out: Path) -> int:
     """The mix at `users` for `minutes` against the running native stack: failures, p99 per minute and the
     stack's RSS over time (a leak shows as growth)."""
     import csv
-    import json
 
     import psutil
 

@@ -382,6 +382,11 @@ class TestNativeStack(StackContract, HttpSemanticsContract):
         for name in ("/catalog/items", "/web/orders [POST retry]", "/httpbin/get", "io"):
             assert int(rows[name]["Request Count"]) > 0, name
         assert (out / "report.html").stat().st_size > 10_000
+        # which instance answered: nginx balanced each service over every one of its instances
+        spread = json.loads((out / "spread.json").read_text())
+        for service in HTTP_SERVICES:
+            assert set(spread[service.name]) == set(stack.site.instances(service).values()), spread
+        assert "which instance answered" in result.stdout
 
 
 # ---------------------------------------------------------------- the OpenAPI documents, fuzzed

@@ -175,3 +175,21 @@ def test_the_scaling_report_tabulates_every_size_with_its_cpu_split_and_charts_i
     text = scaling.render(results, tmp_path).read_text()
     assert "| web | 2 | 2,000 | 2.5 | 1.00 | 0.30 | 0.90 | 500 | 150 | 0 |" in text
     assert (tmp_path / "scaling.png").stat().st_size > 1000
+
+
+def test_the_spread_over_instances_counts_the_upstream_that_answered_each_request():
+    from loadtest.__main__ import instance_spread
+
+    log = "\n".join([
+        '127.0.0.1 "GET /web/json HTTP/1.1" 200 27 rid=a rt=0.001 uct=0.000 uht=0.001 urt=0.001 '
+        'ups=127.0.10.11:8001 conn=1/1 ua="x"',
+        '127.0.0.1 "POST /web/orders HTTP/1.1" 201 80 rid=b rt=0.002 uct=0.000 uht=0.002 urt=0.002 '
+        'ups=127.0.10.111:8001 conn=1/2 ua="x"',
+        # refused by the first instance, answered by the second: counted for the second
+        '127.0.0.1 "GET /catalog/items?limit=20 HTTP/1.1" 200 90 rid=c rt=0.003 uct=0.000, 0.000 uht=-, 0.003 '
+        'urt=0.000, 0.003 ups=127.0.10.12:8002, 127.0.10.121:8002 conn=2/1 ua="x"',
+        '127.0.0.1 "GET /healthz HTTP/1.1" 200 3 rid=d rt=0.000 uct=- uht=- urt=- ups=- conn=3/1 ua="x"',
+        '127.0.0.1 "GET /httpbin/get HTTP/1.1" 429 100 rid=e rt=0.000 uct=- uht=- urt=- ups=- conn=4/1 ua="x"',
+    ])
+    assert instance_spread(log) == {"web": {"127.0.10.11:8001": 1, "127.0.10.111:8001": 1},
+                                    "catalog": {"127.0.10.121:8002": 1}}
