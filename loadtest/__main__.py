@@ -115,7 +115,11 @@ def instance_spread(nginx_log: str) -> dict[str, dict[str, int]]:
         answered = upstreams.split(", ")[-1]
         if prefix in prefixes and answered != "-":
             spread[prefixes[prefix]][answered] += 1
-    return {name: dict(sorted(counts.items())) for name, counts in spread.items() if counts}
+    def in_address_order(item: tuple[str, int]) -> tuple[int, ...]:
+        host, _, port = item[0].rpartition(":")
+        return (*(int(part) for part in host.split(".") if part.isdigit()), int(port) if port.isdigit() else 0)
+
+    return {name: dict(sorted(counts.items(), key=in_address_order)) for name, counts in spread.items() if counts}
 
 
 def soak(site: Site, minutes: float, users: int, out: Path) -> int:
