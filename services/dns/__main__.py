@@ -45,7 +45,10 @@ def main() -> None:
     for server in servers:
         server.start_thread()
     logging.getLogger("stack.dns").info("authoritative for %s on %s (udp+tcp)", zone.origin, args.bind)
-    stop.wait()
+    # Python runs signal handlers in the main thread only, and a signal the kernel hands to one of the server's
+    # threads does not wake a main thread blocked in an endless wait: it waits in short slices instead.
+    while not stop.wait(0.2):
+        pass
     for server in servers:
         server.stop()
 

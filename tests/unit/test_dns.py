@@ -102,9 +102,12 @@ def serving(zone_file):
             if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
                 raise
-    yield port, proc
-    proc.terminate()
-    assert proc.wait(timeout=10) == 0  # SIGTERM is a clean exit
+    try:
+        yield port, proc
+    finally:  # also when the test failed: no server left behind
+        proc.terminate()
+        code = proc.wait(timeout=10)
+    assert code == 0  # SIGTERM is a clean exit
 
 
 @pytest.fixture
