@@ -186,7 +186,9 @@ class Native:
             self.apply_changes(instances_changed=before != [path.read_text() for path in rendered])
             self.ctl("start", "all", check=False)
         else:
-            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            # Not SCALE: supervisord's programs inherit its environment, and a later `make up SCALE=...` cannot change
+            # it; the services read the current scale from $STACK_VAR/scale instead.
+            env = {**{k: v for k, v in os.environ.items() if k != "SCALE"}, "PYTHONPATH": str(ROOT)}
             subprocess.run([str(self.bin / "supervisord"), "-c", str(self.conf)], check=True, env=env, cwd=ROOT)
         return 0
 
