@@ -87,7 +87,7 @@ iolab: setup  ## the IO-models lab side by side: reports/iolab-<time>/ (QUICK=1:
 lint: $(SETUP_STAMP)  ## ruff
 	@$(VENV)/bin/ruff check .
 
-test: setup lint  ## every test: unit, config, native end-to-end, Compose end-to-end (skipped without Docker)
+test: setup lint  ## every test: unit, config, native end-to-end, Compose and Swarm end-to-end (skipped without Docker)
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
 fmt: $(SETUP_STAMP)
