@@ -153,26 +153,26 @@ def scale_out(stack: Native | Compose) -> None:
     """make up SCALE="web=3 catalog=3 httpbin=3": the new instances start, join nginx and the DNS zone and serve"""
     if stack.scale(SCALED_OUT):
         raise RuntimeError(f"make up SCALE={SCALED_OUT} failed")
-    every_instance_answers(stack, SCALED_OUT["httpbin"])
+    every_instance_answers(stack.site.base_url, SCALED_OUT["httpbin"])
 
 
 def scale_in(stack: Native | Compose) -> None:
     """make up (the default scale again): the extra instances leave nginx and the DNS zone, then drain"""
     if stack.scale({}):
         raise RuntimeError("make up with the default scale failed")
-    every_instance_answers(stack, next(s for s in HTTP_SERVICES if s.name == "httpbin").instances)
+    every_instance_answers(stack.site.base_url, next(s for s in HTTP_SERVICES if s.name == "httpbin").instances)
 
 
-def every_instance_answers(stack: Native | Compose, count: int, timeout: float = 30) -> None:
-    """Until httpbin's /hostname, asked through nginx, has named exactly `count` distinct instances in its last
-    answers (nginx balances round-robin: each instance answers in turn)."""
+def every_instance_answers(base_url: str, count: int, timeout: float = 60) -> None:
+    """Until httpbin's /hostname, asked through nginx at base_url, has named exactly `count` distinct instances
+    (or Swarm tasks) in its last answers (nginx balances round-robin: each instance answers in turn)."""
     import requests
 
     prefix = next(s for s in HTTP_SERVICES if s.name == "httpbin").prefix
     deadline = time.monotonic() + timeout
     seen: list[tuple] = []
     while time.monotonic() < deadline:
-        answer = requests.get(f"{stack.site.base_url}{prefix}hostname", timeout=10).json()
+        answer = requests.get(f"{base_url}{prefix}hostname", timeout=10).json()
         seen = [*seen[-(4 * count) + 1:], (answer["hostname"], answer["instance"], answer["pid"])]
         if len(seen) == 4 * count and len(set(seen)) == count:
             return

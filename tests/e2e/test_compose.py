@@ -131,11 +131,11 @@ class TestComposeStack(StackContract, HttpSemanticsContract):
         driver = stack.driver()
         with bystander(stack) as seen:
             assert driver.scale(chaos.SCALED_OUT) == 0
-            chaos.every_instance_answers(driver, chaos.SCALED_OUT["httpbin"])
+            chaos.every_instance_answers(stack.site.base_url, chaos.SCALED_OUT["httpbin"])
         assert seen and set(seen) == {200}, collections.Counter(seen)
         assert {s.name: len(stack.containers(s.name)) for s in HTTP_SERVICES} == chaos.SCALED_OUT
         assert driver.scale({}) == 0
-        chaos.every_instance_answers(driver, topology.service("httpbin").instances)
+        chaos.every_instance_answers(stack.site.base_url, topology.service("httpbin").instances)
         assert {s.name: len(stack.containers(s.name)) for s in HTTP_SERVICES} == {
             s.name: s.instances for s in HTTP_SERVICES}
 

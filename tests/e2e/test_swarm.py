@@ -23,6 +23,7 @@ import requests
 from deploy import swarm
 from deploy.stack import COMPOSE_FILE, compose_command
 from deploy.topology import HTTP_SERVICES, ROOT, STREAM_SERVICES, ZONE, Site, service
+from loadtest.chaos import every_instance_answers
 from services.common import credentials
 from tests.conftest import alongside, free_port, free_tcp_udp_port, require_docker_engine
 
@@ -107,27 +108,13 @@ def swarm_stack(tmp_path_factory):
             assert time.monotonic() < deadline + 60, "could not leave the swarm the test created"
 
 
-def instances_answering(site: Site, count: int, timeout: float = 60) -> set[tuple]:
-    """httpbin's /hostname through nginx until its last answers named exactly `count` tasks (nginx takes them in
-    turn; a task reached through Docker's DNS is one answer's hostname)."""
-    seen: list[tuple] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        answer = requests.get(f"{site.base_url}{service('httpbin').prefix}hostname", timeout=10).json()
-        seen = [*seen[-(4 * count) + 1:], (answer["hostname"], answer["pid"])]
-        if len(seen) == 4 * count and len(set(seen)) == count:
-            return set(seen)
-        time.sleep(0.1)
-    raise AssertionError(f"httpbin did not settle at {count} tasks: the last answers came from {set(seen)}")
-
-
 def test_the_stack_deploys_on_a_swarm_and_answers_through_nginx(swarm_stack):
     site = swarm_stack
     for entry in HTTP_SERVICES:
         response = requests.get(f"{site.base_url}{entry.prefix}json", timeout=10)
         assert response.status_code == 200 and response.json() == {"message": "Hello, World!"}
     # one task per replica the registry gives, each reached in turn (dnsrr: Docker's DNS answers every task)
-    assert len(instances_answering(site, service("httpbin").instances)) == service("httpbin").instances
+    every_instance_answers(site.base_url, service("httpbin").instances)
     reply = dns.query.udp(dns.message.make_query(f"web.{ZONE}", "A"), "127.0.0.1", port=site.dns_port, timeout=5)
     assert len([rr for rrset in reply.answer for rr in rrset]) == service("web").instances  # the stack's DNS
 
@@ -137,10 +124,10 @@ def test_scaling_a_service_adds_tasks_that_nginx_reaches(swarm_stack):
     name = f"{PROJECT}_httpbin"
     docker("service", "scale", "--detach=false", f"{name}=3", timeout=180)
     try:
-        assert len(instances_answering(site, 3)) == 3
+        every_instance_answers(site.base_url, 3)
     finally:
         docker("service", "scale", "--detach=false", f"{name}={service('httpbin').instances}", timeout=180)
-    assert len(instances_answering(site, service("httpbin").instances)) == service("httpbin").instances
+    every_instance_answers(site.base_url, service("httpbin").instances)
 
 
 def test_a_rolling_update_under_load_loses_no_request(swarm_stack):
