@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import signal
-import threading
+import time
 
 from dnslib.server import DNSLogger, DNSServer
 
@@ -25,9 +25,13 @@ def main() -> None:
     resolver = ZoneResolver(zone)
     # One line per query and per reply, like an access log.
     logger = DNSLogger("request,reply,truncated,error", prefix=True)
-    stop = threading.Event()
+    stopping: list[int] = []  # a plain flag: Event.set() in a handler can deadlock on the lock its wait() holds
+
+    def stop(signum: int, _frame: object) -> None:
+        stopping.append(signum)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, stop)
 
     def reload(*_: object) -> None:
         """SIGHUP: read the zone file again (`make up SCALE=...` changed the instances). One assignment, so a
@@ -46,9 +50,9 @@ def main() -> None:
         server.start_thread()
     logging.getLogger("stack.dns").info("authoritative for %s on %s (udp+tcp)", zone.origin, args.bind)
     # Python runs signal handlers in the main thread only, and a signal the kernel hands to one of the server's
-    # threads does not wake a main thread blocked in an endless wait: it waits in short slices instead.
-    while not stop.wait(0.2):
-        pass
+    # threads does not wake a main thread blocked in an endless wait: it sleeps in short slices instead.
+    while not stopping:
+        time.sleep(0.2)
     for server in servers:
         server.stop()
 
