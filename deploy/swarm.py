@@ -110,7 +110,9 @@ def render(images: str, site: Site) -> dict:
     return stack_file(config, images, site, commands)
 
 
-STACK = "pystack"  # the stack's name, and its images' prefix (docker-compose.yml's project name)
+def project_name() -> str:
+    """docker-compose.yml's project name (`name:`): the Swarm stack's name and its images' prefix."""
+    return compose_config(Site.from_env())["name"]
 
 
 def up(site: Site) -> int:
@@ -121,15 +123,16 @@ def up(site: Site) -> int:
         print("[swarm] this engine is not in a swarm: docker swarm init --advertise-addr 127.0.0.1")
         return 1
     credentials.ensure(site.secrets)
-    environ = {**Compose(site).env, **base_images(dict(os.environ)), "COMPOSE_PROJECT_NAME": STACK}
+    stack = project_name()
+    environ = {**Compose(site).env, **base_images(dict(os.environ)), "COMPOSE_PROJECT_NAME": stack}
     if subprocess.run([*compose_command(), "-f", str(COMPOSE_FILE), "build"], cwd=ROOT, env=environ).returncode:
         return 1
     out = site.var / "swarm" / "stack.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(render(STACK, site), indent=2) + "\n")
-    code = subprocess.run(["docker", "stack", "deploy", "--compose-file", str(out), STACK]).returncode
+    out.write_text(json.dumps(render(stack, site), indent=2) + "\n")
+    code = subprocess.run(["docker", "stack", "deploy", "--compose-file", str(out), stack]).returncode
     if not code:
-        print(f"[swarm] deployed {out} as {STACK}: docker stack ps {STACK}; nginx answers on {site.base_url}/ once "
+        print(f"[swarm] deployed {out} as {stack}: docker stack ps {stack}; nginx answers on {site.base_url}/ once "
               "its tasks are healthy")
     return code
 
@@ -137,18 +140,19 @@ def up(site: Site) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["up", "down", "render"])
-    parser.add_argument("--images", default=STACK, help="render: image name prefix, <prefix>-<service>:latest")
+    parser.add_argument("--images", help="render: image name prefix, <prefix>-<service>:latest (default: the "
+                        "Compose project's name)")
     parser.add_argument("--out", type=Path, help="render: where to write the stack file")
     args = parser.parse_args()
     site = Site.from_env()
     if args.command == "up":
         return up(site)
     if args.command == "down":
-        return subprocess.run(["docker", "stack", "rm", STACK]).returncode
+        return subprocess.run(["docker", "stack", "rm", project_name()]).returncode
     if not args.out:
         parser.error("render needs --out")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(render(args.images, site), indent=2) + "\n")
+    args.out.write_text(json.dumps(render(args.images or project_name(), site), indent=2) + "\n")
     print(args.out)
     return 0
 

@@ -63,9 +63,8 @@ def nginx_conf(listen: int, upstream: int | None, prefix: str, workdir: Path) ->
     socket-service listeners (on free ports) live in workdir."""
     family = next((s for s in HTTP_SERVICES if s.route_prefix == prefix), None)
     name = family.name if family else "server_under_test"  # the bare apps have no service's name
-    stream_ports = {s.name: free_port() for s in STREAM_SERVICES if s.transport == "tcp"}
-    stream_ports |= {s.name: stream_ports[shares.name] for s in STREAM_SERVICES if s.transport == "udp"
-                     for shares in STREAM_SERVICES if shares.transport == "tcp" and shares.port == s.port}
+    by_port: dict[int, int] = {}  # time-tcp and time-udp share a port number, so they share a free one
+    stream_ports = {s.name: by_port.setdefault(s.port, free_port()) for s in STREAM_SERVICES}
     site = Site(public_host="127.0.0.1", public_port=listen, var=workdir, stream_ports=stream_ports)
     for sub in ("run", "log", "nginx"):
         (workdir / sub).mkdir(parents=True, exist_ok=True)
