@@ -41,6 +41,8 @@ class Service:
     launch: tuple[str, ...] = ()
     # The same app under other servers (make compare's configurations): server name -> argv, as `launch`.
     alternatives: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
+    # The modules whose SCHEMA makes its tables (its Postgres schema, named after it: services.common.migrate).
+    stores: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 1 <= self.instances <= MAX_INSTANCES:
@@ -97,12 +99,13 @@ class Service:
 _GUNICORN = ("-m", "gunicorn", "--no-control-socket")
 HTTP_SERVICES: tuple[Service, ...] = (
     Service("web", "Flask", "gunicorn, gevent workers", 8001, 11, "/web/", instances=HTTP_INSTANCES,
-            launch=("-m", "gunicorn", "-c", "services/web/gunicorn_conf.py", "services.web.wsgi:app")),
+            launch=("-m", "gunicorn", "-c", "services/web/gunicorn_conf.py", "services.web.wsgi:app"),
+            stores=("services.web.store", "services.common.documents", "services.common.idempotency")),
     Service("catalog", "Tornado", "Tornado HTTPServer, own IOLoop", 8002, 12, "/catalog/", instances=HTTP_INSTANCES,
-            launch=("-m", "services.catalog"),
+            launch=("-m", "services.catalog"), stores=("services.catalog.store", "services.common.idempotency"),
             alternatives={"gunicorn-tornado": (*_GUNICORN, "-k", "tornado", "services.catalog.app:make_app()")}),
     Service("httpbin", "aiohttp", "aiohttp AppRunner", 8003, 13, "/httpbin/", instances=HTTP_INSTANCES,
-            launch=("-m", "services.httpbin"),
+            launch=("-m", "services.httpbin"), stores=("services.common.documents", "services.common.idempotency"),
             # --reuse-port: a listening socket per worker, or one event loop takes most connections (DESIGN.md)
             alternatives={"gunicorn-aiohttp": (*_GUNICORN, "-k", "aiohttp.GunicornWebWorker", "--reuse-port",
                                                "services.httpbin.app:app_factory")}),
@@ -119,6 +122,15 @@ STREAM_SERVICES: tuple[Service, ...] = (
 )
 DNS = Service("dns", "dnslib", "authoritative DNS, UDP and TCP", 5353, 53, module="services.dns")
 NGINX = Service("nginx", "nginx", "reverse proxy", NGINX_PORT, 1)
+# The shared store when STORE=postgres: Debian's PostgreSQL natively (deploy/postgres.py), a service in Compose.
+POSTGRES = Service("postgres", "PostgreSQL", "the shared store (STORE=postgres)", 5432, 54)
+STORES = ("sqlite", "postgres")
+POSTGRES_ROLE = POSTGRES_DATABASE = "pystack"  # the stack's role and database; each service has its own schema
+
+
+def postgres_url(host: str, port: int, database: str = POSTGRES_DATABASE) -> str:
+    """DATABASE_URL for the stack's role (no password in it: the services read it from the stack's credentials)."""
+    return f"postgresql://{POSTGRES_ROLE}@{host}:{port}/{database}"
 SERVICES: tuple[Service, ...] = (*HTTP_SERVICES, *STREAM_SERVICES, DNS)
 
 
@@ -158,7 +170,8 @@ class Site:
     Environment: STACK_NET (native services' loopback /24), STACK_HOST and STACK_PORT (nginx, public),
     STACK_DNS_PORT (the DNS server's published port in Compose), STACK_VAR (native state: logs, pids),
     STACK_TIME_TCP_PORT, STACK_TIME_UDP_PORT, STACK_ECHO_PORT (nginx's stream ports, public), SCALE (instances
-    per HTTP service, parse_scale; without it, the scale the last `make up` saved in $STACK_VAR/scale).
+    per HTTP service, parse_scale; without it, the scale the last `make up` saved in $STACK_VAR/scale), STORE
+    (sqlite or postgres; without it, the store the last `make up` saved in $STACK_VAR/store).
     """
 
     net: str = "127.0.10"
@@ -168,12 +181,17 @@ class Site:
     var: Path = ROOT / "var"
     stream_ports: Mapping[str, int] = field(default_factory=dict, hash=False)  # name -> public port, if moved
     scale: Mapping[str, int] = field(default_factory=dict, hash=False)  # HTTP service -> instances, if not default
+    store: str = "sqlite"  # where the HTTP services keep their data: one of STORES
 
     @classmethod
     def from_env(cls, environ: os._Environ[str] | dict[str, str] = os.environ) -> Site:
         var = Path(environ.get("STACK_VAR", cls.var)).resolve()
         saved = var / "scale"
         spec = environ["SCALE"] if "SCALE" in environ else saved.read_text() if saved.exists() else ""
+        saved_store = var / "store"
+        store = environ.get("STORE") or (saved_store.read_text().strip() if saved_store.exists() else cls.store)
+        if store not in STORES:
+            raise ValueError(f"STORE={store!r}: use one of {', '.join(STORES)}")
         return cls(
             net=environ.get("STACK_NET", cls.net),
             public_host=environ.get("STACK_HOST", cls.public_host),
@@ -182,6 +200,7 @@ class Site:
             var=var,
             stream_ports={s.name: int(environ[s.port_env]) for s in STREAM_SERVICES if s.port_env in environ},
             scale=parse_scale(spec),
+            store=store,
         )
 
     def scaled(self, service: Service) -> Service:
@@ -219,6 +238,11 @@ class Site:
     def secrets(self) -> Path:
         """Where the stack's credentials live (services/common/credentials.py); Compose mounts them as secrets."""
         return self.var / "secrets"
+
+    @property
+    def database_url(self) -> str:
+        """The native services' DATABASE_URL when STORE=postgres."""
+        return postgres_url(self.address(POSTGRES), POSTGRES.port)
 
     @property
     def base_url(self) -> str:

@@ -49,6 +49,20 @@ def require_docker_engine() -> dict[str, str]:
         pytest.skip(str(missing))
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_at(request, tmp_path) -> Iterator[Callable[[str], str]]:
+    """Both stores, one test each: store_at(service) is where that service keeps its data, a SQLite file in
+    tmp_path or a fresh database of a throwaway Postgres cluster (tests/postgres_cluster.py)."""
+    if request.param == "sqlite":
+        yield lambda service: str(tmp_path / f"{service}.sqlite3")
+        return
+    from tests import postgres_cluster
+
+    url = postgres_cluster.fresh_database()
+    yield lambda service: url
+    postgres_cluster.drop(url)
+
+
 @contextmanager
 def alongside(one_round: Callable[[list], None]) -> Iterator[list]:
     """Run `one_round(seen)` over and over in a thread until the block ends (each round appends the statuses it

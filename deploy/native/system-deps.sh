@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Native mode needs Debian's nginx and its stream module. The lessons and tests use a few standard network
+# Native mode needs Debian's nginx and its stream module, and Debian's postgresql for STORE=postgres. The lessons and tests use a few standard network
 # tools as well: dig (DNS), nc and socat (raw TCP/UDP clients), ss (socket states), tcpdump (packet capture);
 # make compare likes wrk, and make iolab shows the stack's system calls with strace. As root on Debian/Ubuntu
 # they are installed here; anyone else is told exactly what to install. Compose mode needs none of them, so
@@ -19,6 +19,8 @@ need ss iproute2
 need tcpdump tcpdump
 need wrk wrk
 need strace strace
+# STORE=postgres: the shared store, started natively from its own data directory (and the tests of both stores).
+need /usr/lib/postgresql/15/bin/postgres postgresql
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -17,12 +17,11 @@ from tornado.httpclient import AsyncHTTPClient
 
 from deploy import topology
 from services.catalog.openapi import OPENAPI
-from services.catalog.store import Items, validate
-from services.common import accesslog, credentials, db, drain, http, proxy, semantics, stack_dns
+from services.catalog.store import SERVICE, Items, validate
+from services.common import accesslog, credentials, drain, http, proxy, semantics, stack_dns
 from services.common.idempotency import HEADER as IDEMPOTENCY_KEY
-from services.common.idempotency import StoredResponse, fingerprint, run_once
+from services.common.idempotency import Record, StoredResponse, fingerprint, run_once
 
-SERVICE = "catalog"
 PREFIX = topology.service("catalog").route_prefix
 DRAIN = drain.Drain()  # this process's requests in flight, for a graceful stop (services/common/drain.py)
 # Requests served per TCP connection (Tornado keeps one IOStream per connection across requests).
@@ -247,28 +246,28 @@ class ItemsBase(BaseHandler):
 class ItemsHandler(ItemsBase):
     """The collection: GET pages through it (keyset cursor, RFC 8288 Link), POST creates (Idempotency-Key)."""
 
-    def get(self) -> None:
+    async def get(self) -> None:
         limit = http.int_param(self.query("limit"), "limit", 20, 1, 100)
         after = http.int_param(self.query("cursor"), "cursor", 0, 0, 2**53 - 1)
-        page, more = self.items.page(limit, after)
+        page, more = await self.items.page(limit, after)
         next_cursor = str(page[-1]["id"]) if more else None
         self.set_header("Link", semantics.page_link(self.request.path, limit, next_cursor))
         self.write_json({"items": page, "next_cursor": next_cursor})
 
-    def post(self) -> None:
-        def act(record: Any) -> StoredResponse:
+    async def post(self) -> None:
+        async def act(record: Record) -> StoredResponse:
             fields = validate(self.json_body())
             created: list[StoredResponse] = []
 
-            def then(item: dict) -> None:
+            async def then(item: dict) -> None:
                 created.append(item_response(item, 201))
-                record(created[0])
+                await record(created[0])
 
-            self.items.create(fields, then=then)
+            await self.items.create(fields, then=then)
             return created[0]
 
         self.only_operator()
-        response, replayed = run_once(
+        response, replayed = await run_once(
             self.items.keys, self.request.headers.get(IDEMPOTENCY_KEY), self.scope(),
             fingerprint("POST", self.request.path, self.request.body), act,
         )
@@ -279,8 +278,8 @@ class ItemHandler(ItemsBase):
     """One item: GET/HEAD (If-None-Match → 304), PUT (full replace or create), PATCH (merge patch), DELETE.
     Every change needs If-Match with the current ETag (428 without, 412 when stale)."""
 
-    def get(self, item_id: str) -> None:
-        item = self.items.get(int(item_id))
+    async def get(self, item_id: str) -> None:
+        item = await self.items.get(int(item_id))
         if item is None:
             raise http.Problem(404, "Not Found", f"no item {item_id}")
         response = item_response(item)
@@ -291,25 +290,24 @@ class ItemHandler(ItemsBase):
             return
         self.send(response)
 
-
-    def put(self, item_id: str) -> None:
+    async def put(self, item_id: str) -> None:
         self.only_operator()
         fields = validate(self.json_body())
-        item, created = self.items.put(
+        item, created = await self.items.put(
             int(item_id), fields, self.request.headers.get("If-Match"), self.request.headers.get("If-None-Match")
         )
         self.send(item_response(item, 201 if created else 200))
 
-    def patch(self, item_id: str) -> None:
+    async def patch(self, item_id: str) -> None:
         patch = self.json_body((semantics.MERGE_PATCH_JSON,))
         if not (isinstance(patch, dict) and set(patch) == {"stock"}):
             self.only_operator()
-        item = self.items.patch(int(item_id), patch, self.request.headers.get("If-Match"))
+        item = await self.items.patch(int(item_id), patch, self.request.headers.get("If-Match"))
         self.send(item_response(item))
 
-    def delete(self, item_id: str) -> None:
+    async def delete(self, item_id: str) -> None:
         self.only_operator()
-        self.items.delete(int(item_id), self.request.headers.get("If-Match"))
+        await self.items.delete(int(item_id), self.request.headers.get("If-Match"))
         self.set_status(204)
         self.finish()
 
@@ -358,7 +356,7 @@ def make_app(db_path: str | None = None, tokens: dict[str, str | None] | None = 
         routes,
         default_handler_class=NotFoundHandler,
         log_function=log_request,
-        items=Items(db_path or db.default_path(SERVICE)),
-        tokens=tokens if tokens is not None else {name: credentials.read(name) for name in credentials.NAMES},
+        items=Items(db_path),
+        tokens=tokens if tokens is not None else {name: credentials.read(name) for name in credentials.TOKENS},
         **settings,
     )

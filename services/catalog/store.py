@@ -1,29 +1,29 @@
-"""The catalog's items in SQLite (WAL). Every write checks its precondition inside the same transaction, so a
-lost update is impossible even with several processes."""
+"""The catalog's items in SQLite (WAL) or Postgres (STORE=postgres). Every write checks its precondition inside
+the same transaction, so a lost update is impossible even with several processes (or, on Postgres, machines)."""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from services.common import db, semantics
 from services.common.http import Problem
 from services.common.idempotency import IdempotencyKeys
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS items (
-    id INTEGER PRIMARY KEY,
+SERVICE = "catalog"
+SCHEMA = ("""CREATE TABLE IF NOT EXISTS items (
+    id {id},
     name TEXT NOT NULL,
-    price INTEGER NOT NULL CHECK (price >= 0),      -- integer cents: no floating-point money
-    stock INTEGER NOT NULL CHECK (stock >= 0),
+    price {int} NOT NULL CHECK (price >= 0),      -- integer cents: no floating-point money
+    stock {int} NOT NULL CHECK (stock >= 0),
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL
-)
-"""
+)""",)
 FIELDS = {"name": str, "price": int, "stock": int}
 READ_ONLY = {"id", "created_at", "updated_at"}
+Row = Mapping[str, Any]  # sqlite3.Row or psycopg's dict row
 MAX_ID = 2**53 - 1  # ids stay exact in every JSON client
 
 
@@ -54,67 +54,79 @@ def validate(document: object) -> dict:
     return {name: document[name] for name in FIELDS}
 
 
-def representation(row: sqlite3.Row) -> dict:
+def representation(row: Row) -> dict:
     return {k: row[k] for k in ("id", "name", "price", "stock", "created_at", "updated_at")}
 
 
 class Items:
-    def __init__(self, path: str | Path) -> None:
-        self.conn = db.connect(path)
-        self.conn.execute(SCHEMA)
-        self.keys = IdempotencyKeys(self.conn)
+    """The items; every method a coroutine, awaited by Tornado's handlers (on Postgres, on an async connection)."""
 
-    def _row(self, item_id: int) -> sqlite3.Row | None:
-        return self.conn.execute("SELECT * FROM items WHERE id = ?", (item_id,)).fetchone()
+    def __init__(self, where: str | Path | None = None) -> None:
+        self.database = db.open_database(SERVICE, where, asynchronous=True)
+        if isinstance(self.database, db.SQLite):
+            db.run(self.database.apply_schema(SCHEMA))
+        self.keys = IdempotencyKeys(self.database)
 
-    def get(self, item_id: int) -> dict | None:
-        row = self._row(item_id)
+    @staticmethod
+    async def _row(conn: db.Conn, item_id: int) -> Row | None:
+        return (await conn.execute("SELECT * FROM items WHERE id = ?", (item_id,))).fetchone()
+
+    async def get(self, item_id: int) -> dict | None:
+        async with self.database.session() as conn:
+            row = await self._row(conn, item_id)
         return representation(row) if row else None
 
-    def page(self, limit: int, after: int) -> tuple[list[dict], bool]:
+    async def page(self, limit: int, after: int) -> tuple[list[dict], bool]:
         """Keyset pagination: items with id > after, and whether more follow."""
-        rows = self.conn.execute(
-            "SELECT * FROM items WHERE id > ? ORDER BY id LIMIT ?", (after, limit + 1)
-        ).fetchall()
+        async with self.database.session() as conn:
+            rows = (await conn.execute(
+                "SELECT * FROM items WHERE id > ? ORDER BY id LIMIT ?", (after, limit + 1)
+            )).fetchall()
         return [representation(r) for r in rows[:limit]], len(rows) > limit
 
-    def create(self, fields: dict, then: Callable[[dict], None] | None = None) -> dict:
-        """Insert an item; `then(item)` runs inside the same transaction (e.g. to store the idempotent
+    async def create(self, fields: dict, then: Callable[[dict], Awaitable[None]] | None = None) -> dict:
+        """Insert an item; `await then(item)` runs inside the same transaction (e.g. to store the idempotent
         response), so both commit together or neither does."""
-        with db.transaction(self.conn):
+        async with self.database.transaction() as conn:
             stamp = now()
-            cursor = self.conn.execute(
-                "INSERT INTO items (name, price, stock, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+            row = (await conn.execute(
+                "INSERT INTO items (name, price, stock, created_at, updated_at) VALUES (?, ?, ?, ?, ?) RETURNING *",
                 (fields["name"], fields["price"], fields["stock"], stamp, stamp),
-            )
-            item = representation(self._row(cursor.lastrowid))
+            )).fetchone()
+            item = representation(row)
             if then:
-                then(item)
+                await then(item)
         return item
 
-    def put(self, item_id: int, fields: dict, if_match: str | None, if_none_match: str | None) -> tuple[dict, bool]:
+    async def put(self, item_id: int, fields: dict, if_match: str | None,
+                  if_none_match: str | None) -> tuple[dict, bool]:
         """Full replace, or create at a client-chosen id. Returns (item, created)."""
         if not 1 <= item_id <= MAX_ID:
             raise Problem(404, "Not Found", "item ids are 1 to 2^53-1")
-        with db.transaction(self.conn):
-            row = self._row(item_id)
+        async with self.database.transaction() as conn:
+            row = await self._row(conn, item_id)
             current = semantics.strong_etag(representation(row)) if row else None
             applied = row is not None and all(row[k] == v for k, v in fields.items())
             if semantics.check_replace(if_match, if_none_match, current, True, applied):
                 return representation(row), False
             if row is None:
                 stamp = now()
-                self.conn.execute(
+                await conn.execute(
                     "INSERT INTO items (id, name, price, stock, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
                     (item_id, fields["name"], fields["price"], fields["stock"], stamp, stamp),
                 )
-                return representation(self._row(item_id)), True
-            self._update(row, fields)
-            return representation(self._row(item_id)), False
+                if self.database.dialect == "postgres":
+                    # Postgres's id sequence does not see a chosen id (SQLite's next id is max + 1): move it on,
+                    # or a later POST would be handed this id and fail.
+                    await conn.execute("SELECT setval(pg_get_serial_sequence('items', 'id'), "
+                                       "(SELECT max(id) FROM items))")
+                return representation(await self._row(conn, item_id)), True
+            await self._update(conn, row, fields)
+            return representation(await self._row(conn, item_id)), False
 
-    def patch(self, item_id: int, patch: object, if_match: str | None) -> dict:
-        with db.transaction(self.conn):
-            row = self._row(item_id)
+    async def patch(self, item_id: int, patch: object, if_match: str | None) -> dict:
+        async with self.database.transaction() as conn:
+            row = await self._row(conn, item_id)
             if row is None:
                 raise Problem(404, "Not Found", f"no item {item_id}")
             semantics.check_if_match(if_match, semantics.strong_etag(representation(row)), required=True)
@@ -124,23 +136,24 @@ class Items:
                 read_only = ", ".join(sorted(set(patch) & READ_ONLY))
                 raise Problem(422, "Invalid merge patch", f"read-only members: {read_only}")
             merged = semantics.merge_patch({k: row[k] for k in FIELDS}, patch)
-            self._update(row, validate(merged))
-            return representation(self._row(item_id))
+            await self._update(conn, row, validate(merged))
+            return representation(await self._row(conn, item_id))
 
-    def delete(self, item_id: int, if_match: str | None) -> None:
-        with db.transaction(self.conn):
-            row = self._row(item_id)
+    async def delete(self, item_id: int, if_match: str | None) -> None:
+        async with self.database.transaction() as conn:
+            row = await self._row(conn, item_id)
             if row is None:
                 raise Problem(404, "Not Found", f"no item {item_id}")
             semantics.check_if_match(if_match, semantics.strong_etag(representation(row)), required=True)
-            self.conn.execute("DELETE FROM items WHERE id = ?", (item_id,))
+            await conn.execute("DELETE FROM items WHERE id = ?", (item_id,))
 
-    def _update(self, row: sqlite3.Row, fields: dict) -> None:
+    @staticmethod
+    async def _update(conn: db.Conn, row: Row, fields: dict) -> None:
         # Writing the same state again is a no-op: updated_at (and so the ETag) stays, which is what makes a
         # repeated PUT with the same If-Match succeed — PUT is idempotent.
         if all(row[k] == v for k, v in fields.items()):
             return
-        self.conn.execute(
+        await conn.execute(
             "UPDATE items SET name = ?, price = ?, stock = ?, updated_at = ? WHERE id = ?",
             (fields["name"], fields["price"], fields["stock"], now(), row["id"]),
         )

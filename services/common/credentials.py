@@ -2,6 +2,7 @@
 
     catalog_operator  changes the catalog (create, replace, change, delete items): the operator's, and Locust's
     catalog_web       web's own credential towards catalog: it may only change an item's stock (orders)
+    postgres          the password of the stack's Postgres role (STORE=postgres)
 
 Natively the files live in $STACK_SECRETS (default var/secrets, made by `make up`); in Compose they are Compose
 secrets, mounted at /run/secrets. Read with: curl -H "Authorization: Bearer $(cat var/secrets/catalog_operator)"
@@ -16,7 +17,9 @@ from pathlib import Path
 
 OPERATOR = "catalog_operator"
 WEB = "catalog_web"
-NAMES = (OPERATOR, WEB)
+TOKENS = (OPERATOR, WEB)  # bearer tokens towards catalog
+POSTGRES = "postgres"  # the stack's Postgres role's password (STORE=postgres): never a bearer token
+NAMES = (*TOKENS, POSTGRES)
 
 
 def directory() -> Path:

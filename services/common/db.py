@@ -1,20 +1,40 @@
-"""SQLite connections as every service uses them: WAL, a busy timeout, explicit transactions, one connection
-per OS thread, and blocking work kept off gevent's hub."""
+"""The services' databases: SQLite (the embedded default, one machine) or Postgres (STORE=postgres, shared by every
+instance on every machine), behind one small interface the stores are written against once.
+
+The stores are coroutines: `async with database.session() as conn: rows = await conn.execute(...)`. On Postgres
+under Tornado and aiohttp, a session is an async psycopg connection from a pool, so a query parks only its own
+request. Everywhere else the connection is synchronous and its coroutines never suspend, so synchronous code
+(web's Flask views) drives them to the end in one step with `run()`: SQLite's calls are the same blocking calls as
+before, and psycopg's blocking calls are cooperative under gevent (psycopg waits through the patched select).
+
+One writer per store at a time, in both: `transaction()` is SQLite's BEGIN IMMEDIATE, and on Postgres a
+transaction-scoped advisory lock per service, so a read-check-write sequence is atomic across every process
+and machine exactly as it is across SQLite's processes.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import fcntl
 import functools
+import hashlib
 import os
 import sqlite3
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from services.common import credentials
+from services.common.http import Problem
+
 T = TypeVar("T")
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+# ------------------------------------------------------------------ SQLite connections
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
@@ -41,21 +61,8 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
         yield
 
 
-@contextmanager
-def transaction(conn: Connection) -> Iterator[Connection]:
-    """BEGIN IMMEDIATE takes the write lock up front, so read-check-write sequences are atomic across
-    processes (every gunicorn worker, every Tornado process)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
 def default_path(service: str) -> Path:
-    """Where a service keeps its database: $STACK_DATA (native: var/data; Compose: the /data volume)."""
+    """Where a service keeps its SQLite database: $STACK_DATA (native: var/data; Compose: the /data volume)."""
     return Path(os.environ.get("STACK_DATA", "var/data")) / f"{service}.sqlite3"
 
 
@@ -73,44 +80,13 @@ def _os_thread_local() -> threading.local:
     return threading.local()
 
 
-class PerThread:
-    """One SQLite connection per OS thread behind one object that is used like a connection. A connection
-    shared by threads (gunicorn's gthread workers) interleaves their transactions: one thread's BEGIN and
-    another's statements on the same connection. Under gevent, greenlets on the hub share the hub's
-    connection (a Store call never yields mid-transaction) and each threadpool thread has its own."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = path
-        self._local = _os_thread_local()
-        self.connection()  # open (and set up) the first one now: a bad path fails at start, not at a request
-
-    def connection(self) -> sqlite3.Connection:
-        """This OS thread's connection, opened on its first use."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = connect(self.path)
-        return conn
-
-    def execute(self, sql: str, parameters: Any = ()) -> sqlite3.Cursor:
-        return self.connection().execute(sql, parameters)
-
-    def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
-        return self.connection().executemany(sql, rows)
-
-    def executescript(self, script: str) -> sqlite3.Cursor:
-        return self.connection().executescript(script)
-
-
-Connection = sqlite3.Connection | PerThread  # what the stores take: either behaves like a connection here
-
 _pool_thread = _os_thread_local()
 
 
 def off_the_hub(func: Callable[..., T]) -> Callable[..., T]:
     """Under gevent, run `func` in the hub's threadpool and park only the calling greenlet: scrypt and SQLite
     release the GIL, so the other greenlets of the worker keep running (on the hub, one login's 100-200 ms
-    of scrypt stalled every request of its worker). Elsewhere, and inside a pool thread already (a callback
-    within a transaction must stay on that thread's connection), call it directly."""
+    of scrypt stalled every request of its worker). Elsewhere, and inside a pool thread already, call it directly."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> T:
@@ -131,11 +107,275 @@ def off_the_hub(func: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
-def read_on_the_hub(func: Callable[..., T]) -> Callable[..., T]:
-    """A read by key or index, in WAL mode: it never waits for a lock (readers do not block writers or each other)
-    and takes about a tenth of a millisecond, so under gevent it runs right here, on the hub. Sent to the
-    threadpool instead (off_the_hub), each such read cost a thread hand-off and waits for the GIL, and those
-    piled up in the tail: p99.9 of web's reads went from 25-35 ms to 18-21 ms on the hub (make soak, 100 users,
-    2 cores). Anything that can wait (a write's BEGIN IMMEDIATE, scrypt) stays off_the_hub. Called inside a
-    pool thread it simply runs there, on that thread's connection."""
-    return func
+# ------------------------------------------------------------------ the interface the stores use
+
+
+class Result:
+    """A statement's rows, fetched: `row["column"]` and `dict(row)` work for both databases."""
+
+    def __init__(self, rows: list[Any], rowcount: int) -> None:
+        self.rows, self.rowcount = rows, rowcount
+
+    def fetchone(self) -> Any | None:
+        return self.rows[0] if self.rows else None
+
+    def fetchall(self) -> list[Any]:
+        return self.rows
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.rows)
+
+
+class Conn:
+    """One connection, as a store sees it: SQL with `?` placeholders, awaited."""
+
+    def __init__(self, raw: Any, placeholder: str) -> None:
+        self.raw, self._placeholder = raw, placeholder
+
+    def _sql(self, sql: str) -> str:
+        return sql if self._placeholder == "?" else sql.replace("?", self._placeholder)
+
+    async def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Result:
+        cursor = self.raw.execute(self._sql(sql), parameters)
+        if hasattr(cursor, "__await__"):
+            cursor = await cursor
+            return Result(await cursor.fetchall() if cursor.description else [], cursor.rowcount)
+        return Result(cursor.fetchall() if cursor.description else [], cursor.rowcount)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        done = self.raw.cursor().executemany(self._sql(sql), rows)
+        if hasattr(done, "__await__"):
+            await done
+
+
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Drive a store coroutine to its end from synchronous code. Its connection is synchronous, so it finishes in
+    one step; one that suspends was given an asynchronous database, which synchronous code cannot wait for."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value
+    coroutine.close()
+    raise RuntimeError("a store call suspended: synchronous code needs a synchronous database")
+
+
+# Each request's (task's, greenlet's, thread's) connection: nested store calls share their caller's session, so
+# a callback inside a transaction (an idempotent response being recorded) commits with it.
+_session: contextvars.ContextVar[Conn | None] = contextvars.ContextVar("db_session", default=None)
+
+
+class Database:
+    """What the stores hold: `session()`, `transaction()`, the dialect's DDL words and its unique-violation error."""
+
+    dialect = ""
+    integrity_error: tuple[type[BaseException], ...] = ()
+    asynchronous = False
+
+    def ddl(self, template: str) -> str:
+        """A schema written once: {id}, {int}, {real}, {blob} and {nocase} become this dialect's column types."""
+        return template.format(**DDL_WORDS[self.dialect])
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[Conn]:
+        current = _session.get()
+        if current is not None:
+            yield current
+            return
+        async with self._connection() as conn:
+            token = _session.set(conn)
+            try:
+                yield conn
+            finally:
+                _session.reset(token)
+
+    def _connection(self) -> Any:
+        raise NotImplementedError
+
+    def transaction(self) -> Any:
+        """`async with database.transaction() as conn`: one writer at a time per store; rolled back on error."""
+        raise NotImplementedError
+
+    async def apply_schema(self, statements: Sequence[str]) -> None:
+        """Create what is missing (every statement is CREATE ... IF NOT EXISTS)."""
+        async with self.transaction() as conn:
+            for statement in statements:
+                await conn.execute(self.ddl(statement))
+
+    def close(self) -> None:
+        """Give back what the database holds (a pool's connections)."""
+
+
+DDL_WORDS = {
+    "sqlite": {"id": "INTEGER PRIMARY KEY", "int": "INTEGER", "real": "REAL", "blob": "BLOB",
+               "nocase": "TEXT COLLATE NOCASE"},
+    # BIGINT: prices and stock go up to 10^12 (Postgres's INTEGER is 32 bits; SQLite's is 64).
+    "postgres": {"id": "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY", "int": "BIGINT",
+                 "real": "DOUBLE PRECISION", "blob": "BYTEA", "nocase": "CITEXT"},
+}
+
+
+class SQLite(Database):
+    """Connections to one SQLite file, each used by one request at a time (a request's session) and kept for the
+    next. Shared connections interleaved transactions: one thread's BEGIN and another's statements (gunicorn's
+    gthread workers), or under gevent a greenlet's statements inside another's transaction once a wait parks it."""
+
+    dialect = "sqlite"
+    integrity_error = (sqlite3.IntegrityError,)
+    KEEP_IDLE = 8
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._idle = [connect(path)]  # the first one now: a bad path fails at start, not at a request
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Conn]:
+        try:
+            raw = self._idle.pop()
+        except IndexError:
+            raw = connect(self.path)
+        try:
+            yield Conn(raw, "?")
+        finally:
+            if len(self._idle) < self.KEEP_IDLE:
+                self._idle.append(raw)
+            else:
+                raw.close()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Conn]:
+        """BEGIN IMMEDIATE takes the write lock up front, so read-check-write sequences are atomic across
+        processes (every gunicorn worker, every Tornado process). Taking it may wait (SQLite's busy timeout), and
+        committing may checkpoint the WAL: under gevent both run in the hub's threadpool, parking only this
+        request's greenlet. Reads never wait in WAL mode and stay on the hub: a hand-off per read cost more than
+        the read (p99.9 of web's reads 25-35 ms through the threadpool, 18-21 ms on the hub; make soak)."""
+        async with self.session() as conn:
+            off_the_hub(conn.raw.execute)("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.raw.execute("ROLLBACK")
+                raise
+            off_the_hub(conn.raw.execute)("COMMIT")
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().close()
+
+
+# ------------------------------------------------------------------ Postgres
+
+
+def lock_key(name: str) -> int:
+    """A stable signed 64-bit advisory-lock key for a name."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+def postgres_conninfo(url: str, schema: str) -> dict[str, Any]:
+    """psycopg's connection arguments: the URL, the service's schema first on the search path (public for the
+    citext type), the password from the stack's credentials when the URL carries none."""
+    import psycopg
+
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    if "password" not in info and credentials.read(credentials.POSTGRES):
+        info["password"] = credentials.read(credentials.POSTGRES)
+    info.setdefault("connect_timeout", 5)
+    info["options"] = f"-c search_path={schema},public"
+    info["application_name"] = f"{schema}:{os.environ.get('STACK_INSTANCE', os.getpid())}"
+    return info
+
+
+class Postgres(Database):
+    """A psycopg pool of autocommit connections whose rows are dicts. `asynchronous` gives AsyncConnections
+    (Tornado, aiohttp); otherwise synchronous ones (web under gevent: cooperative)."""
+
+    dialect = "postgres"
+
+    def __init__(self, url: str, schema: str, asynchronous: bool = False, max_size: int | None = None) -> None:
+        import psycopg
+        from psycopg.rows import dict_row
+
+        self.schema, self.asynchronous = schema, asynchronous
+        self.conninfo = postgres_conninfo(url, schema)
+        self.integrity_error = (psycopg.errors.IntegrityError,)
+        self.unavailable = (psycopg.OperationalError,)
+        self.writer_lock = lock_key(f"stack-writer:{schema}")
+        size = max_size or int(os.environ.get("DATABASE_POOL_SIZE", "4"))
+        options = {"kwargs": {**self.conninfo, "autocommit": True, "row_factory": dict_row}, "min_size": 1,
+                   "max_size": size, "timeout": 10, "open": False, "name": schema}
+        if asynchronous:
+            from psycopg_pool import AsyncConnectionPool
+
+            self.pool: Any = AsyncConnectionPool(**options)
+        else:
+            from psycopg_pool import ConnectionPool
+
+            self.pool = ConnectionPool(**options)
+        from psycopg_pool import PoolTimeout
+
+        self.unavailable += (PoolTimeout,)
+        self._opened = False
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Conn]:
+        try:
+            if not self._opened:  # first use, inside the running event loop (an async pool needs one)
+                self._opened = True
+                opened = self.pool.open(wait=False)
+                if opened is not None:
+                    await opened
+            manager = self.pool.connection()
+            if self.asynchronous:
+                async with manager as raw:
+                    yield Conn(raw, "%s")
+            else:
+                with manager as raw:
+                    yield Conn(raw, "%s")
+        except self.unavailable as error:
+            raise Problem(503, "Database unavailable", f"the store did not answer: {type(error).__name__}") from None
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Conn]:
+        async with self.session() as conn:
+            manager = conn.raw.transaction()
+            if self.asynchronous:
+                async with manager:
+                    await conn.execute("SELECT pg_advisory_xact_lock(?)", (self.writer_lock,))
+                    yield conn
+            else:
+                with manager:
+                    await conn.execute("SELECT pg_advisory_xact_lock(?)", (self.writer_lock,))
+                    yield conn
+
+    async def apply_schema(self, statements: Sequence[str]) -> None:
+        async with self.session() as conn:
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+        await super().apply_schema(statements)
+
+    def close(self) -> None:
+        if self._opened and not self.asynchronous:
+            self.pool.close()
+
+
+def is_postgres(location: str | Path) -> bool:
+    return str(location).startswith(POSTGRES_SCHEMES)
+
+
+def location(service: str, environ: dict[str, str] | os._Environ[str] = os.environ) -> str:
+    """Where a service's data lives: $DATABASE_URL when STORE=postgres, else its SQLite file."""
+    store = environ.get("STORE", "sqlite")
+    if store == "postgres":
+        if not environ.get("DATABASE_URL"):
+            raise SystemExit("STORE=postgres needs DATABASE_URL (postgresql://user@host:port/database)")
+        return environ["DATABASE_URL"]
+    if store != "sqlite":
+        raise SystemExit(f"STORE={store!r}: use sqlite (the default) or postgres")
+    return str(default_path(service))
+
+
+def open_database(service: str, where: str | Path | None = None, asynchronous: bool = False) -> Database:
+    """The service's database at `where` (a SQLite path or a postgresql:// URL; default: `location(service)`).
+    On Postgres the service's tables live in a schema named after it, made by `python -m services.common.migrate`."""
+    where = where if where is not None else location(service)
+    if is_postgres(where):
+        return Postgres(str(where), service, asynchronous=asynchronous)
+    return SQLite(where)

@@ -134,15 +134,15 @@ async def bins(request: web.Request) -> web.Response:
     documents = request.app[DOCUMENTS]
     if request.method == "POST":
         # Bins are anonymous: the caller is the client's address (as nginx saw it), so its keys are its own.
-        stored, replayed = documents.create("bins", lambda key: f"{PREFIX}/bins/{key}", request.headers,
-                                            await request.read(), request.path, bin_document,
-                                            caller=endpoints.origin(request))
+        stored, replayed = await documents.create("bins", lambda key: f"{PREFIX}/bins/{key}", request.headers,
+                                                  await request.read(), request.path, bin_document,
+                                                  caller=endpoints.origin(request))
         return _send(stored, replayed)
     limit = http.int_param(request.query.get("limit"), "limit", 20, 1, 100)
     after = request.query.get("cursor", "")
     if after and not re.fullmatch(BIN_NAME, after):
         raise http.Problem(400, "Invalid query parameter", "cursor must be a bin name from a next_cursor")
-    page, more = documents.page("bins", limit, after)
+    page, more = await documents.page("bins", limit, after)
     next_cursor = page[-1]["key"] if more else None
     response = _json({"bins": page, "next_cursor": next_cursor})
     response.headers["Link"] = semantics.page_link(request.path, limit, next_cursor)
@@ -151,8 +151,8 @@ async def bins(request: web.Request) -> web.Response:
 
 async def one_bin(request: web.Request) -> web.Response:
     semantics.require_acceptable(request.headers.get("Accept"))
-    stored = request.app[DOCUMENTS].handle(request.method, "bins", request.match_info["name"], request.path,
-                                           request.headers, await request.read(), bin_document)
+    stored = await request.app[DOCUMENTS].handle(request.method, "bins", request.match_info["name"], request.path,
+                                                 request.headers, await request.read(), bin_document)
     return _send(stored)
 
 
@@ -298,7 +298,7 @@ async def unrouted(request: web.Request) -> web.Response:
 
 def create_app(db_path: str | None = None) -> web.Application:
     app = web.Application(client_max_size=http.MAX_REQUEST_BODY_BYTES)
-    app[DOCUMENTS] = Documents(db.connect(db_path or db.default_path(SERVICE)), ttl_s=BIN_TTL_S,
+    app[DOCUMENTS] = Documents(db.open_database(SERVICE, db_path, asynchronous=True), ttl_s=BIN_TTL_S,
                                max_per_collection=MAX_BINS)
     for method, path, handler in ROUTES:
         if method == "GET":

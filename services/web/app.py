@@ -20,14 +20,13 @@ from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from deploy import topology
-from services.common import db, http, proxy, semantics
+from services.common import http, proxy, semantics
 from services.common.idempotency import HEADER as IDEMPOTENCY_KEY
-from services.common.idempotency import StoredResponse, fingerprint, run_once
+from services.common.idempotency import Record, StoredResponse, fingerprint, run_once
 from services.web import orders, upstream
 from services.web.openapi import OPENAPI
-from services.web.store import SESSION_TTL, Store
+from services.web.store import SERVICE, SESSION_TTL, Store
 
-SERVICE = "web"
 PREFIX = topology.service("web").route_prefix
 COOKIE = "sid"
 CLIENT_TIMEOUT_S = http.client_timeout_s()
@@ -236,21 +235,21 @@ def place_order() -> Response:
     user = current_user()
     raw = request.get_data(cache=True)
 
-    def act(record: Callable[[StoredResponse], None]) -> StoredResponse:
+    async def act(record: Record) -> StoredResponse:
         lines = orders.validate_lines(body())
-        priced = orders.reserve(lines, g.request_id)
+        priced = orders.reserve(lines, g.request_id)  # catalog over HTTP: cooperative under gevent
         created: list[StoredResponse] = []
 
-        def then(order: dict) -> None:
+        async def then(order: dict) -> None:
             created.append(order_response(order, 201))
-            record(created[0])
+            await record(created[0])
 
         store().create_order(user["id"], priced, then=then)
         return created[0]
 
-    stored, replayed = run_once(store().keys, request.headers.get(IDEMPOTENCY_KEY),
-                                f"user:{user['id']} POST {PREFIX}/orders",
-                                fingerprint("POST", f"{PREFIX}/orders", raw), act)
+    stored, replayed = store().run(run_once(store().keys, request.headers.get(IDEMPOTENCY_KEY),
+                                            f"user:{user['id']} POST {PREFIX}/orders",
+                                            fingerprint("POST", f"{PREFIX}/orders", raw), act))
     return _send(stored, replayed)
 
 
@@ -291,13 +290,14 @@ def cart_line(document: object) -> dict:
 
 def cart() -> Response:
     user = current_user()
-    return _json({"items": store().documents.list(f"cart:{user['id']}")})
+    return _json({"items": store().run(store().documents.list(f"cart:{user['id']}"))})
 
 
 def cart_item(item_id: int) -> Response:
     user = current_user()
-    return _send(store().documents.handle(request.method, f"cart:{user['id']}", str(item_id), request.path,
-                                          request.headers, request.get_data(cache=True), cart_line))
+    return _send(store().run(store().documents.handle(request.method, f"cart:{user['id']}", str(item_id),
+                                                      request.path, request.headers, request.get_data(cache=True),
+                                                      cart_line)))
 
 
 def openapi() -> Response:
@@ -342,7 +342,7 @@ def _problem_response(problem: http.Problem) -> Response:
 def create_app(config: dict | None = None) -> Flask:
     app = Flask(__name__)
     app.config.from_mapping({"MAX_CONTENT_LENGTH": semantics.MAX_BODY_BYTES, "DATABASE": None, **(config or {})})
-    app.extensions["store"] = Store(app.config["DATABASE"] or db.default_path(SERVICE))
+    app.extensions["store"] = Store(app.config["DATABASE"])
     for path, endpoint, view, methods in ROUTES:
         app.add_url_rule(PREFIX + path, endpoint, view, methods=methods)
 

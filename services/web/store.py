@@ -1,5 +1,5 @@
-"""web's data in SQLite (WAL): accounts, server-side sessions, orders. Every gunicorn worker opens the same
-file, so a session created by one worker is seen by all."""
+"""web's data: accounts, server-side sessions, orders, carts, in SQLite (WAL) or Postgres (STORE=postgres). Every
+gunicorn worker (and, on Postgres, every instance) opens the same database, so a session made by one is seen by all."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import functools
 import hashlib
 import os
 import secrets
-import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -20,36 +20,38 @@ from services.common.documents import Documents
 from services.common.http import Problem
 from services.common.idempotency import IdempotencyKeys
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS users (
-    id INTEGER PRIMARY KEY,
-    email TEXT NOT NULL UNIQUE COLLATE NOCASE,
+SERVICE = "web"
+# One statement each, in Database.ddl's words ({id}, {int}, {real}, {nocase}: each dialect's column types).
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS users (
+    id {id},
+    email {nocase} NOT NULL UNIQUE,   -- one account per address, whatever its case
     password_hash TEXT NOT NULL,
     created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS sessions (
+)""",
+    """CREATE TABLE IF NOT EXISTS sessions (
     token_hash TEXT PRIMARY KEY,      -- sha256 of the cookie's value: a leaked database holds no live session
-    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-    expires REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS orders (
-    id INTEGER PRIMARY KEY,
-    user_id INTEGER NOT NULL REFERENCES users(id),
-    total INTEGER NOT NULL,           -- integer cents
+    user_id {int} NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    expires {real} NOT NULL
+)""",
+    """CREATE TABLE IF NOT EXISTS orders (
+    id {id},
+    user_id {int} NOT NULL REFERENCES users(id),
+    total {int} NOT NULL,             -- integer cents
     created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS order_lines (
-    order_id INTEGER NOT NULL REFERENCES orders(id) ON DELETE CASCADE,
-    item_id INTEGER NOT NULL,
+)""",
+    """CREATE TABLE IF NOT EXISTS order_lines (
+    order_id {int} NOT NULL REFERENCES orders(id) ON DELETE CASCADE,
+    item_id {int} NOT NULL,
     name TEXT NOT NULL,
-    unit_price INTEGER NOT NULL,
-    quantity INTEGER NOT NULL,
+    unit_price {int} NOT NULL,
+    quantity {int} NOT NULL,
     PRIMARY KEY (order_id, item_id)
-);
--- A user's orders, in order: without it a page of one user's orders scanned every order in the table from the
--- cursor on (the p99.9 of GET /web/orders grew with the table, to 57 ms at 17,000 orders).
-CREATE INDEX IF NOT EXISTS orders_by_user ON orders (user_id, id);
-"""
+)""",
+    # A user's orders, in order: without it a page of one user's orders scanned every order in the table from
+    # the cursor on (the p99.9 of GET /web/orders grew with the table, to 57 ms at 17,000 orders).
+    "CREATE INDEX IF NOT EXISTS orders_by_user ON orders (user_id, id)",
+)
 SESSION_TTL = float(os.environ.get("WEB_SESSION_TTL_SECONDS", str(7 * 24 * 3600)))
 
 
@@ -64,118 +66,154 @@ def _unknown_account_hash() -> str:
     return generate_password_hash(secrets.token_urlsafe(16))
 
 
+def _hash(password: str) -> str:
+    """scrypt releases the GIL: under gevent it runs in the hub's threadpool."""
+    return db.off_the_hub(generate_password_hash)(password)
+
+
+def _check(digest: str, password: str) -> bool:
+    return db.off_the_hub(check_password_hash)(digest, password)
+
+
 def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
 class Store:
-    """Accounts, sessions and orders in SQLite, one connection per OS thread (db.PerThread). Under gevent, what
-    can wait (writes, which queue for SQLite's write lock, and scrypt) runs in the hub's threadpool
-    (db.off_the_hub); indexed reads, which never wait in WAL mode, run on the hub (db.read_on_the_hub)."""
+    """Accounts, sessions and orders, in SQLite or Postgres (services.common.db). Flask's views call these
+    synchronous methods; each drives the store's coroutine to its end on a synchronous connection (db.run). Under
+    gevent, scrypt and SQLite's lock waits run in the hub's threadpool; Postgres's queries are cooperative."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.conn = db.PerThread(path)
-        self.conn.executescript(SCHEMA)
-        self.keys = IdempotencyKeys(self.conn)
-        self.documents = Documents(self.conn)  # the carts
+    def __init__(self, where: str | Path | None = None) -> None:
+        self.database = db.open_database(SERVICE, where)
+        if isinstance(self.database, db.SQLite):
+            db.run(self.database.apply_schema(SCHEMA))
+        self.keys = IdempotencyKeys(self.database)
+        self.documents = Documents(self.database, keys=self.keys)  # the carts
+
+    run = staticmethod(db.run)  # store coroutines (the carts' Documents too), from Flask's synchronous views
 
     # -------------------------------------------------------------- accounts
 
-    @db.off_the_hub
     def signup(self, email: str, password: str) -> dict:
-        digest = generate_password_hash(password)  # scrypt with a random salt (Werkzeug's default KDF)
-        try:
-            with db.transaction(self.conn):
-                cursor = self.conn.execute(
-                    "INSERT INTO users (email, password_hash, created_at) VALUES (?, ?, ?)", (email, digest, now())
-                )
-        except sqlite3.IntegrityError:
-            raise Problem(409, "Email already registered", f"an account for {email} exists; log in instead") from None
-        return self.user(cursor.lastrowid)
+        digest = _hash(password)  # scrypt with a random salt (Werkzeug's default KDF)
+        return self.run(self._signup(email, digest))
 
-    @db.read_on_the_hub
+    async def _signup(self, email: str, digest: str) -> dict:
+        try:
+            async with self.database.transaction() as conn:
+                row = (await conn.execute(
+                    "INSERT INTO users (email, password_hash, created_at) VALUES (?, ?, ?) RETURNING id",
+                    (email, digest, now()))).fetchone()
+        except self.database.integrity_error:
+            raise Problem(409, "Email already registered", f"an account for {email} exists; log in instead") from None
+        return await self._user(row["id"])
+
     def user(self, user_id: int) -> dict:
-        row = self.conn.execute("SELECT id, email, created_at FROM users WHERE id = ?", (user_id,)).fetchone()
+        return self.run(self._user(user_id))
+
+    async def _user(self, user_id: int) -> dict:
+        async with self.database.session() as conn:
+            row = (await conn.execute("SELECT id, email, created_at FROM users WHERE id = ?", (user_id,))).fetchone()
         return dict(row)
 
-    @db.off_the_hub
     def authenticate(self, email: str, password: str) -> dict | None:
-        row = self.conn.execute("SELECT id, password_hash FROM users WHERE email = ?", (email,)).fetchone()
+        row = self.run(self._credentials(email))
         if row is None:
-            check_password_hash(_unknown_account_hash(), password)  # one scrypt, as for a known account
+            _check(_unknown_account_hash(), password)  # one scrypt, as for a known account
             return None
-        return self.user(row["id"]) if check_password_hash(row["password_hash"], password) else None
+        return self.user(row["id"]) if _check(row["password_hash"], password) else None
+
+    async def _credentials(self, email: str) -> Any:
+        async with self.database.session() as conn:
+            return (await conn.execute("SELECT id, password_hash FROM users WHERE email = ?", (email,))).fetchone()
 
     # -------------------------------------------------------------- sessions
 
-    @db.off_the_hub
     def open_session(self, user_id: int, replacing: str | None = None) -> str:
         """A new random session id (rotated at every login: a fixated id is never promoted)."""
         token = secrets.token_urlsafe(32)
-        with db.transaction(self.conn):
-            if replacing:
-                self.conn.execute("DELETE FROM sessions WHERE token_hash = ?", (_token_hash(replacing),))
-            self.conn.execute("DELETE FROM sessions WHERE expires < ?", (time.time(),))
-            self.conn.execute("INSERT INTO sessions (token_hash, user_id, expires) VALUES (?, ?, ?)",
-                              (_token_hash(token), user_id, time.time() + SESSION_TTL))
+        self.run(self._open_session(token, user_id, replacing))
         return token
 
-    @db.read_on_the_hub
-    def session_user(self, token: str | None) -> dict | None:
-        if not token:
-            return None
-        row = self.conn.execute("SELECT user_id, expires FROM sessions WHERE token_hash = ?",
-                                (_token_hash(token),)).fetchone()
-        if row is None or row["expires"] < time.time():
-            return None
-        return self.user(row["user_id"])
+    async def _open_session(self, token: str, user_id: int, replacing: str | None) -> None:
+        async with self.database.transaction() as conn:
+            if replacing:
+                await conn.execute("DELETE FROM sessions WHERE token_hash = ?", (_token_hash(replacing),))
+            await conn.execute("DELETE FROM sessions WHERE expires < ?", (time.time(),))
+            await conn.execute("INSERT INTO sessions (token_hash, user_id, expires) VALUES (?, ?, ?)",
+                               (_token_hash(token), user_id, time.time() + SESSION_TTL))
 
-    @db.off_the_hub
+    def session_user(self, token: str | None) -> dict | None:
+        return self.run(self._session_user(token)) if token else None
+
+    async def _session_user(self, token: str) -> dict | None:
+        async with self.database.session() as conn:
+            row = (await conn.execute("SELECT user_id, expires FROM sessions WHERE token_hash = ?",
+                                      (_token_hash(token),))).fetchone()
+            if row is None or row["expires"] < time.time():
+                return None
+            return await self._user(row["user_id"])
+
     def close_session(self, token: str | None) -> None:
         if token:
-            self.conn.execute("DELETE FROM sessions WHERE token_hash = ?", (_token_hash(token),))
+            self.run(self._write("DELETE FROM sessions WHERE token_hash = ?", (_token_hash(token),)))
 
-    @db.off_the_hub
     def expire_session(self, token: str) -> None:
         """For tests and admin: make a session expired without deleting it."""
-        self.conn.execute("UPDATE sessions SET expires = 0 WHERE token_hash = ?", (_token_hash(token),))
+        self.run(self._write("UPDATE sessions SET expires = 0 WHERE token_hash = ?", (_token_hash(token),)))
+
+    async def _write(self, sql: str, parameters: tuple) -> None:
+        async with self.database.transaction() as conn:
+            await conn.execute(sql, parameters)
 
     # -------------------------------------------------------------- orders
 
-    @db.off_the_hub
-    def create_order(self, user_id: int, lines: list[dict], then: Callable[[dict], None] | None = None) -> dict:
-        with db.transaction(self.conn):
+    def create_order(self, user_id: int, lines: list[dict],
+                     then: Callable[[dict], Awaitable[None]] | None = None) -> dict:
+        """Insert an order and its lines; `await then(order)` runs inside the same transaction."""
+        return self.run(self._create_order(user_id, lines, then))
+
+    async def _create_order(self, user_id: int, lines: list[dict],
+                            then: Callable[[dict], Awaitable[None]] | None) -> dict:
+        async with self.database.transaction() as conn:
             total = sum(line["unit_price"] * line["quantity"] for line in lines)
-            cursor = self.conn.execute("INSERT INTO orders (user_id, total, created_at) VALUES (?, ?, ?)",
-                                       (user_id, total, now()))
-            self.conn.executemany(
+            row = (await conn.execute("INSERT INTO orders (user_id, total, created_at) VALUES (?, ?, ?) RETURNING id",
+                                      (user_id, total, now()))).fetchone()
+            await conn.executemany(
                 "INSERT INTO order_lines (order_id, item_id, name, unit_price, quantity) VALUES (?, ?, ?, ?, ?)",
-                [(cursor.lastrowid, li["item_id"], li["name"], li["unit_price"], li["quantity"]) for li in lines],
+                [(row["id"], li["item_id"], li["name"], li["unit_price"], li["quantity"]) for li in lines],
             )
-            order = self.order(cursor.lastrowid)
+            order = await self._order(row["id"])
             if then:
-                then(order)
+                await then(order)
         return order
 
-    @db.read_on_the_hub
     def order(self, order_id: int) -> dict | None:
-        row = self.conn.execute("SELECT * FROM orders WHERE id = ?", (order_id,)).fetchone()
-        return None if row is None else self._orders_with_lines([row])[0]
+        return self.run(self._order(order_id))
 
-    @db.read_on_the_hub
+    async def _order(self, order_id: int) -> dict | None:
+        async with self.database.session() as conn:
+            row = (await conn.execute("SELECT * FROM orders WHERE id = ?", (order_id,))).fetchone()
+            return None if row is None else (await self._orders_with_lines(conn, [row]))[0]
+
     def orders_page(self, user_id: int, limit: int, after: int) -> tuple[list[dict], bool]:
-        rows = self.conn.execute(
-            "SELECT * FROM orders WHERE user_id = ? AND id > ? ORDER BY id LIMIT ?", (user_id, after, limit + 1)
-        ).fetchall()
-        return self._orders_with_lines(rows[:limit]), len(rows) > limit
+        return self.run(self._orders_page(user_id, limit, after))
 
-    def _orders_with_lines(self, rows: list[sqlite3.Row]) -> list[dict]:
+    async def _orders_page(self, user_id: int, limit: int, after: int) -> tuple[list[dict], bool]:
+        async with self.database.session() as conn:
+            rows = (await conn.execute(
+                "SELECT * FROM orders WHERE user_id = ? AND id > ? ORDER BY id LIMIT ?", (user_id, after, limit + 1)
+            )).fetchall()
+            return await self._orders_with_lines(conn, rows[:limit]), len(rows) > limit
+
+    async def _orders_with_lines(self, conn: db.Conn, rows: list[Any]) -> list[dict]:
         """The orders with their lines, in two queries whatever the page size (not one more per order)."""
         ids = [row["id"] for row in rows]
         lines: dict[int, list[dict]] = {order_id: [] for order_id in ids}
         if ids:
             placeholders = ",".join("?" * len(ids))
-            for line in self.conn.execute(
+            for line in await conn.execute(
                 "SELECT order_id, item_id, name, unit_price, quantity FROM order_lines "
                 f"WHERE order_id IN ({placeholders}) ORDER BY order_id, item_id", ids,
             ):

@@ -6,6 +6,7 @@ import tempfile
 from tornado.testing import AsyncHTTPTestCase
 
 from services.catalog.app import make_app
+from tests import postgres_cluster
 from tests.unit.cases import CASES
 
 TOKENS = {"catalog_operator": "operator-token", "catalog_web": "web-token"}
@@ -13,15 +14,24 @@ OPERATOR = {"Authorization": "Bearer operator-token"}
 
 
 class CatalogAppTest(AsyncHTTPTestCase):
-    """The catalog app on a real HTTP server, with its own throwaway database."""
+    """The catalog app on a real HTTP server, with its own throwaway database: a SQLite file, or with
+    STORE = "postgres" a fresh database of the tests' Postgres cluster (tests/postgres_cluster.py)."""
+
+    STORE = "sqlite"
 
     def get_app(self):
         self.tmp = tempfile.TemporaryDirectory()
-        return make_app(db_path=f"{self.tmp.name}/catalog.sqlite3", tokens=TOKENS)
+        if self.STORE == "postgres":
+            self.where = postgres_cluster.fresh_database()
+        else:
+            self.where = f"{self.tmp.name}/catalog.sqlite3"
+        return make_app(db_path=self.where, tokens=TOKENS)
 
     def tearDown(self):
         super().tearDown()
         self.tmp.cleanup()
+        if self.STORE == "postgres":
+            postgres_cluster.drop(self.where)
 
 
 class CatalogTest(CatalogAppTest):

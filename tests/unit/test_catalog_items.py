@@ -191,3 +191,9 @@ class ItemsTest(CatalogAppTest):
         stocked = self.call("PATCH", path, {"stock": 1}, merge, Authorization=web, **{"If-Match": etag})
         assert stocked.code == 200 and json.loads(stocked.body)["stock"] == 1
         assert json.loads(stocked.body)["price"] == ITEM["price"]
+
+
+class ItemsOnPostgresTest(ItemsTest):
+    """Every items test again, on Postgres (async psycopg connections under Tornado)."""
+
+    STORE = "postgres"

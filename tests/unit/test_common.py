@@ -4,6 +4,8 @@ import multiprocessing
 import os
 import re
 import signal
+import time
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -103,13 +105,21 @@ def test_if_match_rules():
         assert caught.value.status == status
 
 
-def test_idempotency_keys_expire(tmp_path):
-    keys = IdempotencyKeys(db.connect(tmp_path / "k.sqlite3"), ttl=3600)
-    assert keys.claim("s", "k", "print-1") is None
-    keys.finish("s", "k", StoredResponse(201, {"Location": "/x/1"}, b"{}"))
-    assert keys.claim("s", "k", "print-1").headers == {"Location": "/x/1"}
-    expired = IdempotencyKeys(keys.conn, ttl=0)  # the same table, read with a zero lifetime
-    assert expired.claim("s", "k", "print-2") is None  # expired: the key is free for a new request
+def test_idempotency_keys_expire(store_at):
+    keys = IdempotencyKeys(db.open_database("web", store_at("web")), ttl=3600)
+    assert db.run(keys.claim("s", "k", "print-1")) is None
+    db.run(keys.finish("s", "k", StoredResponse(201, {"Location": "/x/1"}, b"{}")))
+    assert db.run(keys.claim("s", "k", "print-1")).headers == {"Location": "/x/1"}
+    expired = IdempotencyKeys(keys.database, ttl=0)  # the same table, read with a zero lifetime
+    assert db.run(expired.claim("s", "k", "print-2")) is None  # expired: the key is free for a new request
+
+
+def _rows(database: db.Database, sql: str) -> list:
+    async def query() -> list:
+        async with database.session() as conn:
+            return (await conn.execute(sql)).fetchall()
+
+    return db.run(query())
 
 
 def test_fresh_request_ids_are_32_hex_digits_and_distinct_across_batches():
@@ -219,44 +229,44 @@ def test_decimal_takes_only_ascii_decimals(raw):
         assert math.isfinite(value) and value >= 0 and raw.isascii() and raw.replace(".", "", 1).isdigit()
 
 
-def test_documents_expire_and_a_full_collection_takes_no_new_key(tmp_path):
+def test_documents_expire_and_a_full_collection_takes_no_new_key(store_at):
     from services.common.documents import Documents
 
     def put(documents: Documents, key: str) -> int:
-        return documents.handle("PUT", "bins", key, f"/bins/{key}", {"Content-Type": "application/json"},
-                                b'{"a": 1}', lambda d: d).status
+        return db.run(documents.handle("PUT", "bins", key, f"/bins/{key}", {"Content-Type": "application/json"},
+                                       b'{"a": 1}', lambda d: d)).status
 
-    expiring = Documents(db.connect(tmp_path / "ttl.sqlite3"), ttl_s=-1)  # every existing one is past its time
+    expiring = Documents(db.open_database("httpbin", store_at("httpbin")), ttl_s=-1)  # every one is past its time
     assert put(expiring, "first") == 201 and put(expiring, "second") == 201
-    assert [d["key"] for d in expiring.list("bins")] == ["second"]
-    bounded = Documents(db.connect(tmp_path / "cap.sqlite3"), max_per_collection=2)
+    assert [d["key"] for d in db.run(expiring.list("bins"))] == ["second"]
+    # another collection of the same kind (web's carts share the table's shape)
+    bounded = Documents(db.open_database("web", store_at("web")), max_per_collection=2)
     assert put(bounded, "a") == 201 and put(bounded, "b") == 201 and put(bounded, "a") == 200  # replacing is fine
     with pytest.raises(http.Problem) as full:
         put(bounded, "c")
     assert full.value.status == 507
 
 
-def test_expired_idempotency_keys_of_every_scope_are_purged(tmp_path, monkeypatch):
+def test_expired_idempotency_keys_of_every_scope_are_purged(store_at, monkeypatch):
     from services.common import idempotency
 
-    keys = IdempotencyKeys(db.connect(tmp_path / "k.sqlite3"), ttl=3600)
-    keys.claim("someone", "old-key", "print")
-    keys.conn.execute("UPDATE idempotency_keys SET created = created - 7200")  # two hours ago
+    keys = IdempotencyKeys(db.open_database("web", store_at("web")), ttl=3600)
+    db.run(keys.claim("someone", "old-key", "print"))
+    _rows(keys.database, "UPDATE idempotency_keys SET created = created - 7200")  # two hours ago
     monkeypatch.setattr(idempotency, "PURGE_EVERY_S", 0)
-    keys.claim("someone-else", "new-key", "print")
-    scopes = [row[0] for row in keys.conn.execute("SELECT scope FROM idempotency_keys")]
-    assert scopes == ["someone-else"]
+    db.run(keys.claim("someone-else", "new-key", "print"))
+    assert [row["scope"] for row in _rows(keys.database, "SELECT scope FROM idempotency_keys")] == ["someone-else"]
 
 
-def test_a_claim_whose_process_died_is_taken_over_by_the_retry_at_once(tmp_path):
+def test_a_claim_whose_process_died_is_taken_over_by_the_retry_at_once(store_at, tmp_path):
     """A SIGKILLed request leaves its key in flight; the retry must not wait `stale_after` (an hour here) for it,
-    while a claim whose process lives is still a 409."""
-    path = tmp_path / "k.sqlite3"
+    while a claim whose process lives is still a 409. (SQLite: flocks beside the file; Postgres: advisory locks.)"""
+    where = store_at("web")
     claimed, release = multiprocessing.get_context("fork").Event(), multiprocessing.get_context("fork").Event()
 
     def first_attempt() -> None:
-        keys = IdempotencyKeys(db.connect(path), stale_after=3600)
-        assert keys.claim("s", "key-1", "print") is None
+        keys = IdempotencyKeys(db.open_database("web", where), stale_after=3600)
+        assert db.run(keys.claim("s", "key-1", "print")) is None
         claimed.set()
         release.wait(30)  # "processing" until killed
 
@@ -264,15 +274,23 @@ def test_a_claim_whose_process_died_is_taken_over_by_the_retry_at_once(tmp_path)
     child.start()
     try:
         assert claimed.wait(30)
-        retry = IdempotencyKeys(db.connect(path), stale_after=3600)
+        retry = IdempotencyKeys(db.open_database("web", where), stale_after=3600)
         with pytest.raises(Problem) as in_flight:
-            retry.claim("s", "key-1", "print")
+            db.run(retry.claim("s", "key-1", "print"))
         assert in_flight.value.status == 409  # its owner is alive: still in flight
         os.kill(child.pid, signal.SIGKILL)
         child.join(10)
-        assert retry.claim("s", "key-1", "print") is None  # the owner is gone: this retry owns the key now
-        assert list((tmp_path / "k.sqlite3.owners").glob("*.lock")) == [
-            tmp_path / "k.sqlite3.owners" / f"{retry.liveness.me()}.lock"]  # the dead owner's file went too
+        deadline = time.monotonic() + 10  # Postgres notices the closed connection within milliseconds
+        while True:
+            try:
+                assert db.run(retry.claim("s", "key-1", "print")) is None  # the owner is gone: the retry owns it
+                break
+            except Problem as still:
+                assert still.status == 409 and time.monotonic() < deadline
+                time.sleep(0.05)
+        if not db.is_postgres(where):
+            owners = Path(f"{where}.owners")
+            assert list(owners.glob("*.lock")) == [owners / f"{db.run(retry.liveness.me())}.lock"]  # and its file
     finally:
         if child.is_alive():
             child.kill()

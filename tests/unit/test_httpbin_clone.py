@@ -299,7 +299,13 @@ async def test_cookies_set_here_are_scoped_to_the_prefix(client):
     assert "Path=/httpbin" in response.headers["Set-Cookie"]
 
 
-async def test_bins_are_listed_a_page_at_a_time_by_key(client):
+@pytest.fixture
+async def bins_client(aiohttp_client, store_at):
+    return await aiohttp_client(create_app(store_at("httpbin")))
+
+
+async def test_bins_are_listed_a_page_at_a_time_by_key(bins_client):
+    client = bins_client
     for name in ("a1", "b2", "c3", "d4", "e5"):
         assert (await client.put(f"/httpbin/bins/{name}", json={"n": name})).status == 201
     response = await client.get("/httpbin/bins?limit=2")
