@@ -4,6 +4,7 @@ to run as root), reachable over TCP on one loopback address, its role's password
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -25,6 +26,34 @@ def binaries() -> Path | None:
 def run_as() -> str | None:
     """The user the cluster runs as: `postgres` when we are root, else ourselves (None)."""
     return SYSTEM_USER if os.geteuid() == 0 else None
+
+
+def data_directory(var: Path) -> Path:
+    """Where the stack's cluster lives: var/postgres, when the cluster's user can reach it. A checkout under a
+    private directory (/root, pytest's temporary directories) cannot be reached by `postgres`: the cluster then
+    lives in /var/lib/postgresql/pystack-<digest of var's path>, and var/postgres is a symlink to it."""
+    wanted = var / "postgres"
+    user = run_as()
+    if wanted.is_symlink():
+        return wanted.resolve()
+    if user is None or wanted.exists() or subprocess.run(["test", "-x", str(var)], user=user).returncode == 0:
+        return wanted
+    elsewhere = Path("/var/lib/postgresql") / f"pystack-{hashlib.sha256(str(var).encode()).hexdigest()[:12]}"
+    var.mkdir(parents=True, exist_ok=True)
+    wanted.symlink_to(elsewhere)
+    return elsewhere
+
+
+def remove_cluster(var: Path) -> Path | None:
+    """Delete the stack's cluster (make clean-data), wherever data_directory put it; the path it deleted."""
+    wanted = var / "postgres"
+    if not wanted.exists() and not wanted.is_symlink():
+        return None
+    real = wanted.resolve()
+    shutil.rmtree(real, ignore_errors=True)
+    if wanted.is_symlink():
+        wanted.unlink()
+    return real
 
 
 def initdb(datadir: Path, password: str) -> bool:

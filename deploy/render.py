@@ -25,7 +25,19 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from deploy.topology import DNS, HTTP_SERVICES, NGINX, NGINX_PORT, ROOT, STREAM_SERVICES, ZONE, Service, Site
+from deploy import postgres
+from deploy.topology import (
+    DNS,
+    HTTP_SERVICES,
+    NGINX,
+    NGINX_PORT,
+    POSTGRES,
+    ROOT,
+    STREAM_SERVICES,
+    ZONE,
+    Service,
+    Site,
+)
 
 NGINX_TEMPLATE = ROOT / "nginx" / "nginx.conf.template"
 MODES = ("native", "compose")  # the run modes `make up` knows
@@ -330,6 +342,9 @@ def supervisord_conf(site: Site, python: str = sys.executable) -> str:
         **{s.name: shlex.join(s.command(addr[s.name], python=python)) for s in STREAM_SERVICES},
         "nginx": f"{nginx} -c {run / 'nginx.conf'} -e {logs / 'nginx-error.log'} -g 'daemon off;'",
     }
+    if site.store == "postgres":  # first to start, last to stop
+        programs = {"postgres": shlex.join(postgres.command(postgres.data_directory(site.var), site.address(POSTGRES),
+                                                            POSTGRES.port)), **programs}
     service_of = {name: s for s in site.http_services for name in s.instance_names()}
     # Services reach each other by name, resolved through the stack's DNS server.
     by_name = f'STACK_DNS="{addr["dns"]}",' + ",".join(
@@ -353,7 +368,10 @@ def supervisord_conf(site: Site, python: str = sys.executable) -> str:
     conf["supervisorctl"] = {"serverurl": f"unix://{run / 'supervisor.sock'}"}
     # Start order, dns first and nginx last, by kind, not position: a new instance (SCALE) must not renumber, and
     # so restart, every program after it.
-    priorities = {"dns": 10, **dict.fromkeys(service_of, 100), **{s.name: 200 for s in STREAM_SERVICES}, "nginx": 900}
+    priorities = {"postgres": 5, "dns": 10, **dict.fromkeys(service_of, 100), **{s.name: 200 for s in STREAM_SERVICES},
+                  "nginx": 900}
+    # The HTTP services' store: STORE=postgres points them at the stack's cluster (they wait for its migrations).
+    store = f'STORE="postgres",DATABASE_URL="{site.database_url}"' if site.store == "postgres" else None
     for name, command in programs.items():
         conf[f"program:{name}"] = {
             "command": command,
@@ -364,14 +382,15 @@ def supervisord_conf(site: Site, python: str = sys.executable) -> str:
                 f'STACK_SECRETS="{site.secrets}",STACK_PROXY="{site.address(NGINX)}"',
                 # Not the instance count: a program whose entry changes restarts, and SCALE must only add or
                 # remove instances (web reads the count from $STACK_VAR/scale: services/web/gunicorn_conf.py).
-                *((by_name, f'STACK_INSTANCE="{name}"') if name in service_of else ()),
+                *((by_name, f'STACK_INSTANCE="{name}"', store) if name in service_of else ()),
                 web_settings(os.environ) if name in service_of and service_of[name].name == "web" else None,
             ])),
             "priority": str(priorities[name]),
             "autostart": "true",
             "autorestart": "true",
             "startsecs": "1",
-            "stopsignal": "QUIT" if name == "nginx" else "TERM",  # nginx: graceful; gunicorn: graceful on TERM
+            # nginx: graceful; gunicorn: graceful on TERM; Postgres: "fast" (TERM waits for every pooled client).
+            "stopsignal": {"nginx": "QUIT", "postgres": "INT"}.get(name, "TERM"),
             "stopwaitsecs": str(STOP_GRACE_SECONDS),  # above gunicorn's graceful_timeout
             "stopasgroup": "true",
             "killasgroup": "true",
@@ -380,6 +399,8 @@ def supervisord_conf(site: Site, python: str = sys.executable) -> str:
             "stdout_logfile_maxbytes": "10MB",
             "stdout_logfile_backups": "2",
         }
+    if site.store == "postgres" and postgres.run_as():
+        conf["program:postgres"]["user"] = postgres.run_as()  # Postgres refuses to run as root
     out = io.StringIO()
     conf.write(out)
     return out.getvalue()

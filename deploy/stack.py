@@ -25,7 +25,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from deploy import procs, topology
+from deploy import postgres, procs, topology
 from deploy.render import COMPOSE_RESOLVE_S, MODES, STOP_GRACE_SECONDS, UPSTREAM_FAIL_TIMEOUT_S, render_native
 from deploy.topology import HTTP_SERVICES, ROOT, STREAM_SERVICES, ZONE, Service, Site, format_scale
 from services.common import credentials
@@ -181,16 +181,37 @@ class Native:
         if test.returncode:
             log(f"nginx -t failed:\n{test.stderr}")
             return 1
+        if self.site.store == "postgres":
+            postgres.initdb(postgres.data_directory(self.site.var), self.postgres_password())
         if self.supervisord_pid():
             log("supervisord already runs: applying any config change, one instance at a time")
+            if self.site.store == "postgres":  # the store and its schema first: new instances wait for them
+                self.ctl("reread", check=False)
+                self.ctl("update", "postgres", check=False)
+                self.migrate()
             self.apply_changes(instances_changed=before != [path.read_text() for path in rendered])
             self.ctl("start", "all", check=False)
         else:
-            # Not SCALE: supervisord's programs inherit its environment, and a later `make up SCALE=...` cannot change
-            # it; the services read the current scale from $STACK_VAR/scale instead.
-            env = {**{k: v for k, v in os.environ.items() if k != "SCALE"}, "PYTHONPATH": str(ROOT)}
+            # Not SCALE or STORE: supervisord's programs inherit its environment, and a later `make up SCALE=...`
+            # cannot change it; the services read the current scale from $STACK_VAR/scale instead.
+            env = {**{k: v for k, v in os.environ.items() if k not in ("SCALE", "STORE")}, "PYTHONPATH": str(ROOT)}
             subprocess.run([str(self.bin / "supervisord"), "-c", str(self.conf)], check=True, env=env, cwd=ROOT)
+            if self.site.store == "postgres":  # every program starts at once: the HTTP services wait for this
+                self.migrate()
         return 0
+
+    def postgres_password(self) -> str:
+        password = credentials.read(credentials.POSTGRES, self.site.secrets)
+        if not password:
+            raise SystemExit(f"[stack] no Postgres password in {self.site.secrets}")
+        return password
+
+    def migrate(self) -> None:
+        """Once Postgres answers: the database, then every service's schema (services.common.migrate)."""
+        url = self.site.database_url
+        postgres.wait_ready(url.rsplit("/", 1)[0] + "/postgres", self.postgres_password(), timeout=UP_TIMEOUT)
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "STACK_SECRETS": str(self.site.secrets)}
+        subprocess.run([sys.executable, "-m", "services.common.migrate", "--url", url], check=True, env=env, cwd=ROOT)
 
     def instance_healthy(self, name: str, timeout: float = UP_TIMEOUT) -> bool:
         """Wait until one instance answers its health check on its own address (not through nginx)."""
@@ -542,9 +563,11 @@ class Compose:
 
 
 def remember_scale(site: Site) -> None:
-    """The running stack's scale, for the commands that come after `up` (restart, ps, logs) and run without SCALE."""
+    """The running stack's scale and store, for the commands that come after `up` (restart, ps, logs) and run
+    without SCALE or STORE."""
     site.var.mkdir(parents=True, exist_ok=True)
     (site.var / "scale").write_text(format_scale(site.scale) + "\n")
+    (site.var / "store").write_text(site.store + "\n")
 
 
 def driver(mode: str, site: Site, environ: Mapping[str, str] | None = None) -> Native | Compose:
@@ -574,6 +597,9 @@ def clean_data(site: Site) -> int:
     for path in files:
         log(f"deleting {path} ({path.stat().st_size:,} bytes)")
     shutil.rmtree(data, ignore_errors=True)
+    cluster = postgres.remove_cluster(site.var)  # STORE=postgres's native cluster
+    if cluster:
+        log(f"deleted the Postgres cluster in {cluster}")
     if not files:
         log(f"no native data in {data}")
     if docker_answers():
@@ -593,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         site = Site.from_env()
-    except ValueError as error:  # a malformed SCALE
+    except ValueError as error:  # a malformed SCALE or STORE
         raise SystemExit(f"[stack] {error}") from None
     state = site.var / "mode"
 
@@ -605,12 +631,15 @@ def main(argv: list[str] | None = None) -> int:
             code |= driver(mode, site).down()
         state.unlink(missing_ok=True)
         (site.var / "scale").unlink(missing_ok=True)
+        (site.var / "store").unlink(missing_ok=True)
         log("stopped")
         return code
 
     if args.command == "up":
         if "SCALE" not in os.environ:  # `make up` without SCALE: the default, not the last run's
             site = dataclasses.replace(site, scale={})
+        if not os.environ.get("STORE"):  # nor without STORE
+            site = dataclasses.replace(site, store=Site.store)
         mode = args.mode or os.environ.get("MODE") or ("compose" if docker_answers() else "native")
         if state.exists() and state.read_text().strip() != mode:
             log(f"stopping the {state.read_text().strip()} stack first")

@@ -22,6 +22,7 @@ import os
 import sqlite3
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -290,7 +291,8 @@ class Postgres(Database):
 
     dialect = "postgres"
 
-    def __init__(self, url: str, schema: str, asynchronous: bool = False, max_size: int | None = None) -> None:
+    def __init__(self, url: str, schema: str, asynchronous: bool = False, max_size: int | None = None,
+                 require_schema: bool = True) -> None:
         import psycopg
         from psycopg.rows import dict_row
 
@@ -314,6 +316,34 @@ class Postgres(Database):
 
         self.unavailable += (PoolTimeout,)
         self._opened = False
+        if require_schema:
+            self.wait_for_schema(float(os.environ.get("DATABASE_WAIT_SECONDS", "60")))
+
+    def wait_for_schema(self, timeout: float) -> None:
+        """Before the service serves: wait until the migrations recorded this code's schema (they run once, before
+        the services, but a service may start first: supervisord starts every program together, and a pod does
+        not wait for another). SystemExit after `timeout`, saying what is missing."""
+        import psycopg
+
+        from deploy import topology
+        from services.common import migrate
+
+        digest = migrate.schema_digest(topology.service(self.schema))
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with psycopg.connect(**self.conninfo) as conn:
+                    if conn.execute("SELECT 1 FROM public.stack_migrations WHERE service = %s AND schema_sha256 = %s",
+                                    (self.schema, digest)).fetchone():
+                        return
+                    problem = "its schema is not migrated yet (python -m services.common.migrate)"
+            except psycopg.errors.UndefinedTable:
+                problem = "no migration has run yet (python -m services.common.migrate)"
+            except psycopg.OperationalError as error:
+                problem = f"Postgres does not answer: {error}"
+            if time.monotonic() > deadline:
+                raise SystemExit(f"[{self.schema}] cannot start on Postgres: {problem}")
+            time.sleep(0.5)
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[Conn]:

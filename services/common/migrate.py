@@ -35,6 +35,12 @@ def statements(service: topology.Service) -> list[str]:
     return [statement for module in service.stores for statement in importlib.import_module(module).SCHEMA]
 
 
+def schema_digest(service: topology.Service) -> str:
+    """What a run records for the service, and what the service checks before it serves (db.Postgres)."""
+    words = db.DDL_WORDS["postgres"]
+    return hashlib.sha256("\n".join(s.format(**words) for s in statements(service)).encode()).hexdigest()
+
+
 def ensure_database(url: str) -> None:
     """CREATE DATABASE when the URL's database does not exist yet (a fresh cluster has only `postgres`)."""
     import psycopg
@@ -53,7 +59,7 @@ def ensure_database(url: str) -> None:
 
 async def migrate_service(url: str, service: topology.Service) -> str:
     """One service's schema and tables; returns the DDL's digest, as recorded."""
-    database = db.Postgres(url, service.name, max_size=1)
+    database = db.Postgres(url, service.name, max_size=1, require_schema=False)
     try:
         ddl = statements(service)
         async with database.session() as conn:
@@ -62,7 +68,7 @@ async def migrate_service(url: str, service: topology.Service) -> str:
                 await conn.execute("CREATE EXTENSION IF NOT EXISTS citext SCHEMA public")
                 await conn.execute(RECORD)
                 await database.apply_schema(ddl)
-                digest = hashlib.sha256("\n".join(database.ddl(s) for s in ddl).encode()).hexdigest()
+                digest = schema_digest(service)
                 await conn.execute("INSERT INTO public.stack_migrations (service, schema_sha256) VALUES (?, ?) "
                                    "ON CONFLICT DO NOTHING", (service.name, digest))
             finally:

@@ -19,6 +19,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 import schemathesis
@@ -92,6 +93,59 @@ class TestWebContractUnderEveryWorkerClass(HttpSemanticsContract):
     @pytest.fixture
     def subject(self, stack):
         return make_subject("web", stack)
+
+
+@pytest.fixture(scope="module")
+def postgres_stack(tmp_path_factory):
+    """The stack with STORE=postgres: Debian's Postgres under supervisord, its cluster in the stack's var/."""
+    stack = start_native_stack(tmp_path_factory.mktemp("native-postgres"), "127.0.23", {"STORE": "postgres"})
+    yield stack
+    stack.deploy("down")
+
+
+class TestEveryServiceContractOnPostgres(HttpSemanticsContract):
+    """The HTTP contract of all three services (preconditions, idempotency, pagination, restarts) once more with
+    their data in Postgres: web through gevent-cooperative psycopg, catalog and httpbin through async psycopg."""
+
+    @pytest.fixture
+    def stack(self, postgres_stack):
+        return postgres_stack
+
+    def test_the_data_lives_in_postgres_run_by_its_own_user_and_no_sqlite_file_is_made(self, stack):
+        import psycopg
+
+        from deploy import postgres
+        from services.common import credentials
+
+        subject = make_subject("catalog", stack)
+        path, _ = self.create(subject)
+        site = stack.site
+        url = f"postgresql://pystack@{site.net}.54:5432/pystack"
+        password = credentials.read(credentials.POSTGRES, site.secrets)
+        with psycopg.connect(url, password=password) as conn:
+            found = conn.execute("SELECT name FROM catalog.items WHERE id = %s", (int(path.rsplit("/", 1)[1]),))
+            assert found.fetchone() == (subject.put_body["name"],)
+            schemas = {row[0] for row in conn.execute("SELECT service FROM public.stack_migrations")}
+            assert schemas == {s.name for s in HTTP_SERVICES}
+        assert not list((site.var / "data").glob("*.sqlite3"))
+        postmaster = psutil.Process(int(Native(site).ctl("pid", "postgres").stdout))
+        assert postmaster.username() == (postgres.run_as() or psutil.Process().username())
+        assert postmaster.cmdline()[:3] == [str(postgres.binaries() / "postgres"), "-D",
+                                            str(postgres.data_directory(site.var))]
+        assert (postgres.data_directory(site.var) / "PG_VERSION").exists()
+
+    def test_a_session_made_on_one_web_instance_is_seen_by_the_other(self, stack):
+        """Two web instances, each its own gunicorn: the session lives in the shared store, so every request of
+        one login is recognised whichever instance nginx picks."""
+        first, second = list(stack.site.instances(stack.site.scaled(SERVICES[0])).values())[:2]
+        email = f"{uuid.uuid4().hex[:8]}@example.com"
+        account = {"email": email, "password": "correct horse battery"}
+        assert requests.post(f"http://{first}/web/signup", json=account, timeout=10).status_code == 201
+        login = requests.post(f"http://{first}/web/login", json=account, timeout=10)
+        assert login.status_code == 200 and login.cookies
+        me = requests.get(f"http://{second}/web/me", cookies=login.cookies.get_dict(), timeout=10)
+        assert me.status_code == 200 and me.json()["email"] == email, me.text
+        assert requests.get(f"http://{second}/web/me", timeout=10).status_code == 401  # not without the cookie
 
 
 def wait_for_every_service(stack: RunningStack, timeout: float = 60) -> None:
