@@ -41,8 +41,6 @@ class Service:
     launch: tuple[str, ...] = ()
     # The same app under other servers (make compare's configurations): server name -> argv, as `launch`.
     alternatives: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
-    # The modules whose SCHEMA makes its tables (its Postgres schema, named after it: services.common.migrate).
-    stores: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 1 <= self.instances <= MAX_INSTANCES:
@@ -99,13 +97,12 @@ class Service:
 _GUNICORN = ("-m", "gunicorn", "--no-control-socket")
 HTTP_SERVICES: tuple[Service, ...] = (
     Service("web", "Flask", "gunicorn, gevent workers", 8001, 11, "/web/", instances=HTTP_INSTANCES,
-            launch=("-m", "gunicorn", "-c", "services/web/gunicorn_conf.py", "services.web.wsgi:app"),
-            stores=("services.web.store", "services.common.documents", "services.common.idempotency")),
+            launch=("-m", "gunicorn", "-c", "services/web/gunicorn_conf.py", "services.web.wsgi:app")),
     Service("catalog", "Tornado", "Tornado HTTPServer, own IOLoop", 8002, 12, "/catalog/", instances=HTTP_INSTANCES,
-            launch=("-m", "services.catalog"), stores=("services.catalog.store", "services.common.idempotency"),
+            launch=("-m", "services.catalog"),
             alternatives={"gunicorn-tornado": (*_GUNICORN, "-k", "tornado", "services.catalog.app:make_app()")}),
     Service("httpbin", "aiohttp", "aiohttp AppRunner", 8003, 13, "/httpbin/", instances=HTTP_INSTANCES,
-            launch=("-m", "services.httpbin"), stores=("services.common.documents", "services.common.idempotency"),
+            launch=("-m", "services.httpbin"),
             # --reuse-port: a listening socket per worker, or one event loop takes most connections (DESIGN.md)
             alternatives={"gunicorn-aiohttp": (*_GUNICORN, "-k", "aiohttp.GunicornWebWorker", "--reuse-port",
                                                "services.httpbin.app:app_factory")}),

@@ -13,14 +13,6 @@ from services.common.http import Problem
 from services.common.idempotency import IdempotencyKeys
 
 SERVICE = "catalog"
-SCHEMA = ("""CREATE TABLE IF NOT EXISTS items (
-    id {id},
-    name TEXT NOT NULL,
-    price {int} NOT NULL CHECK (price >= 0),      -- integer cents: no floating-point money
-    stock {int} NOT NULL CHECK (stock >= 0),
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-)""",)
 FIELDS = {"name": str, "price": int, "stock": int}
 READ_ONLY = {"id", "created_at", "updated_at"}
 Row = Mapping[str, Any]  # sqlite3.Row or psycopg's dict row
@@ -63,8 +55,6 @@ class Items:
 
     def __init__(self, where: str | Path | None = None) -> None:
         self.database = db.open_database(SERVICE, where, asynchronous=True)
-        if isinstance(self.database, db.SQLite):
-            db.run(self.database.apply_schema(SCHEMA))
         self.keys = IdempotencyKeys(self.database)
 
     @staticmethod

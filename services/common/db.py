@@ -28,7 +28,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from services.common import credentials
+from services.common import credentials, schema
 from services.common.http import Problem
 
 T = TypeVar("T")
@@ -408,4 +408,6 @@ def open_database(service: str, where: str | Path | None = None, asynchronous: b
     where = where if where is not None else location(service)
     if is_postgres(where):
         return Postgres(str(where), service, asynchronous=asynchronous)
-    return SQLite(where)
+    database = SQLite(where)
+    run(database.apply_schema(schema.TABLES[service]))  # embedded: the file gets its tables when it is opened
+    return database

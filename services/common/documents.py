@@ -17,17 +17,6 @@ from services.common import db, http, semantics
 from services.common.http import JSON, Problem
 from services.common.idempotency import IdempotencyKeys, Record, StoredResponse, fingerprint, run_once
 
-TABLE = """
-CREATE TABLE IF NOT EXISTS documents (
-    collection TEXT NOT NULL,
-    key TEXT NOT NULL,
-    body TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    PRIMARY KEY (collection, key)
-)
-"""
-SCHEMA = (TABLE,)
 Validator = Callable[[object], dict]
 Row = Mapping[str, Any]  # sqlite3.Row or psycopg's dict row: read by column name
 
@@ -50,8 +39,6 @@ class Documents:
         self.database = database
         self.require_if_match = require_if_match
         self.ttl_s, self.max_per_collection = ttl_s, max_per_collection
-        if isinstance(database, db.SQLite):
-            db.run(database.apply_schema(SCHEMA))
         self.keys = keys or IdempotencyKeys(database)
 
     # ------------------------------------------------------------ representation

@@ -30,19 +30,6 @@ from services.common.http import Problem
 
 HEADER = "Idempotency-Key"
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")
-TABLE = """
-CREATE TABLE IF NOT EXISTS idempotency_keys (
-    scope TEXT NOT NULL,
-    key TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    created {real} NOT NULL,
-    status {int},           -- NULL while the first request is in flight
-    headers TEXT,
-    body {blob},
-    owner TEXT,               -- the claiming process (see Liveness) while in flight
-    PRIMARY KEY (scope, key)
-)
-"""
 
 
 class Liveness:
@@ -152,9 +139,6 @@ def fingerprint(method: str, path: str, body: bytes) -> str:
 PURGE_EVERY_S = 60
 
 
-SCHEMA = (TABLE,)
-
-
 class IdempotencyKeys:
     def __init__(self, database: db.Database, ttl: float | None = None, stale_after: float = 60) -> None:
         self.database = database
@@ -163,7 +147,6 @@ class IdempotencyKeys:
         self._purged = 0.0
         self.liveness: Liveness | PostgresLiveness
         if isinstance(database, db.SQLite):
-            db.run(database.apply_schema(SCHEMA))
             db.run(self._add_owner_column())
             self.liveness = Liveness(Path(f"{database.path}.owners"))
         else:

@@ -1,7 +1,7 @@
 """Schema migrations for STORE=postgres, run once before the services start (`make up` natively, a one-shot
 `migrate` service in Compose, an init container on Kubernetes): the database if it is missing, the citext
-extension, then every HTTP service's tables in a schema named after it, from the SCHEMA of the modules the registry
-lists for it (topology.Service.stores). Every statement is CREATE ... IF NOT EXISTS, and one advisory lock makes
+extension, then every HTTP service's tables (services/common/schema.py) in a schema named after the service.
+Every statement is CREATE ... IF NOT EXISTS, and one advisory lock makes
 concurrent runs wait for each other, so running it again (every `make up`, every pod start) is harmless. Each run
 is recorded in public.stack_migrations.
 
@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib
 import os
 import sys
 
 from deploy import topology
-from services.common import db
+from services.common import db, schema
 
 RECORD = """CREATE TABLE IF NOT EXISTS public.stack_migrations (
     service TEXT NOT NULL,
@@ -30,9 +29,9 @@ RECORD = """CREATE TABLE IF NOT EXISTS public.stack_migrations (
 )"""
 
 
-def statements(service: topology.Service) -> list[str]:
-    """The service's DDL, in its modules' order (its own tables first: the shared ones reference none)."""
-    return [statement for module in service.stores for statement in importlib.import_module(module).SCHEMA]
+def statements(service: topology.Service) -> tuple[str, ...]:
+    """The service's DDL (services/common/schema.py)."""
+    return schema.TABLES[service.name]
 
 
 def schema_digest(service: topology.Service) -> str:

@@ -21,37 +21,6 @@ from services.common.http import Problem
 from services.common.idempotency import IdempotencyKeys
 
 SERVICE = "web"
-# One statement each, in Database.ddl's words ({id}, {int}, {real}, {nocase}: each dialect's column types).
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS users (
-    id {id},
-    email {nocase} NOT NULL UNIQUE,   -- one account per address, whatever its case
-    password_hash TEXT NOT NULL,
-    created_at TEXT NOT NULL
-)""",
-    """CREATE TABLE IF NOT EXISTS sessions (
-    token_hash TEXT PRIMARY KEY,      -- sha256 of the cookie's value: a leaked database holds no live session
-    user_id {int} NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-    expires {real} NOT NULL
-)""",
-    """CREATE TABLE IF NOT EXISTS orders (
-    id {id},
-    user_id {int} NOT NULL REFERENCES users(id),
-    total {int} NOT NULL,             -- integer cents
-    created_at TEXT NOT NULL
-)""",
-    """CREATE TABLE IF NOT EXISTS order_lines (
-    order_id {int} NOT NULL REFERENCES orders(id) ON DELETE CASCADE,
-    item_id {int} NOT NULL,
-    name TEXT NOT NULL,
-    unit_price {int} NOT NULL,
-    quantity {int} NOT NULL,
-    PRIMARY KEY (order_id, item_id)
-)""",
-    # A user's orders, in order: without it a page of one user's orders scanned every order in the table from
-    # the cursor on (the p99.9 of GET /web/orders grew with the table, to 57 ms at 17,000 orders).
-    "CREATE INDEX IF NOT EXISTS orders_by_user ON orders (user_id, id)",
-)
 SESSION_TTL = float(os.environ.get("WEB_SESSION_TTL_SECONDS", str(7 * 24 * 3600)))
 
 
@@ -86,8 +55,6 @@ class Store:
 
     def __init__(self, where: str | Path | None = None) -> None:
         self.database = db.open_database(SERVICE, where)
-        if isinstance(self.database, db.SQLite):
-            db.run(self.database.apply_schema(SCHEMA))
         self.keys = IdempotencyKeys(self.database)
         self.documents = Documents(self.database, keys=self.keys)  # the carts
 
