@@ -25,7 +25,6 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from deploy import postgres
 from deploy.topology import (
     DNS,
     HTTP_SERVICES,
@@ -343,6 +342,8 @@ def supervisord_conf(site: Site, python: str = sys.executable) -> str:
         "nginx": f"{nginx} -c {run / 'nginx.conf'} -e {logs / 'nginx-error.log'} -g 'daemon off;'",
     }
     if site.store == "postgres":  # first to start, last to stop
+        from deploy import postgres  # native only: the images' render stage copies topology.py and this file
+
         programs = {"postgres": shlex.join(postgres.command(postgres.data_directory(site.var), site.address(POSTGRES),
                                                             POSTGRES.port)), **programs}
     service_of = {name: s for s in site.http_services for name in s.instance_names()}
@@ -399,8 +400,8 @@ def supervisord_conf(site: Site, python: str = sys.executable) -> str:
             "stdout_logfile_maxbytes": "10MB",
             "stdout_logfile_backups": "2",
         }
-    if site.store == "postgres" and postgres.run_as():
-        conf["program:postgres"]["user"] = postgres.run_as()  # Postgres refuses to run as root
+    if site.store == "postgres" and os.geteuid() == 0:
+        conf["program:postgres"]["user"] = "postgres"  # Postgres refuses to run as root (deploy/postgres.py)
     out = io.StringIO()
     conf.write(out)
     return out.getvalue()

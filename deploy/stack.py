@@ -32,6 +32,7 @@ from services.common import credentials
 from services.common.healthcheck import check
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+POSTGRES_OVERLAY = ROOT / "deploy" / "compose.postgres.yml"  # STORE=postgres: added to COMPOSE_FILE
 UP_TIMEOUT = float(os.environ.get("STACK_UP_TIMEOUT", "90"))
 
 
@@ -366,8 +367,9 @@ def compose_command() -> list[str]:
 
 
 # The Dockerfiles' defaults, and the stand-ins deploy/standin/build-base-images.sh builds from Debian packages.
-BASE_IMAGES = {"PYTHON_IMAGE": "python:3.12-slim", "NGINX_IMAGE": "nginx:1.29"}
-STANDIN_IMAGES = {"PYTHON_IMAGE": "stack-standin/python:3", "NGINX_IMAGE": "stack-standin/nginx:1.30-stream"}
+BASE_IMAGES = {"PYTHON_IMAGE": "python:3.12-slim", "NGINX_IMAGE": "nginx:1.29", "POSTGRES_IMAGE": "postgres:17"}
+STANDIN_IMAGES = {"PYTHON_IMAGE": "stack-standin/python:3", "NGINX_IMAGE": "stack-standin/nginx:1.30-stream",
+                  "POSTGRES_IMAGE": "stack-standin/postgres:17"}
 
 
 def image_available(image: str, pull: bool = True) -> bool:
@@ -379,11 +381,13 @@ def image_available(image: str, pull: bool = True) -> bool:
     return pull and subprocess.run([docker, "pull", "-q", image], capture_output=True, timeout=300).returncode == 0
 
 
-def base_images(environ: dict[str, str]) -> dict[str, str]:
-    """PYTHON_IMAGE and NGINX_IMAGE for the build: as set, else the defaults when they can be had, else the
-    local stand-ins. Raises SystemExit with what to do when none is available."""
+def base_images(environ: Mapping[str, str], store: str = "sqlite") -> dict[str, str]:
+    """PYTHON_IMAGE and NGINX_IMAGE (and POSTGRES_IMAGE for STORE=postgres) for the build: as set, else the
+    defaults when they can be had, else the local stand-ins. Raises SystemExit with what to do when none is."""
     chosen = {}
     for var, default in BASE_IMAGES.items():
+        if var == "POSTGRES_IMAGE" and store != "postgres":
+            continue
         image = environ.get(var) or default
         if image_available(image):
             chosen[var] = image
@@ -425,15 +429,20 @@ class Compose:
         """`--scale NAME=N` for every HTTP service: the site's SCALE, or the registry's default."""
         return [option for s in self.site.http_services for option in ("--scale", f"{s.name}={s.instances}")]
 
+    def files(self) -> list[str]:
+        """`-f` options: docker-compose.yml, and the Postgres overlay for STORE=postgres."""
+        overlays = [POSTGRES_OVERLAY] if self.site.store == "postgres" else []
+        return [option for path in (COMPOSE_FILE, *overlays) for option in ("-f", str(path))]
+
     def run(self, *args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess[str]:
-        command = [*compose_command(), "-f", str(COMPOSE_FILE), *args]
+        command = [*compose_command(), *self.files(), *args]
         return subprocess.run(command, env=self.env, cwd=ROOT, check=check, text=True, capture_output=capture)
 
     def up(self) -> int:
         if not docker_answers():
             log("no Docker engine answers: start dockerd, or use MODE=native")
             return 1
-        self.env.update(base_images(self.env))
+        self.env.update(base_images(self.env, self.site.store))
         if self.run("build", check=False).returncode:
             return 1
         for service in self.outdated():  # a second `up` with changed settings or code
@@ -525,7 +534,7 @@ class Compose:
 
     def containers(self, service: str) -> list[str]:
         """The ids of a service's running containers (its replicas), in Compose's order."""
-        command = [*compose_command(), "-f", str(COMPOSE_FILE), "ps", "--quiet", service]
+        command = [*compose_command(), *self.files(), "ps", "--quiet", service]
         return subprocess.run(command, env=self.env, cwd=ROOT, capture_output=True, text=True).stdout.split()
 
     def container_healthy(self, container: str, timeout: float = UP_TIMEOUT) -> bool:
@@ -555,7 +564,7 @@ class Compose:
     def log_text(self, name: str) -> str:
         """What a container has logged so far (nginx and nginx-stream share nginx's output)."""
         service = "nginx" if name == "nginx-stream" else name
-        command = [*compose_command(), "-f", str(COMPOSE_FILE), "logs", "--no-log-prefix", "--no-color", service]
+        command = [*compose_command(), *self.files(), "logs", "--no-log-prefix", "--no-color", service]
         return subprocess.run(command, env=self.env, cwd=ROOT, capture_output=True, text=True).stdout
 
     def logs(self) -> int:

@@ -4,6 +4,9 @@
 #   PYTHON_IMAGE=stack-standin/python:3   (Debian trixie's python3, with `python` and venv, like python:3.x-slim)
 #   NGINX_IMAGE=stack-standin/nginx:1.30-stream  (Debian sid's nginx: upstream `server ... resolve` needs
 #                                                >= 1.27.3; with its stream module, libnginx-mod-stream)
+#   POSTGRES_IMAGE=stack-standin/postgres:17    (Debian trixie's postgresql-17, with the official postgres
+#                                                image's interface: POSTGRES_USER, POSTGRES_DB,
+#                                                POSTGRES_PASSWORD_FILE, PGDATA; STORE=postgres)
 # The mirror's sid snapshot may carry an expired Release date, hence Check-Valid-Until=false.
 # curl is in the nginx image because the official nginx image ships it (its healthcheck uses it).
 # The host's CA bundle is copied in so pip inside builds trusts the same TLS proxy the host does.
@@ -16,6 +19,7 @@ docker=${DOCKER:-docker}
 base_tag=stack-standin/debian:$suite
 python_tag=stack-standin/python:3
 nginx_tag=stack-standin/nginx:1.30-stream
+postgres_tag=stack-standin/postgres:17
 ca_bundle=/etc/ssl/certs/ca-certificates.crt
 
 have() { "$docker" image inspect "$1" >/dev/null 2>&1; }
@@ -63,4 +67,38 @@ DOCKERFILE
   echo "built $nginx_tag" >&2
 fi
 
-echo "export PYTHON_IMAGE=$python_tag NGINX_IMAGE=$nginx_tag"
+if ! have "$postgres_tag"; then
+  # The official image's entrypoint contract, minimally: a cluster made on first start from the environment,
+  # reachable from other containers with a password, then the command (postgres) runs as the image's user.
+  cat >"$ctx/docker-entrypoint.sh" <<'ENTRYPOINT'
+#!/bin/sh
+set -eu
+if [ "${1:-}" = postgres ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
+  mkdir -p "$PGDATA" && chmod 700 "$PGDATA"
+  initdb -D "$PGDATA" -U "${POSTGRES_USER:-postgres}" --pwfile="$POSTGRES_PASSWORD_FILE" \
+    --auth-host=scram-sha-256 --auth-local=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+  echo "host all all all scram-sha-256" >>"$PGDATA/pg_hba.conf"
+  echo "listen_addresses = '*'" >>"$PGDATA/postgresql.conf"
+  if [ -n "${POSTGRES_DB:-}" ]; then
+    echo "CREATE DATABASE \"$POSTGRES_DB\";" | postgres --single -D "$PGDATA" postgres >/dev/null
+  fi
+fi
+exec "$@"
+ENTRYPOINT
+  chmod 755 "$ctx/docker-entrypoint.sh"  # COPY keeps the mode (the legacy builder has no --chmod)
+  cat >"$ctx/Dockerfile" <<DOCKERFILE
+FROM $base_tag
+RUN mkdir -p /etc/postgresql-common && echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.conf \
+ && apt-get update && apt-get install -y --no-install-recommends postgresql-17 \
+ && rm -rf /var/lib/apt/lists/* && install -d -o postgres -g postgres -m 700 /var/lib/postgresql/data
+COPY docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
+ENV PATH=/usr/lib/postgresql/17/bin:\$PATH PGDATA=/var/lib/postgresql/data LANG=C.UTF-8
+USER postgres
+ENTRYPOINT ["docker-entrypoint.sh"]
+CMD ["postgres"]
+DOCKERFILE
+  "$docker" build -q -t "$postgres_tag" "$ctx" >/dev/null
+  echo "built $postgres_tag" >&2
+fi
+
+echo "export PYTHON_IMAGE=$python_tag NGINX_IMAGE=$nginx_tag POSTGRES_IMAGE=$postgres_tag"

@@ -233,3 +233,45 @@ class TestComposeStack(StackContract, HttpSemanticsContract):
         assert nginx_after["Id"] == nginx_before["Id"]
         assert nginx_after["State"]["StartedAt"] == nginx_before["State"]["StartedAt"]  # never restarted
         assert nginx_after["RestartCount"] == nginx_before["RestartCount"]
+
+
+def test_store_postgres_in_compose_migrates_once_and_keeps_every_replicas_data_there(tmp_path):
+    """STORE=postgres adds deploy/compose.postgres.yml: the Postgres service (the stand-in built from Debian's
+    package here, the official image elsewhere), a one-shot migration before the services, and the services'
+    data in Postgres, not in their volumes: one replica's session is the other's."""
+    require_docker_engine()
+    project = "pystack-e2e-pg"
+    time_port = free_tcp_udp_port()  # the TCP and UDP time services share a port number
+    site = Site(public_port=free_port(), dns_port=free_tcp_udp_port(), var=tmp_path, store="postgres",
+                stream_ports={"time-tcp": time_port, "time-udp": time_port, "echo": free_port()})
+    env = {**os.environ, "COMPOSE_PROJECT_NAME": project, "STACK_PORT": str(site.public_port), "STORE": "postgres",
+           "STACK_DNS_PORT": str(site.dns_port), "STACK_VAR": str(tmp_path), "MODE": "compose",
+           **{s.port_env: str(site.public_port_of(s)) for s in STREAM_SERVICES}}
+    stack = RunningStack(site, "compose", env, Compose(site, env).log_text, lambda label: [])
+    compose = Compose(site, env)
+    try:
+        result = stack.deploy("up", "--mode", "compose", timeout=900)
+        assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        (migrate,) = compose.run("ps", "--all", "--quiet", "migrate", capture=True).stdout.split()
+        assert docker_inspect_state(migrate) == ("exited", 0)
+        first, second = (address(c) for c in compose.containers("web")[:2])
+        account = {"email": f"{uuid.uuid4().hex[:8]}@example.com", "password": "correct horse battery"}
+        assert requests.post(stack.url("/web/signup"), json=account, timeout=10).status_code == 201
+        login = requests.post(f"http://{first}:8001/web/login", json=account, timeout=10)
+        assert login.status_code == 200
+        me = requests.get(f"http://{second}:8001/web/me", cookies=login.cookies.get_dict(), timeout=10)
+        assert me.status_code == 200 and me.json()["email"] == account["email"], me.text
+        (postgres,) = compose.containers("postgres")
+        users = docker("exec", postgres, "psql", "-U", "pystack", "-d", "pystack", "-tAc",
+                       "SELECT count(*) FROM web.users")
+        assert users == "1"
+        for service in HTTP_SERVICES:  # nothing written to the volumes SQLite would use
+            assert docker("exec", compose.containers(service.name)[0], "ls", "/data") == "", service.name
+    finally:
+        stack.deploy("down")
+        compose.run("down", "--volumes", "--remove-orphans", check=False, capture=True)
+
+
+def docker_inspect_state(container: str) -> tuple[str, int]:
+    state = inspect(container)["State"]
+    return state["Status"], state["ExitCode"]
