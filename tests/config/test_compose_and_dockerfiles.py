@@ -20,10 +20,10 @@ DOCKERFILES = [*sorted(ROOT.glob("services/*/Dockerfile")), ROOT / "nginx" / "Do
 HADOLINT = Path(sys.executable).parent / "hadolint"
 
 
-def compose_config(*profiles: str) -> dict:
+def compose_config(*profiles: str, overlays: tuple[Path, ...] = ()) -> dict:
+    files = [option for path in (COMPOSE_FILE, *overlays) for option in ("-f", str(path))]
     result = subprocess.run(
-        [*compose_command(), "-f", str(COMPOSE_FILE), *(f"--profile={p}" for p in profiles), "config", "--format",
-         "json"],
+        [*compose_command(), *files, *(f"--profile={p}" for p in profiles), "config", "--format", "json"],
         capture_output=True, text=True, cwd=ROOT, env={"PATH": "/usr/bin:/bin", "STACK_PORT": "8080"},
     )
     assert result.returncode == 0, result.stderr
@@ -34,6 +34,25 @@ def test_compose_file_is_valid():
     result = subprocess.run([*compose_command(), "-f", str(COMPOSE_FILE), "config", "-q"],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_postgres_overlay_points_every_http_service_and_the_migration_at_the_registrys_postgres():
+    from deploy.stack import POSTGRES_OVERLAY
+    from deploy.topology import HTTP_SERVICES, POSTGRES, postgres_url
+
+    services = compose_config(overlays=(POSTGRES_OVERLAY,))["services"]
+    url = postgres_url(POSTGRES.name, POSTGRES.port)  # Compose's DNS name for it is the service's name
+    for name in [s.name for s in HTTP_SERVICES] + ["migrate"]:
+        environment = services[name]["environment"]
+        assert (environment["STORE"], environment["DATABASE_URL"]) == ("postgres", url), name
+        assert "postgres" in {secret["source"] for secret in services[name]["secrets"]}, name
+    for s in HTTP_SERVICES:  # after the migrations, and still with their own credentials
+        assert services[s.name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert services["catalog"]["secrets"] and {"catalog_operator", "catalog_web"} <= {
+        secret["source"] for secret in services["catalog"]["secrets"]}
+    assert services["migrate"]["command"] == ["python", "-m", "services.common.migrate"]
+    assert services["postgres"]["environment"]["POSTGRES_USER"] == url.split("//")[1].split("@")[0]
+    assert "postgres" not in compose_config()["services"]  # SQLite, the default, runs no Postgres
 
 
 def test_locust_runs_only_in_the_load_profile_with_its_ui_on_loopback():
