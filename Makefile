@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-deps up down restart reload ps logs urls test lint fmt lock clean clean-data loadtest loadtest-headless soak chaos compare scaling kubernetes swarm-up swarm-down \
+.PHONY: help setup system-deps up down restart reload ps logs urls test lint fmt lock clean clean-data loadtest loadtest-headless soak chaos compare scaling stores kubernetes swarm-up swarm-down \
         trace trace-dns rawhttp tcp-vs-udp iolab
 
 help:  ## list the targets
@@ -80,6 +80,9 @@ compare: setup  ## worker classes and frameworks side by side: reports/compare-<
 
 scaling: setup  ## throughput, p99 and CPU per tier at 1, 2 and 4 instances of each service: reports/scaling-<time>/
 	@$(PY) -m loadtest.scaling
+
+stores: setup  ## SQLite against Postgres through the stack: reads and writes, CPU per tier: reports/stores-<time>/
+	@$(PY) -m loadtest.stores
 
 iolab: setup  ## the IO-models lab side by side: reports/iolab-<time>/ (QUICK=1: ~2 min; SERVERS=epoll-lt,io_uring)
 	@$(PY) -m iolab.run

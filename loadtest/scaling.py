@@ -57,11 +57,12 @@ def program_tree(var: Path, program: str) -> Running:
     return Running(program, None, 0, root_pid=pid)
 
 
-def wrk(url: str, seconds: float) -> tuple[dict, float]:
-    """wrk's parsed report and the cores it kept busy."""
+def wrk(url: str, seconds: float, script: Path | None = None) -> tuple[dict, float]:
+    """wrk's parsed report and the cores it kept busy; `script`: a wrk Lua script (requests other than GET)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = subprocess.run([str(WRK), "-t", "2", "-c", str(CONNECTIONS), "-d", f"{seconds:g}s", "--latency", url],
-                            capture_output=True, text=True, timeout=seconds + 30)
+    scripted = ["-s", str(script)] if script else []
+    result = subprocess.run([str(WRK), "-t", "2", "-c", str(CONNECTIONS), "-d", f"{seconds:g}s", "--latency",
+                             *scripted, url], capture_output=True, text=True, timeout=seconds + 30)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode:
         raise RuntimeError(f"wrk failed: {result.stdout[-500:]}{result.stderr[-500:]}")

@@ -205,6 +205,9 @@ class Database:
     def close(self) -> None:
         """Give back what the database holds (a pool's connections)."""
 
+    async def aclose(self) -> None:
+        self.close()
+
 
 DDL_WORDS = {
     "sqlite": {"id": "INTEGER PRIMARY KEY", "int": "INTEGER", "real": "REAL", "blob": "BLOB",
@@ -303,7 +306,9 @@ class Postgres(Database):
         self.writer_lock = lock_key(f"stack-writer:{schema}")
         size = max_size or int(os.environ.get("DATABASE_POOL_SIZE", "4"))
         options = {"kwargs": {**self.conninfo, "autocommit": True, "row_factory": dict_row}, "min_size": 1,
-                   "max_size": size, "timeout": 10, "open": False, "name": schema}
+                   "max_size": size, "open": False, "name": schema,
+                   # A request waits this long for a free connection, then is a 503 (as it is when Postgres is down).
+                   "timeout": float(os.environ.get("DATABASE_POOL_TIMEOUT_SECONDS", "5"))}
         if asynchronous:
             from psycopg_pool import AsyncConnectionPool
 
@@ -384,6 +389,13 @@ class Postgres(Database):
     def close(self) -> None:
         if self._opened and not self.asynchronous:
             self.pool.close()
+
+    async def aclose(self) -> None:
+        """Close an async pool, in its event loop (aiohttp's cleanup)."""
+        if self._opened:
+            closing = self.pool.close()
+            if closing is not None:
+                await closing
 
 
 def is_postgres(location: str | Path) -> bool:

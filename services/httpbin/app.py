@@ -296,10 +296,15 @@ async def unrouted(request: web.Request) -> web.Response:
     raise http.Problem(405, "Method Not Allowed", f"{request.path} answers {request[ALLOW]}")
 
 
+async def _close_store(app: web.Application) -> None:
+    await app[DOCUMENTS].database.aclose()
+
+
 def create_app(db_path: str | None = None) -> web.Application:
     app = web.Application(client_max_size=http.MAX_REQUEST_BODY_BYTES)
     app[DOCUMENTS] = Documents(db.open_database(SERVICE, db_path, asynchronous=True), ttl_s=BIN_TTL_S,
                                max_per_collection=MAX_BINS)
+    app.on_cleanup.append(_close_store)
     for method, path, handler in ROUTES:
         if method == "GET":
             app.router.add_get(PREFIX + path, guarded(handler))  # answers HEAD too

@@ -148,6 +148,35 @@ class TestEveryServiceContractOnPostgres(HttpSemanticsContract):
         assert requests.get(f"http://{second}/web/me", timeout=10).status_code == 401  # not without the cookie
 
 
+    def test_with_postgres_stopped_data_is_a_503_problem_the_rest_answers_and_it_recovers(self, stack):
+        """A store outage is the server's condition, not the client's: 503 problem documents (never a 500, never
+        a hang), endpoints without data keep answering, and the pools reconnect by themselves afterwards."""
+        native = Native(stack.site)
+        data_paths = ["/catalog/items", "/httpbin/bins", "/catalog/items/1"]
+        native.ctl("stop", "postgres")
+        try:
+            for path in data_paths:
+                for _ in range(3):  # the pools' idle connections are dead first, then no new one can be made
+                    started = time.monotonic()
+                    response = requests.get(stack.url(path), timeout=30)
+                    assert response.status_code == 503, (path, response.status_code, response.text)
+                    assert response.headers["Content-Type"] == "application/problem+json"
+                    assert response.json()["title"] == "Database unavailable"
+                    assert time.monotonic() - started < 12, path  # the pool's wait, bounded
+            session = requests.get(stack.url("/web/me"), cookies={"sid": "a" * 43}, timeout=30)  # looked up: 503
+            assert session.status_code == 503 and session.json()["title"] == "Database unavailable", session.text
+            assert requests.get(stack.url("/web/me"), timeout=10).status_code == 401  # no cookie: no lookup
+            for path in ("/catalog/json", "/httpbin/json", "/web/json"):
+                assert requests.get(stack.url(path), timeout=10).status_code == 200, path
+        finally:
+            native.ctl("start", "postgres")
+        deadline = time.monotonic() + 60
+        for path in data_paths[:2]:
+            while (status := requests.get(stack.url(path), timeout=30).status_code) != 200:
+                assert status == 503 and time.monotonic() < deadline, (path, status)
+                time.sleep(0.5)
+
+
 def wait_for_every_service(stack: RunningStack, timeout: float = 60) -> None:
     """Until every HTTP service answers its health check through nginx (supervisor restarts the killed)."""
     deadline = time.monotonic() + timeout
