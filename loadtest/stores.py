@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import shutil
+import string
 import sys
 import tempfile
 import time
@@ -39,14 +40,14 @@ from services.common import credentials
 
 NET = "127.0.44"
 # Each request PUTs one of 64 keys with a body that alternates: every one is a real update, in a bounded table.
-PUT_SCRIPT = """
+PUT_SCRIPT = string.Template("""
 counter = 0
 request = function()
   counter = counter + 1
-  local body = string.format('{"%s": %d}', "%(field)s", counter %% 2 + 1)
-  return wrk.format("PUT", string.format("%(path)s", counter %% 64 + 1), %(headers)s, body)
+  local body = string.format('{"$field": %d}', counter % 2 + 1)
+  return wrk.format("PUT", string.format("$path", counter % 64 + 1), $headers, body)
 end
-"""
+""")
 
 
 def stack_env(var: Path, port: int, store: str) -> dict[str, str]:
@@ -57,7 +58,7 @@ def stack_env(var: Path, port: int, store: str) -> dict[str, str]:
 def put_script(directory: Path, name: str, path_format: str, field: str, headers: dict[str, str]) -> Path:
     lua_headers = "{" + ", ".join(f'["{k}"] = "{v}"' for k, v in headers.items()) + "}"
     script = directory / f"{name}.lua"
-    script.write_text(PUT_SCRIPT % {"field": field, "path": path_format, "headers": lua_headers})
+    script.write_text(PUT_SCRIPT.substitute(field=field, path=path_format, headers=lua_headers))
     return script
 
 

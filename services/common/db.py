@@ -248,10 +248,11 @@ class SQLite(Database):
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:
         """BEGIN IMMEDIATE takes the write lock up front, so read-check-write sequences are atomic across
-        processes (every gunicorn worker, every Tornado process). Taking it may wait (SQLite's busy timeout), and
-        committing may checkpoint the WAL: under gevent both run in the hub's threadpool, parking only this
-        request's greenlet. Reads never wait in WAL mode and stay on the hub: a hand-off per read cost more than
-        the read (p99.9 of web's reads 25-35 ms through the threadpool, 18-21 ms on the hub; make soak)."""
+        processes (every gunicorn worker, every Tornado process). Taking it may wait (SQLite's busy timeout):
+        under gevent that wait runs in the hub's threadpool, parking only this request's greenlet. Everything
+        after it runs on the hub, COMMIT included: the holder of the lock must never need a pool thread, which
+        every waiter may be occupying (COMMIT sent to the pool deadlocked web's writes under 64 connections until
+        the busy timeouts expired). In WAL mode a commit takes no lock and reads never wait."""
         async with self.session() as conn:
             off_the_hub(conn.raw.execute)("BEGIN IMMEDIATE")
             try:
@@ -259,7 +260,7 @@ class SQLite(Database):
             except BaseException:
                 conn.raw.execute("ROLLBACK")
                 raise
-            off_the_hub(conn.raw.execute)("COMMIT")
+            conn.raw.execute("COMMIT")
 
     def close(self) -> None:
         while self._idle:

@@ -198,6 +198,36 @@ assert len(ticks) >= 5  # the hub kept running another greenlet while four scryp
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+def test_under_gevent_many_concurrent_writes_never_wait_for_a_pool_thread_their_lock_holder_needs(tmp_path):
+    """Writers wait for SQLite's lock in gevent's threadpool. If the lock's holder then needed a pool thread
+    too (its COMMIT), and every thread held a waiter, the holder could not finish until SQLite's busy timeout
+    (10 s) failed the waiters: web's writes went from thousands per second to none under 64 connections."""
+    import subprocess
+    import sys
+
+    from deploy.topology import ROOT
+
+    program = f"""
+from gevent import monkey
+monkey.patch_all()
+import time, gevent
+from services.web.store import Store
+store = Store({str(tmp_path / "web.sqlite3")!r})
+user = store.signup("w@example.com", "correct horse")
+gevent.get_hub().threadpool.maxsize = 2  # fewer threads than writers: every one can be taken by a waiter
+started = time.monotonic()
+writers = [gevent.spawn(store.open_session, user["id"]) for _ in range(40)]
+gevent.joinall(writers, timeout=60)
+elapsed = time.monotonic() - started
+failed = [w.exception for w in writers if not w.successful()]
+assert not failed, failed[:3]
+print("40 writes in", round(elapsed, 2), "s")
+assert elapsed < 5, elapsed  # each write is about a millisecond; a deadlock lasts the 10 s busy timeout
+"""
+    done = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_a_login_costs_one_scrypt_whether_or_not_the_account_exists(store_at, monkeypatch):
     """An unknown account used to cost two key derivations (hash a fresh password, then check it): twice a
     known account's time, which tells an attacker which emails have accounts."""
