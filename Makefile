@@ -91,7 +91,7 @@ lint: $(SETUP_STAMP)  ## ruff
 	@$(VENV)/bin/ruff check .
 
 test: setup lint  ## every test: unit, config, native end-to-end, Compose and Swarm end-to-end (skipped without Docker)
-	@$(PY) -m pytest $(PYTEST_ARGS)
+	@$(PY) -m pytest --durations=25 $(PYTEST_ARGS)
 
 fmt: $(SETUP_STAMP)
 	@$(VENV)/bin/ruff check --fix .
