@@ -25,15 +25,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
-from deploy.topology import HTTP_SERVICES, ROOT, Site
+from deploy.topology import HTTP_SERVICES, ROOT, Site, format_scale
 from loadtest.compare.servers import Running, free_port
 from loadtest.compare.wrk import CONNECTIONS, WRK, parse_wrk
 from loadtest.reporting import finish, fmt, machine, markdown_table, plt, report_dir
 
 NET = "127.0.43"
+T = TypeVar("T")
 WARMUP_S = 2.0
 
 
@@ -68,6 +71,26 @@ def wrk(url: str, seconds: float, script: Path | None = None) -> tuple[dict, flo
         raise RuntimeError(f"wrk failed: {result.stdout[-500:]}{result.stderr[-500:]}")
     cores = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / seconds
     return parse_wrk(result.stdout), cores
+
+
+def on_fresh_stacks(configurations: list[T], env_of: Callable[[T], dict[str, str]],
+                    measure_one: Callable[[T, Site], list[dict]], results: dict, out: Path, var: Path,
+                    render: Callable[[dict, Path], Path]) -> None:
+    """For each configuration: a native stack started afresh with its environment, measured, stopped; the
+    results saved after each, the stack stopped whatever happens, then the report rendered."""
+    try:
+        for configuration in configurations:
+            env = env_of(configuration)
+            deploy(env, "up", "--mode", "native")
+            time.sleep(1)
+            results["cells"] += measure_one(configuration, Site.from_env(env))
+            (out / "results.json").write_text(json.dumps(results, indent=2))
+            deploy(env, "down")
+    finally:
+        deploy(env_of(configurations[0]), "down")
+        shutil.rmtree(var, ignore_errors=True)
+    finish(results, out)
+    print(f"\nreport {render(results, out)}")
 
 
 def measure(site: Site, var: Path, instances: int, endpoint: str, seconds: float) -> list[dict]:
@@ -141,21 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     results = {"started": started.isoformat(timespec="seconds"), "machine": machine(), "instances": sizes,
                "endpoint": args.endpoint, "seconds": args.seconds, "cells": [],
                "command": f"make scaling INSTANCES={args.instances} SECONDS_PER_CELL={args.seconds:g}"}
-    try:
-        for instances in sizes:
-            env = stack_env(var, port, instances)
-            print(f"[scaling] SCALE={env['SCALE']}", flush=True)
-            deploy(env, "up", "--mode", "native")
-            time.sleep(1)
-            site = Site.from_env(env)
-            results["cells"] += measure(site, var, instances, f"{args.endpoint}", args.seconds)
-            (out / "results.json").write_text(json.dumps(results, indent=2))
-            deploy(env, "down")
-    finally:
-        deploy(stack_env(var, port, sizes[0]), "down")
-        shutil.rmtree(var, ignore_errors=True)
-    finish(results, out)
-    print(f"\nreport {render(results, out)}")
+    def measure_one(instances: int, site: Site) -> list[dict]:
+        print(f"[scaling] SCALE={format_scale(site.scale)}", flush=True)
+        return measure(site, var, instances, args.endpoint, args.seconds)
+
+    on_fresh_stacks(sizes, lambda instances: stack_env(var, port, instances), measure_one, results, out, var, render)
     return 0
 
 

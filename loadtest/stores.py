@@ -19,13 +19,10 @@ Bounded: every wrk run has a fixed duration; loopback only; the stack is stopped
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import string
 import sys
 import tempfile
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -34,8 +31,8 @@ import requests
 from deploy.topology import STORES, Site
 from loadtest.compare.servers import free_port
 from loadtest.compare.wrk import CONNECTIONS, WRK
-from loadtest.reporting import finish, fmt, machine, markdown_table, report_dir
-from loadtest.scaling import WARMUP_S, deploy, program_tree, wrk
+from loadtest.reporting import fmt, machine, markdown_table, report_dir
+from loadtest.scaling import WARMUP_S, on_fresh_stacks, program_tree, wrk
 from services.common import credentials
 
 NET = "127.0.44"
@@ -138,20 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port(f"{NET}.1")
     results = {"started": started.isoformat(timespec="seconds"), "machine": machine(), "seconds": args.seconds,
                "cells": [], "command": f"make stores SECONDS_PER_CELL={args.seconds:g}"}
-    try:
-        for store in STORES:
-            env = stack_env(var, port, store)
-            print(f"[stores] STORE={store}", flush=True)
-            deploy(env, "up", "--mode", "native")
-            time.sleep(1)
-            results["cells"] += measure(Site.from_env(env), var, store, args.seconds, var)
-            (out / "results.json").write_text(json.dumps(results, indent=2))
-            deploy(env, "down")
-    finally:
-        deploy(stack_env(var, port, STORES[0]), "down")
-        shutil.rmtree(var, ignore_errors=True)
-    finish(results, out)
-    print(f"\nreport {render(results, out)}")
+    def measure_one(store: str, site: Site) -> list[dict]:
+        print(f"[stores] STORE={store}", flush=True)
+        return measure(site, var, store, args.seconds, var)
+
+    on_fresh_stacks(list(STORES), lambda store: stack_env(var, port, store), measure_one, results, out, var, render)
     return 0
 
 

@@ -310,3 +310,57 @@ def test_forwarded_headers_are_trusted_only_from_nginx(monkeypatch):
     assert by_name.trusts("127.0.0.1")  # cached ...
     by_name._expires = 0
     assert by_name.trusts("10.0.0.9") and not by_name.trusts("127.0.0.1")  # ... then the new address
+
+
+def test_postgres_queries_park_only_their_own_request_under_asyncio_and_under_gevent():
+    """Tornado and aiohttp await async psycopg connections; web's greenlets use psycopg's synchronous pool,
+    whose waits gevent's patched select makes cooperative. Either way, two slow queries at once take the time
+    of one, and (gevent) the hub keeps running other greenlets meanwhile."""
+    import asyncio
+    import subprocess
+    import sys
+
+    from deploy.topology import ROOT
+    from tests import postgres_cluster
+
+    url = postgres_cluster.fresh_database()
+    try:
+        database = db.open_database("catalog", url, asynchronous=True)
+
+        async def slow() -> None:
+            async with database.session() as conn:
+                await conn.execute("SELECT pg_sleep(0.4)")
+
+        async def both() -> float:
+            started = time.monotonic()
+            await asyncio.gather(slow(), slow())
+            elapsed = time.monotonic() - started
+            await database.aclose()
+            return elapsed
+
+        assert asyncio.run(both()) < 0.75  # together, not one after the other (0.8 s)
+
+        program = f"""
+from gevent import monkey
+monkey.patch_all()
+import time, gevent
+from services.common import db
+database = db.open_database("web", {url!r})
+def slow():
+    async def query():
+        async with database.session() as conn:
+            await conn.execute("SELECT pg_sleep(0.4)")
+    db.run(query())
+ticks = []
+ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.01)) for _ in range(200)])
+started = time.monotonic()
+gevent.joinall([gevent.spawn(slow), gevent.spawn(slow)], raise_error=True)
+elapsed = time.monotonic() - started
+ticker.kill()
+assert elapsed < 0.75, elapsed  # the two overlapped
+assert len(ticks) >= 10, len(ticks)  # and the hub ran another greenlet while they waited
+"""
+        done = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr[-2000:]
+    finally:
+        postgres_cluster.drop(url)
