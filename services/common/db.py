@@ -270,6 +270,11 @@ class SQLite(Database):
 # ------------------------------------------------------------------ Postgres
 
 
+def unavailable(error: BaseException) -> Problem:
+    """What a request that needs the store gets while Postgres does not answer: the server's condition, a 503."""
+    return Problem(503, "Database unavailable", f"the store did not answer: {type(error).__name__}")
+
+
 def lock_key(name: str) -> int:
     """A stable signed 64-bit advisory-lock key for a name."""
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
@@ -367,7 +372,7 @@ class Postgres(Database):
                 with manager as raw:
                     yield Conn(raw, "%s")
         except self.unavailable as error:
-            raise Problem(503, "Database unavailable", f"the store did not answer: {type(error).__name__}") from None
+            raise unavailable(error) from None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:

@@ -92,7 +92,7 @@ class PostgresLiveness:
 
     async def me(self) -> str:
         if self._pid == os.getpid() and self._held is not None:
-            try:  # still ours? (one round trip; re-taking a held session lock is a no-op that stacks)
+            try:  # still ours? (one round trip; re-taking a lock this session holds succeeds at once, and stacks)
                 await _maybe_await(self._held.execute("SELECT pg_advisory_lock(%s, %s)",
                                                       (self.NAMESPACE, self._token)))
                 return str(self._token)
@@ -103,10 +103,14 @@ class PostgresLiveness:
         kind = psycopg.AsyncConnection if self.database.asynchronous else psycopg.Connection
         try:
             held = await _maybe_await(kind.connect(**self.database.conninfo, autocommit=True))
-            token = secrets.randbelow(2**31)
-            await _maybe_await(held.execute("SELECT pg_advisory_lock(%s, %s)", (self.NAMESPACE, token)))
+            while True:  # a token another live process holds (one chance in 2^31) is not waited for: draw again
+                token = secrets.randbelow(2**31)
+                taken = await _maybe_await(held.execute("SELECT pg_try_advisory_lock(%s, %s) AS mine",
+                                                        (self.NAMESPACE, token)))
+                if (await _maybe_await(taken.fetchone()))[0]:
+                    break
         except self.database.unavailable as error:
-            raise Problem(503, "Database unavailable", f"the store did not answer: {type(error).__name__}") from None
+            raise db.unavailable(error) from None
         self._held, self._pid, self._token = held, os.getpid(), token
         self._every_held.append(held)
         return str(token)
