@@ -248,7 +248,7 @@ class ItemsHandler(ItemsBase):
 
     async def get(self) -> None:
         limit = http.int_param(self.query("limit"), "limit", 20, 1, 100)
-        after = http.int_param(self.query("cursor"), "cursor", 0, 0, 2**53 - 1)
+        after = http.int_param(self.query("cursor"), "cursor", 0, 0, http.MAX_ID)
         page, more = await self.items.page(limit, after)
         next_cursor = str(page[-1]["id"]) if more else None
         self.set_header("Link", semantics.page_link(self.request.path, limit, next_cursor))

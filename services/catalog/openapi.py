@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from deploy.topology import service
 from services.common import openapi as oa
+from services.common.http import MAX_ID
 from services.common.semantics import MERGE_PATCH_JSON
 
 ITEM_FIELDS = {
@@ -18,7 +19,7 @@ ITEM = {"type": "object", "required": ["id", *ITEM_FIELDS, "created_at", "update
     "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"},
 }}
 ETAG = {"description": "Strong validator of the item's representation", "schema": {"type": "string"}}
-ITEM_ID = oa.path_param("item_id", {"type": "integer", "minimum": 1, "maximum": 2**53 - 1})
+ITEM_ID = oa.path_param("item_id", {"type": "integer", "minimum": 1, "maximum": MAX_ID})
 IF_MATCH = {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
             "description": "The ETag last seen; required to change an existing item (428 without, 412 if stale)"}
 IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
@@ -52,7 +53,7 @@ def build() -> dict:
                     "type": "object", "required": ["items", "next_cursor"],
                     "properties": {"items": {"type": "array", "items": ITEM},
                                    "next_cursor": {"type": ["string", "null"]}}})},
-                [oa.query_int("limit", 1, 100, "page size"), oa.query_int("cursor", 0, 2**53 - 1, "last id seen")],
+                [oa.query_int("limit", 1, 100, "page size"), oa.query_int("cursor", 0, MAX_ID, "last id seen")],
                 tags=["items"]),
             "post": guarded(oa.operation("Create an item", {
                 "201": oa.json_response("Created", ITEM, {"Location": {"schema": {"type": "string"}}, "ETag": ETAG})},

@@ -9,14 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from services.common import db, semantics
-from services.common.http import Problem
+from services.common.http import MAX_ID, Problem
 from services.common.idempotency import IdempotencyKeys
 
 SERVICE = "catalog"
 FIELDS = {"name": str, "price": int, "stock": int}
 READ_ONLY = {"id", "created_at", "updated_at"}
 Row = Mapping[str, Any]  # sqlite3.Row or psycopg's dict row
-MAX_ID = 2**53 - 1  # ids stay exact in every JSON client
 
 
 def now() -> str:

@@ -34,6 +34,7 @@ CPU_MAX_N = 1_000_000
 # The largest request body nginx lets through (client_max_body_size in nginx/nginx.conf.template; a config test
 # checks they agree). httpbin's echo endpoints take as much; resources with JSON documents keep their own,
 # smaller limit (semantics.MAX_BODY_BYTES).
+MAX_ID = 2**53 - 1  # the largest id anything here hands out or takes: exact in every JSON client
 MAX_REQUEST_BODY_BYTES = 1024 * 1024
 
 # Seconds a service waits on a silent client: an idle keep-alive connection, an unfinished request head, each

@@ -256,7 +256,7 @@ def place_order() -> Response:
 def list_orders() -> Response:
     user = current_user()
     limit = http.int_param(request.args.get("limit"), "limit", 20, 1, 100)
-    after = http.int_param(request.args.get("cursor"), "cursor", 0, 0, 2**53 - 1)
+    after = http.int_param(request.args.get("cursor"), "cursor", 0, 0, http.MAX_ID)
     page, more = store().orders_page(user["id"], limit, after)
     next_cursor = str(page[-1]["id"]) if more else None
     response = _json({"orders": page, "next_cursor": next_cursor})
@@ -321,9 +321,9 @@ ROUTES: list[tuple[str, str, Callable[..., Response], list[str]]] = [
     ("/me", "me", me, ["GET"]),
     ("/orders", "place_order", place_order, ["POST"]),
     ("/orders", "list_orders", list_orders, ["GET"]),
-    ("/orders/<int:order_id>", "get_order", get_order, ["GET"]),
+    (f"/orders/<int(min=1, max={http.MAX_ID}):order_id>", "get_order", get_order, ["GET"]),  # else 404
     ("/cart", "cart", cart, ["GET"]),
-    ("/cart/items/<int:item_id>", "cart_item", cart_item, ["GET", "PUT", "PATCH", "DELETE"]),
+    (f"/cart/items/<int(min=1, max={http.MAX_ID}):item_id>", "cart_item", cart_item, ["GET", "PUT", "PATCH", "DELETE"]),
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from deploy.topology import service
 from services.common import openapi as oa
+from services.common.http import MAX_ID
 
 PREFIX = service("web").route_prefix  # every path below begins with it
 
@@ -12,6 +13,7 @@ CREDENTIALS = {"type": "object", "required": ["email", "password"], "additionalP
                                                                                  "maxLength": 128}}}
 USER = {"type": "object", "required": ["id", "email", "created_at"], "properties": {
     "id": {"type": "integer"}, "email": {"type": "string"}, "created_at": {"type": "string"}}}
+ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}  # an order's or an item's (catalog's ids)
 LINE = {"type": "object", "required": ["item_id", "quantity"], "additionalProperties": False, "properties": {
     "item_id": {"type": "integer", "minimum": 1}, "quantity": {"type": "integer", "minimum": 1, "maximum": 1000}}}
 ORDER = {"type": "object", "required": ["id", "user_id", "total", "created_at", "lines"], "properties": {
@@ -50,14 +52,14 @@ def build() -> dict:
                 "properties": {"orders": {"type": "array", "items": ORDER},
                                "next_cursor": {"type": ["string", "null"]}}})},
                 [*SESSION, oa.query_int("limit", 1, 100, "page size"),
-                 oa.query_int("cursor", 0, 2**53 - 1, "last id seen")], tags=["orders"]),
+                 oa.query_int("cursor", 0, MAX_ID, "last id seen")], tags=["orders"]),
         },
         f"{PREFIX}/orders/{{order_id}}": {"get": oa.operation("One of your orders", {
             "200": oa.json_response("The order", ORDER, {"ETag": {"schema": {"type": "string"}}}),
             "304": {"description": "Not modified"}},
-            [oa.path_param("order_id", {"type": "integer", "minimum": 0}), *SESSION], tags=["orders"])},
+            [oa.path_param("order_id", ID), *SESSION], tags=["orders"])},
         **oa.document_paths(f"{PREFIX}/cart", f"{PREFIX}/cart/items/{{item_id}}",
-                            oa.path_param("item_id", {"type": "integer", "minimum": 0}),
+                            oa.path_param("item_id", ID),
                             {"type": "object", "required": ["quantity"], "additionalProperties": False,
                              "properties": {"quantity": {"type": "integer", "minimum": 1, "maximum": 1000}}},
                             SESSION, tag="cart", with_post=False),

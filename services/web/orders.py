@@ -12,7 +12,7 @@ import json
 import gevent
 
 from deploy import topology
-from services.common.http import Problem
+from services.common.http import MAX_ID, Problem
 from services.common.semantics import MERGE_PATCH_JSON
 from services.web import upstream
 
@@ -31,7 +31,7 @@ def validate_lines(document: object) -> list[dict]:
             errors.append(f"line {n} must have exactly item_id and quantity")
             continue
         item_id, quantity = line["item_id"], line["quantity"]
-        if not isinstance(item_id, int) or isinstance(item_id, bool) or not 1 <= item_id <= 2**53 - 1:
+        if not isinstance(item_id, int) or isinstance(item_id, bool) or not 1 <= item_id <= MAX_ID:
             errors.append(f"line {n}: item_id must be a positive integer")
         elif not isinstance(quantity, int) or isinstance(quantity, bool) or not 1 <= quantity <= MAX_QUANTITY:
             errors.append(f"line {n}: quantity must be an integer from 1 to {MAX_QUANTITY}")

@@ -287,3 +287,15 @@ def test_a_page_of_one_users_orders_reads_that_users_orders_only(store_at):
 
     found = store.run(plan())
     assert "orders_by_user" in found and "Seq Scan" not in found, found
+
+
+def test_ids_past_the_largest_are_404_not_a_database_error(client):
+    """An order or cart id past 2^53-1 (past 64 bits too) is no resource: routing answers 404. Before, SQLite
+    raised OverflowError on a 23-digit id (a 500) while Postgres compared it as a numeric."""
+    assert login(client).status_code == 200
+    for path in ("/web/orders/99999999999999999999999", "/web/orders/9223372036854775808", "/web/orders/0",
+                 "/web/cart/items/99999999999999999999999"):
+        assert client.get(path).status_code == 404, path
+    assert client.put("/web/cart/items/9007199254740992", json={"quantity": 1}).status_code == 404
+    assert client.put("/web/cart/items/9007199254740991", json={"quantity": 1}).status_code == 201
+
