@@ -30,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
+from deploy import postgres
 from deploy.topology import HTTP_SERVICES, ROOT, Site, format_scale
 from loadtest.compare.servers import Running, free_port
 from loadtest.compare.wrk import CONNECTIONS, WRK, parse_wrk
@@ -88,6 +89,7 @@ def on_fresh_stacks(configurations: list[T], env_of: Callable[[T], dict[str, str
             deploy(env, "down")
     finally:
         deploy(env_of(configurations[0]), "down")
+        postgres.remove_cluster(var)  # STORE=postgres's cluster, wherever it had to live
         shutil.rmtree(var, ignore_errors=True)
     finish(results, out)
     print(f"\nreport {render(results, out)}")

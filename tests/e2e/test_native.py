@@ -26,7 +26,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import checks
 
-from deploy import procs
+from deploy import postgres, procs
 from deploy.stack import Native
 from deploy.topology import HTTP_SERVICES, ROOT, SERVICES, STREAM_SERVICES, ZONE, Site
 from iolab import stack as iolab_stack
@@ -98,9 +98,11 @@ class TestWebContractUnderEveryWorkerClass(HttpSemanticsContract):
 @pytest.fixture(scope="module")
 def postgres_stack(tmp_path_factory):
     """The stack with STORE=postgres: Debian's Postgres under supervisord, its cluster in the stack's var/."""
-    stack = start_native_stack(tmp_path_factory.mktemp("native-postgres"), "127.0.23", {"STORE": "postgres"})
+    var = tmp_path_factory.mktemp("native-postgres")
+    stack = start_native_stack(var, "127.0.23", {"STORE": "postgres"})
     yield stack
     stack.deploy("down")
+    assert postgres.remove_cluster(var)  # pytest's directory is private: the cluster lived in /var/lib/postgresql
 
 
 class TestEveryServiceContractOnPostgres(HttpSemanticsContract):
@@ -114,7 +116,6 @@ class TestEveryServiceContractOnPostgres(HttpSemanticsContract):
     def test_the_data_lives_in_postgres_run_by_its_own_user_and_no_sqlite_file_is_made(self, stack):
         import psycopg
 
-        from deploy import postgres
         from services.common import credentials
 
         subject = make_subject("catalog", stack)
