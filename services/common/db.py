@@ -127,6 +127,16 @@ class Result:
         return iter(self.rows)
 
 
+def storable(parameters: Sequence[Any]) -> None:
+    """The same 422 on both stores for a value neither can hold as given: text with NUL (U+0000; valid JSON, but
+    Postgres's text refuses it, a 500 before) and integers past 64 bits (SQLite's OverflowError, a 500 before)."""
+    for value in parameters:
+        if isinstance(value, str) and "\x00" in value:
+            raise Problem(422, "Unstorable value", "text with a NUL character (U+0000) cannot be stored")
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            raise Problem(422, "Unstorable value", "integers are stored in 64 bits")
+
+
 class Conn:
     """One connection, as a store sees it: SQL with `?` placeholders, awaited."""
 
@@ -137,6 +147,7 @@ class Conn:
         return sql if self._placeholder == "?" else sql.replace("?", self._placeholder)
 
     async def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Result:
+        storable(parameters)
         cursor = self.raw.execute(self._sql(sql), parameters)
         if hasattr(cursor, "__await__"):
             cursor = await cursor
@@ -144,6 +155,8 @@ class Conn:
         return Result(cursor.fetchall() if cursor.description else [], cursor.rowcount)
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        for row in rows:
+            storable(row)
         done = self.raw.cursor().executemany(self._sql(sql), rows)
         if hasattr(done, "__await__"):
             await done

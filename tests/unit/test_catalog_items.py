@@ -36,6 +36,12 @@ class ItemsTest(CatalogAppTest):
         fetched = self.call("GET", f"/items/{item['id']}")
         assert json.loads(fetched.body) == item and fetched.headers["ETag"] == response.headers["ETag"]
 
+    def test_a_name_with_nul_is_a_422_on_either_store(self):
+        """A name with U+0000 passes item validation (valid JSON, 1 to 200 characters) but no Postgres text holds
+        it: both stores answer 422 rather than Postgres's 500."""
+        response = self.call("POST", "/items", b'{"name": "pen\\u0000", "price": 1, "stock": 1}')
+        assert response.code == 422 and json.loads(response.body)["title"] == "Unstorable value", response.body
+
     def test_post_twice_makes_two(self):
         first, _ = self.create()
         second, _ = self.create()

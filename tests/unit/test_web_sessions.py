@@ -299,3 +299,10 @@ def test_ids_past_the_largest_are_404_not_a_database_error(client):
     assert client.put("/web/cart/items/9007199254740992", json={"quantity": 1}).status_code == 404
     assert client.put("/web/cart/items/9007199254740991", json={"quantity": 1}).status_code == 201
 
+
+def test_text_with_nul_is_a_422_on_either_store(client):
+    """U+0000 is valid JSON but no Postgres text can hold it (a 500 there before); SQLite answers the same."""
+    response = client.post("/web/signup", data='{"email": "a\\u0000b@example.com", "password": "correct horse"}',
+                           content_type="application/json")
+    assert response.status_code == 422 and response.json["title"] == "Unstorable value", response.json
+
