@@ -210,7 +210,8 @@ class Native:
     def migrate(self) -> None:
         """Once Postgres answers: the database, then every service's schema (services.common.migrate)."""
         url = self.site.database_url
-        postgres.wait_ready(url.rsplit("/", 1)[0] + "/postgres", self.postgres_password(), timeout=UP_TIMEOUT)
+        maintenance = topology.postgres_url(self.site.address(topology.POSTGRES), topology.POSTGRES.port, "postgres")
+        postgres.wait_ready(maintenance, self.postgres_password(), timeout=UP_TIMEOUT)
         env = {**os.environ, "PYTHONPATH": str(ROOT), "STACK_SECRETS": str(self.site.secrets)}
         subprocess.run([sys.executable, "-m", "services.common.migrate", "--url", url], check=True, env=env, cwd=ROOT)
 

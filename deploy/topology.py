@@ -121,13 +121,15 @@ DNS = Service("dns", "dnslib", "authoritative DNS, UDP and TCP", 5353, 53, modul
 NGINX = Service("nginx", "nginx", "reverse proxy", NGINX_PORT, 1)
 # The shared store when STORE=postgres: Debian's PostgreSQL natively (deploy/postgres.py), a service in Compose.
 POSTGRES = Service("postgres", "PostgreSQL", "the shared store (STORE=postgres)", 5432, 54)
-STORES = ("sqlite", "postgres")
+STORES = ("sqlite", "postgres")  # the first is the default
 POSTGRES_ROLE = POSTGRES_DATABASE = "pystack"  # the stack's role and database; each service has its own schema
 
 
 def postgres_url(host: str, port: int, database: str = POSTGRES_DATABASE) -> str:
     """DATABASE_URL for the stack's role (no password in it: the services read it from the stack's credentials)."""
     return f"postgresql://{POSTGRES_ROLE}@{host}:{port}/{database}"
+
+
 SERVICES: tuple[Service, ...] = (*HTTP_SERVICES, *STREAM_SERVICES, DNS)
 
 
@@ -178,7 +180,7 @@ class Site:
     var: Path = ROOT / "var"
     stream_ports: Mapping[str, int] = field(default_factory=dict, hash=False)  # name -> public port, if moved
     scale: Mapping[str, int] = field(default_factory=dict, hash=False)  # HTTP service -> instances, if not default
-    store: str = "sqlite"  # where the HTTP services keep their data: one of STORES
+    store: str = STORES[0]  # where the HTTP services keep their data: one of STORES
 
     @classmethod
     def from_env(cls, environ: os._Environ[str] | dict[str, str] = os.environ) -> Site:

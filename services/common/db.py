@@ -299,8 +299,9 @@ def postgres_conninfo(url: str, schema: str) -> dict[str, Any]:
     import psycopg
 
     info = psycopg.conninfo.conninfo_to_dict(url)
-    if "password" not in info and credentials.read(credentials.POSTGRES):
-        info["password"] = credentials.read(credentials.POSTGRES)
+    password = None if "password" in info else credentials.read(credentials.POSTGRES)
+    if password:
+        info["password"] = password
     info.setdefault("connect_timeout", 5)
     info["options"] = f"-c search_path={schema},public"
     info["application_name"] = f"{schema}:{os.environ.get('STACK_INSTANCE', os.getpid())}"
@@ -423,13 +424,15 @@ def is_postgres(location: str | Path) -> bool:
 
 def location(service: str, environ: dict[str, str] | os._Environ[str] = os.environ) -> str:
     """Where a service's data lives: $DATABASE_URL when STORE=postgres, else its SQLite file."""
-    store = environ.get("STORE", "sqlite")
+    from deploy.topology import STORES
+
+    store = environ.get("STORE", STORES[0])
+    if store not in STORES:
+        raise SystemExit(f"STORE={store!r}: use one of {', '.join(STORES)} (default {STORES[0]})")
     if store == "postgres":
         if not environ.get("DATABASE_URL"):
             raise SystemExit("STORE=postgres needs DATABASE_URL (postgresql://user@host:port/database)")
         return environ["DATABASE_URL"]
-    if store != "sqlite":
-        raise SystemExit(f"STORE={store!r}: use sqlite (the default) or postgres")
     return str(default_path(service))
 
 

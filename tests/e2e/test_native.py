@@ -121,7 +121,7 @@ class TestEveryServiceContractOnPostgres(HttpSemanticsContract):
         subject = make_subject("catalog", stack)
         path, _ = self.create(subject)
         site = stack.site
-        url = f"postgresql://pystack@{site.net}.54:5432/pystack"
+        url = site.database_url
         password = credentials.read(credentials.POSTGRES, site.secrets)
         with psycopg.connect(url, password=password) as conn:
             found = conn.execute("SELECT name FROM catalog.items WHERE id = %s", (int(path.rsplit("/", 1)[1]),))
