@@ -30,6 +30,7 @@ from deploy.topology import (
     HTTP_SERVICES,
     NGINX,
     NGINX_PORT,
+    NGINX_TLS_PORT,
     POSTGRES,
     ROOT,
     STREAM_SERVICES,
@@ -87,7 +88,7 @@ def _fill(template: str, values: dict[str, str]) -> str:
     def replace(match: re.Match[str]) -> str:
         return values[match.group(1)]
 
-    return re.sub(r"@@([A-Z_]+)@@", replace, template)
+    return re.sub(r"@@([A-Z0-9_]+)@@", replace, template)
 
 
 # Passive health checks: one failed connection takes an instance out of rotation for this long, after which
@@ -114,6 +115,32 @@ def _upstream(name: str, servers: list[str]) -> str:
         f"        keepalive_requests 1000;\n"
         f"    }}\n"
     )
+
+
+# Compose mounts nginx's certificate and key as secrets; Kubernetes from a kubernetes.io/tls Secret.
+COMPOSE_TLS = ("/run/secrets/tls_certificate", "/run/secrets/tls_key")
+KUBERNETES_TLS = ("/etc/stack/tls/tls.crt", "/etc/stack/tls/tls.key")
+# nginx 1.25.1 moved HTTP/2 from a `listen` parameter to its own directive (the old form is deprecated there).
+HTTP2_DIRECTIVE_SINCE = (1, 25, 1)
+
+
+def nginx_version(nginx: str | None = None) -> tuple[int, ...]:
+    """The version of this machine's nginx (native mode), e.g. (1, 22, 1); (0,) when there is none."""
+    nginx = nginx or shutil.which("nginx") or "/usr/sbin/nginx"
+    try:
+        banner = subprocess.run([nginx, "-v"], capture_output=True, text=True).stderr
+    except OSError:
+        return (0,)
+    found = re.search(r"nginx/(\d+(?:\.\d+)*)", banner)
+    return tuple(int(part) for part in found.group(1).split(".")) if found else (0,)
+
+
+def tls_values(listen: str, certificate: str, key: str, version: tuple[int, ...]) -> dict[str, str]:
+    """The template's TLS values: HTTPS on `listen`, with HTTP/2 offered by ALPN as this nginx version spells it."""
+    if version >= HTTP2_DIRECTIVE_SINCE:
+        return {"TLS_LISTEN": f"{listen} ssl", "HTTP2": "        http2 on;\n",
+                "TLS_CERTIFICATE": certificate, "TLS_KEY": key}
+    return {"TLS_LISTEN": f"{listen} ssl http2", "HTTP2": "", "TLS_CERTIFICATE": certificate, "TLS_KEY": key}
 
 
 def write_modules_conf(path: Path) -> None:
@@ -162,11 +189,14 @@ def _edge_errors(codes: list[int]) -> str:
     body = ('{"type":"about:blank","title":"$problem_title","status":$status,'
             '"detail":"answered by nginx, before any service","request_id":"$stack_request_id"}')
     return (f"        error_page {' '.join(map(str, codes))} {PROBLEM_PATH};\n"
+            # nginx's 497: plain HTTP sent to the HTTPS port. The client gets a 400 saying so.
+            f"        error_page 497 =400 {PROBLEM_PATH};\n"
             f"        location = {PROBLEM_PATH} {{\n"
             "            internal;\n"
             "            default_type application/problem+json;\n"
             "            add_header X-Request-ID $stack_request_id always;\n"
             "            add_header Cache-Control no-store always;\n"
+            "            add_header Strict-Transport-Security $strict_transport_security always;\n"
             f"            return 200 '{body}';  # the status stays the error's\n"
             "        }\n")
 
@@ -210,6 +240,9 @@ def nginx_conf(mode: str, site: Site | None = None, *, upstreams: Mapping[str, S
             "STATIC_ROOT": "/srv/stack/static",
             "PROXY_BIND": "",  # the services know nginx by name (services/common/proxy.py)
             "SERVER_NAMES": f"localhost 127.0.0.1 nginx {ZONE} nginx.{ZONE}",
+            # Both images carry nginx >= 1.27.3 (`resolve` above needs it).
+            **tls_values(str(NGINX_TLS_PORT), *(COMPOSE_TLS if mode == "compose" else KUBERNETES_TLS),
+                         version=HTTP2_DIRECTIVE_SINCE),
         }
     elif mode == "native":
         resolver = ""
@@ -236,6 +269,8 @@ def nginx_conf(mode: str, site: Site | None = None, *, upstreams: Mapping[str, S
             "SERVER_NAMES": " ".join(
                 dict.fromkeys(["localhost", "127.0.0.1", site.public_host, ZONE, f"nginx.{ZONE}"])
             ),
+            **tls_values(f"{site.public_host}:{site.tls_port}", str(site.tls.certificate), str(site.tls.key),
+                         nginx_version()),
         }
     else:
         raise ValueError(f"unknown mode {mode!r}; expected one of {RENDER_TARGETS}")

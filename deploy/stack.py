@@ -25,7 +25,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from deploy import postgres, procs, topology
+from deploy import postgres, procs, tls, topology
 from deploy.render import COMPOSE_RESOLVE_S, MODES, STOP_GRACE_SECONDS, UPSTREAM_FAIL_TIMEOUT_S, render_native
 from deploy.topology import HTTP_SERVICES, ROOT, STREAM_SERVICES, ZONE, Service, Site, format_scale
 from services.common import credentials
@@ -95,6 +95,8 @@ def print_urls(site: Site, mode: str) -> None:
     host, port = site.dns_endpoint(mode)
     print(f"\nThe stack is up ({mode} mode):")
     print(f"  landing page  {site.base_url}/")
+    print(f"  over TLS      curl --cacert {site.tls.ca} --http2 {site.tls_base_url}/web/json   (HTTP/2; trust the CA "
+          "in a browser: README)")
     for service in site.http_services:
         print(f"  {service.name:<12}  {site.base_url}{service.prefix}json   ({service.framework}, {service.server};"
               f" {service.instances} instances)")
@@ -407,13 +409,8 @@ class Compose:
     def __init__(self, site: Site, environ: Mapping[str, str] | None = None) -> None:
         """`environ`: the environment Compose runs in (default: this process's), e.g. a project name."""
         self.site = site
-        self.env = {
-            **(os.environ if environ is None else environ),
-            "STACK_VAR": str(site.var),  # docker-compose.yml's secrets are files under it
-            "STACK_PORT": str(site.public_port),
-            "STACK_DNS_PORT": str(site.dns_port),
-            **{s.port_env: str(site.public_port_of(s)) for s in STREAM_SERVICES},
-        }
+        # docker-compose.yml's published ports, and its secrets: files under STACK_VAR
+        self.env = {**(os.environ if environ is None else environ), **site.environment()}
 
     def scale(self, scale: Mapping[str, int]) -> int:
         """`make up SCALE=...` on the running stack: Compose adds replicas (nginx finds them through Docker's DNS
@@ -658,6 +655,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"MODE must be one of {', '.join(MODES)}, not {mode!r}")
         log(f"starting the {mode} stack")
         credentials.ensure(site.secrets)  # once: the catalog operator's and web's tokens (kept across runs)
+        tls.ensure(site)  # the local CA once; nginx's certificate when missing, stale or naming other hosts
         started = time.monotonic()
         if driver(mode, site).up():
             return 1

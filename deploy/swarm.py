@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from deploy import tls
 from deploy.render import COMPOSE_RESOLVE_S
 from deploy.stack import COMPOSE_FILE, Compose, base_images, compose_command
 from deploy.topology import HTTP_SERVICES, ROOT, Site
@@ -123,6 +124,7 @@ def up(site: Site) -> int:
         print("[swarm] this engine is not in a swarm: docker swarm init --advertise-addr 127.0.0.1")
         return 1
     credentials.ensure(site.secrets)
+    tls.ensure(site)
     stack = project_name()
     environ = {**Compose(site).env, **base_images(dict(os.environ)), "COMPOSE_PROJECT_NAME": stack}
     if subprocess.run([*compose_command(), "-f", str(COMPOSE_FILE), "build"], cwd=ROOT, env=environ).returncode:

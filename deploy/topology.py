@@ -17,6 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 ZONE = "stack.internal"
 NGINX_PORT = 8080  # nginx's listening port inside its container, and the default public port
+NGINX_TLS_PORT = 8443  # the same site over TLS (HTTPS, HTTP/2 by ALPN): inside its container, and public
 LOCUST_UI_PORT = 8089  # Locust's web UI (make loadtest; Compose's load profile), on loopback
 # How many processes (native) or replicas (Compose) of each HTTP service run behind nginx: two, so that one can
 # restart while the other serves. A number, not a layout: every config below is rendered from it.
@@ -163,11 +164,37 @@ def format_scale(scale: Mapping[str, int]) -> str:
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """Where a site's TLS material lives (deploy/tls.py makes it; nginx and the tests read it)."""
+
+    directory: Path
+
+    @property
+    def ca(self) -> Path:
+        """The stack's CA certificate: what a client trusts (curl --cacert)."""
+        return self.directory / "ca.pem"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.directory / "ca-key.pem"
+
+    @property
+    def certificate(self) -> Path:
+        """nginx's certificate."""
+        return self.directory / "server.pem"
+
+    @property
+    def key(self) -> Path:
+        return self.directory / "server-key.pem"
+
+
+@dataclass(frozen=True)
 class Site:
     """One running instance of the stack: the user's (defaults) or a test's (its own addresses and ports).
 
     Environment: STACK_NET (native services' loopback /24), STACK_HOST and STACK_PORT (nginx, public),
-    STACK_DNS_PORT (the DNS server's published port in Compose), STACK_VAR (native state: logs, pids),
+    STACK_TLS_PORT (nginx's HTTPS port, public), STACK_DNS_PORT (the DNS server's published port in Compose),
+    STACK_VAR (native state: logs, pids),
     STACK_TIME_TCP_PORT, STACK_TIME_UDP_PORT, STACK_ECHO_PORT (nginx's stream ports, public), SCALE (instances
     per HTTP service, parse_scale; without it, the scale the last `make up` saved in $STACK_VAR/scale), STORE
     (sqlite or postgres; without it, the store the last `make up` saved in $STACK_VAR/store).
@@ -176,6 +203,7 @@ class Site:
     net: str = "127.0.10"
     public_host: str = "127.0.0.1"
     public_port: int = NGINX_PORT
+    tls_port: int = NGINX_TLS_PORT
     dns_port: int = DNS.port
     var: Path = ROOT / "var"
     stream_ports: Mapping[str, int] = field(default_factory=dict, hash=False)  # name -> public port, if moved
@@ -195,12 +223,19 @@ class Site:
             net=environ.get("STACK_NET", cls.net),
             public_host=environ.get("STACK_HOST", cls.public_host),
             public_port=int(environ.get("STACK_PORT", cls.public_port)),
+            tls_port=int(environ.get("STACK_TLS_PORT", cls.tls_port)),
             dns_port=int(environ.get("STACK_DNS_PORT", cls.dns_port)),
             var=var,
             stream_ports={s.name: int(environ[s.port_env]) for s in STREAM_SERVICES if s.port_env in environ},
             scale=parse_scale(spec),
             store=store,
         )
+
+    def environment(self) -> dict[str, str]:
+        """The variables from_env reads for this site's public ports and state (what Compose's file reads too)."""
+        return {"STACK_HOST": self.public_host, "STACK_PORT": str(self.public_port),
+                "STACK_TLS_PORT": str(self.tls_port), "STACK_DNS_PORT": str(self.dns_port), "STACK_VAR": str(self.var),
+                **{s.port_env: str(self.public_port_of(s)) for s in STREAM_SERVICES}}
 
     def scaled(self, service: Service) -> Service:
         """The service with this site's instance count."""
@@ -239,6 +274,11 @@ class Site:
         return self.var / "secrets"
 
     @property
+    def tls(self) -> TlsFiles:
+        """The stack's CA and nginx's certificate (made by `make up`: deploy/tls.py)."""
+        return TlsFiles(self.var / "tls")
+
+    @property
     def database_url(self) -> str:
         """The native services' DATABASE_URL when STORE=postgres."""
         return postgres_url(self.address(POSTGRES), POSTGRES.port)
@@ -246,6 +286,11 @@ class Site:
     @property
     def base_url(self) -> str:
         return f"http://{self.public_host}:{self.public_port}"
+
+    @property
+    def tls_base_url(self) -> str:
+        """The same site over HTTPS (the stack's CA signs its certificate: deploy/tls.py)."""
+        return f"https://{self.public_host}:{self.tls_port}"
 
     def dns_endpoint(self, mode: str) -> tuple[str, int]:
         """Where a client on the host sends DNS queries."""

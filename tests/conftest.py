@@ -8,8 +8,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
+
+from deploy.topology import Site
 
 
 def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
@@ -95,3 +98,15 @@ def pytest_runtest_makereport(item, call):
     if report.skipped and os.environ.get("STACK_REQUIRE_DOCKER") == "1" and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped under STACK_REQUIRE_DOCKER=1, where every test must run: {report.longrepr}"
+
+
+def site_on_free_ports(var: Path) -> Site:
+    """A site whose published ports are free on 127.0.0.1: five distinct ones (the kernel may hand out a
+    just-released port twice), the TCP and UDP time services sharing one number."""
+    while True:
+        ports = (free_tcp_udp_port(), free_port(), free_port(), free_port(), free_tcp_udp_port())
+        if len(set(ports)) == len(ports):
+            break
+    time_port, echo_port, public_port, tls_port, dns_port = ports
+    return Site(public_port=public_port, tls_port=tls_port, dns_port=dns_port, var=var,
+                stream_ports={"time-tcp": time_port, "time-udp": time_port, "echo": echo_port})

@@ -1,13 +1,15 @@
 """`make trace URL=…`: one request followed through every hop of the stack, as a timed story.
 
-    python -m wire.trace [URL] [--keep-alive] [-X METHOD] [-d BODY]
+    python -m wire.trace [URL] [--tls] [--keep-alive] [-X METHOD] [-d BODY]
     make trace URL=/catalog/json             (a path: through nginx, by the name stack.internal)
+    make trace URL=/catalog/json TLS=1       (the same over HTTPS: the TLS handshake between TCP and HTTP)
     make trace URL=http://web.stack.internal:8001/web/json   (native mode: straight to one service)
 
 The seed's list of what happens after you type a URL, each step seen rather than told:
   1. DNS: the URL's name asked of the stack's own DNS server over UDP: question, answer, TTL, time.
   2. The TCP three-way handshake, captured from the wire: SYN, SYN-ACK, ACK with sequence numbers,
-     options and the kernel's timestamps.
+     options and the kernel's timestamps. Over HTTPS, then the TLS handshake: its records on the wire, the
+     version, cipher suite and ALPN protocol agreed, the certificate nginx showed, and how long it took.
   3. The HTTP request: the exact bytes written to the socket.
   4. nginx, the reverse proxy: its access line for this request id (connect, header and response times
      to the upstream) and the upstream connection that carried the request, new or from its keep-alive pool.
@@ -26,6 +28,7 @@ import ipaddress
 import re
 import secrets
 import socket
+import ssl
 import sys
 import time
 from dataclasses import dataclass
@@ -69,6 +72,7 @@ class Plan:
     service: Service | None  # the service whose prefix the path falls under
     mode: str
     site: Site
+    tls: bool = False  # https: a TLS handshake between TCP's and the request
 
     @property
     def host_header(self) -> str:
@@ -80,17 +84,19 @@ class Plan:
         return self.service is not None and self.port == self.service.port
 
 
-def plan_of(url: str, method: str | None, body: str | None, site: Site, mode: str) -> Plan:
+def plan_of(url: str, method: str | None, body: str | None, site: Site, mode: str, tls: bool = False) -> Plan:
     if "://" not in url:
-        url = f"http://{ZONE}:{site.public_port}{url if url.startswith('/') else '/' + url}"
+        scheme, port = ("https", site.tls_port) if tls else ("http", site.public_port)
+        url = f"{scheme}://{ZONE}:{port}{url if url.startswith('/') else '/' + url}"
     parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise SystemExit(f"make trace needs an http:// URL or a path, not {url!r}")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SystemExit(f"make trace needs an http:// or https:// URL or a path, not {url!r}")
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     matching = [s for s in HTTP_SERVICES if path.startswith(s.prefix)]
-    return Plan(url, parts.hostname, parts.port or site.public_port, path,
+    secure = parts.scheme == "https"
+    return Plan(url, parts.hostname, parts.port or (site.tls_port if secure else site.public_port), path,
                 method or ("POST" if body else "GET"), (body or "").encode(), matching[0] if matching else None,
-                mode, site)
+                mode, site, secure)
 
 
 class Story:
@@ -101,7 +107,7 @@ class Story:
         return f"+{(when - self.t0) * 1000:8.3f} ms"
 
     @staticmethod
-    def section(number: int, title: str) -> None:
+    def section(number: int | str, title: str) -> None:
         print(f"\n{number}. {title}")
 
     @staticmethod
@@ -178,12 +184,13 @@ def ask_dns(plan: Plan, story: Story) -> str | None:
 def where_to_connect(plan: Plan, answer: str | None, story: Story) -> tuple[str, int]:
     nginx_names = (ZONE, f"nginx.{ZONE}")
     if plan.mode == "compose" and plan.name in nginx_names:
+        published = plan.site.tls_port if plan.tls else plan.site.public_port
         if answer:
             story.note(f"(that is nginx's address inside Compose's network; from this host Docker publishes it "
-                       f"on {plan.site.public_host}:{plan.site.public_port}, so the trace connects there)")
+                       f"on {plan.site.public_host}:{published}, so the trace connects there)")
         else:
-            story.note(f"(connecting to nginx's published address {plan.site.public_host}:{plan.site.public_port})")
-        return plan.site.public_host, plan.site.public_port
+            story.note(f"(connecting to nginx's published address {plan.site.public_host}:{published})")
+        return plan.site.public_host, published
     if answer is None:
         story.note(f"(connecting to the stack's public address {plan.site.public_host} instead)")
         return plan.site.public_host, plan.port
@@ -252,6 +259,60 @@ class Exchange:
     first_byte_at: float | None
     state_after_server_fin: str | None  # TCP_INFO's state once the server's FIN arrived, if it closed first
     closed: float  # when this side's close() was done
+    tls: Handshake | None = None
+
+
+@dataclass
+class Handshake:
+    """The TLS handshake as the client saw it."""
+
+    started: float
+    finished: float
+    version: str
+    cipher: str
+    bits: int
+    alpn: str | None
+    subject: str
+    issuer: str
+    names: list[str]
+    expires: str
+
+
+def tls_context(site: Site) -> ssl.SSLContext:
+    """A client context that trusts the stack's own CA (and nothing else) and offers HTTP/1.1 by ALPN: the
+    trace writes HTTP/1.1 by hand."""
+    context = ssl.create_default_context(cafile=str(site.tls.ca))
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def handshake(sock: socket.socket, plan: Plan) -> tuple[ssl.SSLSocket, Handshake]:
+    """The TLS handshake on a connected socket; raises ssl.SSLError (a certificate the stack's CA did not sign,
+    a name it does not cover, a version refused)."""
+    started = time.time()
+    secure = tls_context(plan.site).wrap_socket(sock, server_hostname=plan.name)
+    finished = time.time()
+    name, version, bits = secure.cipher() or ("?", "?", 0)
+    peer = secure.getpeercert() or {}
+
+    def flat(field: str) -> str:
+        return ", ".join(f"{key}={value}" for rdn in peer.get(field, ()) for key, value in rdn)
+
+    return secure, Handshake(started, finished, secure.version() or version, name, bits,
+                             secure.selected_alpn_protocol(), flat("subject"), flat("issuer"),
+                             [value for _, value in peer.get("subjectAltName", ())], str(peer.get("notAfter", "?")))
+
+
+def alpn_choice(address: tuple[str, int], plan: Plan, offered: list[str]) -> str | None:
+    """What nginx picks when a client offers `offered` (a browser offers h2 first): one handshake, no request."""
+    context = tls_context(plan.site)
+    context.set_alpn_protocols(offered)
+    try:
+        with socket.create_connection(address, timeout=5) as raw, \
+                context.wrap_socket(raw, server_hostname=plan.name) as secure:
+            return secure.selected_alpn_protocol()
+    except (OSError, ssl.SSLError):
+        return None
 
 
 def exchange(plan: Plan, address: tuple[str, int], rid: str, keep_alive: bool, story: Story) -> Exchange | None:
@@ -273,9 +334,17 @@ def exchange(plan: Plan, address: tuple[str, int], rid: str, keep_alive: bool, s
             return None
         connected = time.time()
         local, peer = sock.getsockname(), sock.getpeername()
-        sock.sendall(request)
+        channel, tls = sock, None
+        if plan.tls:
+            try:
+                channel, tls = handshake(sock, plan)
+            except (OSError, ssl.SSLError) as error:
+                story.section("2b", f"TLS handshake with {endpoint(address)}")
+                story.note(f"the handshake failed: {error}. The trace trusts only {plan.site.tls.ca}.")
+                return None
+        channel.sendall(request)
         written = time.time()
-        reader = WireReader(sock)
+        reader = WireReader(channel)
         try:
             response = read_response(reader, plan.method)
             state = None
@@ -286,7 +355,7 @@ def exchange(plan: Plan, address: tuple[str, int], rid: str, keep_alive: bool, s
             story.note(f"reading the response failed: {error}")
             return None
     return Exchange(request, response, local, peer, connect_started, connected, written, reader.first_byte_at,
-                    state, time.time())
+                    state, time.time(), tls)
 
 
 def tell(plan: Plan, rid: str, story: Story, seen: Exchange, packets: list[Packet], captured: bool) -> None:
@@ -301,9 +370,14 @@ def tell(plan: Plan, rid: str, story: Story, seen: Exchange, packets: list[Packe
     story.note(f"connect() returned after {(seen.connected - seen.connect_started) * 1000:.3f} ms: one round "
                "trip; the kernel completed the handshake before the server's accept() took the connection")
 
-    sent = [p for p in mine.packets if p.src == seen.local and p.payload]
+    if seen.tls:
+        tell_handshake(plan, story, seen, mine)
+    after = seen.tls.finished if seen.tls else 0.0
+    sent = [p for p in mine.packets if p.src == seen.local and p.payload and p.time >= after]
     on_the_wire = sent[0].time if sent else seen.written
-    story.section(3, f"The HTTP request: {len(seen.request)} bytes, on the wire at {story.at(on_the_wire).strip()}")
+    sealed = " inside TLS application-data records (what follows is the plaintext)" if seen.tls else ""
+    story.section(3, f"The HTTP request: {len(seen.request)} bytes{sealed}, on the wire at "
+                     f"{story.at(on_the_wire).strip()}")
     print_sent(seen.request)
     for packet in sent:
         story.note(f"{story.at(packet.time)}  {mine.describe(packet)}")
@@ -334,7 +408,7 @@ def tell(plan: Plan, rid: str, story: Story, seen: Exchange, packets: list[Packe
     else:
         story.section(5, "no service: nginx answered this path itself")
 
-    replies = [p for p in mine.packets if p.src == seen.peer and p.payload]
+    replies = [p for p in mine.packets if p.src == seen.peer and p.payload and p.time >= on_the_wire]
     first = replies[0].time if replies else seen.first_byte_at or time.time()
     story.section(6, f"The response: first byte at {story.at(first).strip()}, "
                      f"{(first - on_the_wire) * 1000:.3f} ms after the request went out")
@@ -362,6 +436,27 @@ def tell(plan: Plan, rid: str, story: Story, seen: Exchange, packets: list[Packe
     ended = closing[-1].time if closing else seen.closed
     print(f"\nFrom the DNS query to the last packet: {(ended - story.t0) * 1000:.3f} ms "
           f"(the trace itself took longer: it waits for the services' access lines).")
+
+
+def tell_handshake(plan: Plan, story: Story, seen: Exchange, mine: Connection) -> None:
+    """Step 2b: the TLS handshake, between TCP's and the request's first byte."""
+    shake = seen.tls
+    assert shake is not None
+    story.section("2b", f"TLS handshake: {shake.version}, {(shake.finished - shake.started) * 1000:.3f} ms")
+    for packet in (p for p in mine.packets if p.payload and p.time <= shake.finished):
+        story.note(f"{story.at(packet.time)}  {mine.describe(packet)}  (TLS records)")
+    story.note(f"{story.at(shake.started)}  ClientHello sent: TLS 1.2 and 1.3, ALPN offers http/1.1, SNI {plan.name}")
+    story.note(f"{story.at(shake.finished)}  handshake done: {shake.version}, cipher {shake.cipher} "
+               f"({shake.bits}-bit key), ALPN agreed: {shake.alpn or 'none'}")
+    story.note(f"certificate: {shake.subject}; issued by {shake.issuer}; valid until {shake.expires}")
+    story.note(f"it names: {', '.join(shake.names)}; verified against {plan.site.tls.ca}")
+    story.note(f"TCP connected → first request byte: {(seen.written - seen.connected) * 1000:.3f} ms, of which the "
+               f"handshake {(shake.finished - shake.started) * 1000:.3f} ms "
+               f"({'one round trip: TLS 1.3' if shake.version == 'TLSv1.3' else 'two round trips: TLS 1.2'})")
+    h2 = alpn_choice(seen.peer if plan.mode == "native" else (plan.site.public_host, plan.site.tls_port), plan,
+                     ["h2", "http/1.1"])
+    story.note(f"a client offering h2 first (browsers, curl --http2) is given: {h2 or 'no answer'} — this trace "
+               "speaks HTTP/1.1 so that its bytes can be shown")
 
 
 def trace(plan: Plan, keep_alive: bool) -> int:
@@ -395,12 +490,13 @@ def close_complete(packets: list[Packet], local: tuple[str, int], peer: tuple[st
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("url", nargs="?", default="/web/json", help="a path on the stack, or an http:// URL")
+    parser.add_argument("--tls", action="store_true", help="over HTTPS (nginx's TLS port, the stack's CA)")
     parser.add_argument("--keep-alive", action="store_true", help="no Connection: close; the client closes first")
     parser.add_argument("-X", "--method")
     parser.add_argument("-d", "--data", help="a JSON request body")
     args = parser.parse_args(argv)
     site = Site.from_env()
-    plan = plan_of(args.url, args.method, args.data, site, choose_mode(None, site))
+    plan = plan_of(args.url, args.method, args.data, site, choose_mode(None, site), args.tls)
     return trace(plan, args.keep_alive)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from deploy import render
+from deploy import render, tls
 from deploy.topology import HTTP_SERVICES, ROOT, STREAM_SERVICES, Site, service
 from loadtest.compare.matrix import CORES, Config
 
@@ -65,9 +65,11 @@ def nginx_conf(listen: int, upstream: int | None, prefix: str, workdir: Path) ->
     name = family.name if family else "server_under_test"  # the bare apps have no service's name
     by_port: dict[int, int] = {}  # time-tcp and time-udp share a port number, so they share a free one
     stream_ports = {s.name: by_port.setdefault(s.port, free_port()) for s in STREAM_SERVICES}
-    site = Site(public_host="127.0.0.1", public_port=listen, var=workdir, stream_ports=stream_ports)
+    site = Site(public_host="127.0.0.1", public_port=listen, tls_port=free_port(), var=workdir,
+                stream_ports=stream_ports)
     for sub in ("run", "log", "nginx"):
         (workdir / sub).mkdir(parents=True, exist_ok=True)
+    tls.ensure(site)  # the template's HTTPS listener needs a certificate, as the stack's does
     for directory in (workdir.parent, workdir):  # nginx's workers run as the checkout's owner (render.py)
         directory.chmod(0o755)
     render.write_modules_conf(workdir / "run" / "modules.conf")

@@ -30,7 +30,9 @@ from services.web.store import SERVICE, SESSION_TTL, Store
 PREFIX = topology.service("web").route_prefix
 COOKIE = "sid"
 CLIENT_TIMEOUT_S = http.client_timeout_s()
-COOKIE_SECURE = os.environ.get("WEB_COOKIE_SECURE", "0") == "1"  # set 1 behind TLS
+# The session cookie is Secure whenever the client reached nginx over TLS (client_scheme); 1 makes it Secure on
+# plain HTTP too, for a deployment where TLS ends in front of nginx.
+COOKIE_SECURE = os.environ.get("WEB_COOKIE_SECURE", "0") == "1"
 WWW_AUTHENTICATE = f'Cookie realm="web", form-action="{PREFIX}/login", cookie-name="{COOKIE}"'
 # Requests served per client socket: gunicorn's async and threaded workers keep the socket across keep-alive
 # requests (the sync worker closes it after each response, so it always reports 1).
@@ -161,6 +163,19 @@ def _credentials() -> tuple[str, str]:
     return email.strip(), password
 
 
+def client_scheme() -> str:
+    """How the client reached the stack: nginx's X-Forwarded-Proto ("https" on its TLS port), believed only on a
+    connection from nginx; otherwise this connection's own scheme."""
+    if proxy.nginx.trusts(request.remote_addr):
+        return "https" if request.headers.get("X-Forwarded-Proto", "http").lower() == "https" else "http"
+    return request.scheme
+
+
+def _cookie_secure() -> bool:
+    """Secure (RFC 6265 §4.1.2.5: sent back over TLS only) whenever the client came over TLS."""
+    return COOKIE_SECURE or client_scheme() == "https"
+
+
 def refuse_cross_site(headers: Mapping[str, str]) -> None:
     """A browser's unsafe request (POST, PUT, PATCH, DELETE) from another site is refused, cookie or not: it
     would act with the user's session (CSRF), or log them into someone else's account. Browsers say where a
@@ -172,9 +187,8 @@ def refuse_cross_site(headers: Mapping[str, str]) -> None:
     origin = headers.get("Origin")
     if origin is not None:
         behind_nginx = proxy.nginx.trusts(request.remote_addr)
-        scheme = headers.get("X-Forwarded-Proto", "http") if behind_nginx else request.scheme
         host = (headers.get("X-Forwarded-Host") if behind_nginx else None) or headers.get("Host")
-        own = f"{scheme}://{host}"
+        own = f"{client_scheme()}://{host}"
         if origin.lower() != own.lower():
             raise http.Problem(403, "Cross-site request refused", f"Origin {origin[:80]} is not {own[:80]}")
 
@@ -207,14 +221,14 @@ def login() -> Response:
     response = _json(user)
     # The cookie carries only a random id; the session itself is a server-side row.
     response.set_cookie(COOKIE, token, max_age=int(SESSION_TTL), path=PREFIX, httponly=True, samesite="Lax",
-                        secure=COOKIE_SECURE)
+                        secure=_cookie_secure())
     return response
 
 
 def logout() -> Response:
     store().close_session(request.cookies.get(COOKIE))
     response = Response(status=204)
-    response.delete_cookie(COOKIE, path=PREFIX, httponly=True, samesite="Lax", secure=COOKIE_SECURE)
+    response.delete_cookie(COOKIE, path=PREFIX, httponly=True, samesite="Lax", secure=_cookie_secure())
     return response
 
 

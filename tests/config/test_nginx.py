@@ -16,8 +16,10 @@ from pathlib import Path
 import crossplane
 import pytest
 
+from deploy import tls
 from deploy.render import (
     COMPOSE_MODULES_CONF,
+    COMPOSE_TLS,
     CONNECTIONS_PER_CLIENT,
     EDGE_ERRORS,
     PROBLEM_PATH,
@@ -53,6 +55,13 @@ def find(block: list[dict], name: str) -> list[dict]:
 def one(block: list[dict], name: str) -> list[str]:
     (directive,) = find(block, name)
     return directive["args"]
+
+
+def is_default_server(server: list[dict]) -> bool:
+    """True for the catch-all server (every listen of it says default_server)."""
+    listens = [d["args"] for d in find(server, "listen")]
+    assert all("default_server" in args for args in listens) or not any("default_server" in a for a in listens)
+    return "default_server" in listens[0]
 
 
 def seconds(value: str) -> float:
@@ -128,7 +137,7 @@ def test_credentials_expensive_endpoints_and_writes_are_limited_per_client_with_
     (writing,) = [m for m in find(http_block, "map") if m["args"] == ["$request_method", "$stack_writing_client"]]
     assert [d["directive"] for d in writing["block"]] == ["~^(POST|PUT|PATCH|DELETE)$", "default"]
     servers = [d["block"] for d in find(http_block, "server")]
-    (site_server,) = [s for s in servers if "default_server" not in one(s, "listen")]
+    (site_server,) = [s for s in servers if not is_default_server(s)]
     assert one(site_server, "limit_conn") == ["perclient", str(CONNECTIONS_PER_CLIENT)]
     locations = {tuple(d["args"]): d["block"] for d in find(site_server, "location")}
     for path, (upstream, zone, burst) in RATE_LIMITED.items():
@@ -159,7 +168,7 @@ def test_access_log_records_timings_and_the_request_id(http_block):
 
 def test_default_server_drops_unknown_hosts(http_block):
     servers = [d["block"] for d in find(http_block, "server")]
-    default = [s for s in servers if "default_server" in one(s, "listen")]
+    default = [s for s in servers if is_default_server(s)]
     assert len(default) == 1
     locations = {tuple(d["args"]): d["block"] for d in find(default[0], "location")}
     assert one(locations[("/",)], "return") == ["444"]
@@ -174,7 +183,7 @@ def test_nginx_answers_its_own_errors_with_problem_documents(http_block):
     for server in (d["block"] for d in find(http_block, "server")):
         pages = [d["args"] for d in find(server, "error_page") if d["args"][-1] == PROBLEM_PATH]
         (codes,) = pages
-        expected = {str(code) for code in EDGE_ERRORS} - ({"404"} if "default_server" in one(server, "listen")
+        expected = {str(code) for code in EDGE_ERRORS} - ({"404"} if is_default_server(server)
                                                           else set())
         assert set(codes[:-1]) == expected
         (problem,) = [d["block"] for d in find(server, "location") if d["args"] == ["=", PROBLEM_PATH]]
@@ -187,7 +196,7 @@ def test_nginx_answers_its_own_errors_with_problem_documents(http_block):
 
 def test_each_prefix_is_proxied_to_its_upstream(http_block):
     servers = [d["block"] for d in find(http_block, "server")]
-    (site_server,) = [s for s in servers if "default_server" not in one(s, "listen")]
+    (site_server,) = [s for s in servers if not is_default_server(s)]
     locations = {d["args"][-1]: d["block"] for d in find(site_server, "location")}
     for service in HTTP_SERVICES:
         assert one(locations[service.prefix], "proxy_pass") == [f"http://{service.name}"]
@@ -212,6 +221,7 @@ def test_native_config_passes_nginx_t(tmp_path):
         (tmp_path / sub).mkdir()
     conf = tmp_path / "nginx.conf"
     write_modules_conf(tmp_path / "run" / "modules.conf")
+    tls.ensure(site)
     conf.write_text(nginx_conf("native", site))
     result = subprocess.run([NGINX, "-t", "-c", str(conf), "-e", str(tmp_path / "log" / "error.log")],
                             capture_output=True, text=True)
@@ -224,11 +234,16 @@ def test_compose_config_passes_nginx_t(tmp_path):
     Compose nginx base image under Docker."""
     conf = tmp_path / "nginx.conf"
     conf.write_text(nginx_conf("compose", SITE))
+    certificate = tls.ensure(Site(var=tmp_path))  # what Compose mounts as secrets (docker-compose.yml)
     if nginx_version(NGINX) >= (1, 27, 3):
+        conf.write_text(conf.read_text().replace(COMPOSE_TLS[0], str(certificate.certificate))
+                        .replace(COMPOSE_TLS[1], str(certificate.key)))
         command = [NGINX, "-t", "-c", str(conf), "-e", "stderr"]
     elif docker_answers() and (image := usable_nginx_image()):
         script = ROOT / "nginx" / "stream-module.sh"  # what the nginx image's build runs first
         command = ["docker", "run", "--rm", "-v", f"{conf}:/etc/stack/nginx.conf:ro",
+                   "-v", f"{certificate.certificate}:{COMPOSE_TLS[0]}:ro",
+                   "-v", f"{certificate.key}:{COMPOSE_TLS[1]}:ro",
                    "-v", f"{script}:/stream-module.sh:ro", image, "sh", "-c",
                    f"sh /stream-module.sh {COMPOSE_MODULES_CONF} && nginx -t -c /etc/stack/nginx.conf -e stderr"]
     else:

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -552,6 +553,105 @@ class StackContract:
         assert "← HTTP/1.1 200 OK" in out and "framing: Content-Length: 27" in out  # 6. the response
         assert re.search(r"FIN-ACK", out) and "nginx sent the first FIN" in out  # 7. the close
         assert "ss: TIME-WAIT" in out
+
+    # ------------------------------------------------------------------ TLS and HTTP/2 at nginx
+
+    def tls_handshake(self, stack, *, alpn=("h2", "http/1.1"), version=None, ciphers=None) -> dict:
+        """One TLS handshake with nginx's HTTPS port, trusting only the stack's CA; what was agreed."""
+        context = ssl.create_default_context(cafile=str(stack.site.tls.ca))
+        context.set_alpn_protocols(list(alpn))
+        if version is not None:  # pin the client to one version, even one its own defaults refuse
+            context.minimum_version = context.maximum_version = version
+            context.set_ciphers("ALL:@SECLEVEL=0")
+        if ciphers is not None:
+            context.set_ciphers(ciphers)
+        with socket.create_connection((stack.site.public_host, stack.site.tls_port), timeout=5) as raw, \
+                context.wrap_socket(raw, server_hostname="localhost") as secure:
+            return {"version": secure.version(), "cipher": secure.cipher()[0], "alpn": secure.selected_alpn_protocol(),
+                    "certificate": secure.getpeercert(binary_form=True)}
+
+    def test_tls_offers_1_2_and_1_3_with_alpn_and_a_certificate_the_stacks_ca_signed(self, stack):
+        from cryptography import x509
+
+        agreed = self.tls_handshake(stack)
+        assert agreed["version"] == "TLSv1.3" and agreed["alpn"] == "h2"
+        assert self.tls_handshake(stack, alpn=("http/1.1",))["alpn"] == "http/1.1"
+        tls12 = self.tls_handshake(stack, version=ssl.TLSVersion.TLSv1_2)
+        assert tls12["version"] == "TLSv1.2" and tls12["cipher"].startswith("ECDHE-ECDSA-") and "GCM" in tls12["cipher"]
+        certificate = x509.load_der_x509_certificate(agreed["certificate"])
+        certificate.verify_directly_issued_by(x509.load_pem_x509_certificate(stack.site.tls.ca.read_bytes()))
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert {"localhost", "nginx", ZONE} <= set(names.get_values_for_type(x509.DNSName))
+        assert stack.site.public_host in {str(a) for a in names.get_values_for_type(x509.IPAddress)}
+        # Not trusted by anybody else: the system's CAs refuse it.
+        with pytest.raises(ssl.SSLCertVerificationError):
+            with socket.create_connection((stack.site.public_host, stack.site.tls_port), timeout=5) as raw:
+                ssl.create_default_context().wrap_socket(raw, server_hostname="localhost")
+
+    @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")  # deprecated: the point here
+    @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1], ids=["1.0", "1.1"])
+    def test_old_tls_versions_are_refused_by_nginx(self, stack, version):
+        with pytest.raises(ssl.SSLError) as refused:
+            self.tls_handshake(stack, version=version)
+        assert "PROTOCOL_VERSION" in str(refused.value).upper()  # nginx's alert, not our client's own refusal
+
+    def test_weak_tls_1_2_suites_are_refused_by_nginx(self, stack):
+        for suite in ("AES128-SHA", "ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA384"):  # no PFS; CBC
+            with pytest.raises(ssl.SSLError) as refused:
+                self.tls_handshake(stack, version=ssl.TLSVersion.TLSv1_2, ciphers=f"{suite}:@SECLEVEL=0")
+            assert "HANDSHAKE_FAILURE" in str(refused.value).upper() or "NO_SHARED_CIPHER" in str(refused.value).upper()
+
+    def test_http2_through_every_prefix_with_hsts_and_the_same_answers(self, stack):
+        import httpx
+
+        context = ssl.create_default_context(cafile=str(stack.site.tls.ca))
+        with httpx.Client(http2=True, verify=context, base_url=stack.site.tls_base_url, timeout=10) as client:
+            for service in HTTP_SERVICES:
+                response = client.get(f"{service.prefix}json")
+                assert response.http_version == "HTTP/2" and response.status_code == 200
+                assert response.json() == {"message": "Hello, World!"}
+                assert response.headers["strict-transport-security"] == "max-age=31536000"
+                assert "x-request-id" in response.headers
+            echoed = client.post("/httpbin/post", json={"over": "h2"})
+            assert echoed.http_version == "HTTP/2" and echoed.json()["json"] == {"over": "h2"}
+            assert echoed.json()["url"].startswith(f"https://{stack.site.public_host}:{stack.site.tls_port}/")
+            assert client.get("/healthz").http_version == "HTTP/2"
+            missing = client.get("/no/such/page")
+            assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
+            assert missing.headers["strict-transport-security"]  # nginx's own answers too
+        plain = requests.get(stack.url("/web/json"), timeout=5)
+        assert "Strict-Transport-Security" not in plain.headers  # only the HTTPS port says it
+
+    def test_plain_http_sent_to_the_tls_port_is_a_400_problem(self, stack):
+        response = requests.get(f"http://{stack.site.public_host}:{stack.site.tls_port}/web/json", timeout=5)
+        assert response.status_code == 400
+        assert response.headers["Content-Type"] == "application/problem+json" and response.json()["status"] == 400
+
+    def test_the_session_cookie_is_secure_over_tls_only(self, stack):
+        account = {"email": f"tls-{uuid.uuid4().hex[:8]}@example.com", "password": "correct horse battery"}
+        ca = str(stack.site.tls.ca)
+        assert requests.post(stack.site.tls_base_url + "/web/signup", json=account, verify=ca, timeout=10
+                             ).status_code == 201
+        secure = requests.post(stack.site.tls_base_url + "/web/login", json=account, verify=ca, timeout=10)
+        plain = requests.post(stack.url("/web/login"), json=account, timeout=10)
+        assert secure.status_code == plain.status_code == 200
+        assert "; Secure" in secure.headers["Set-Cookie"] and "; Secure" not in plain.headers["Set-Cookie"]
+        # A client claiming https on the plain port is not believed: nginx sets X-Forwarded-Proto itself.
+        claimed = requests.post(stack.url("/web/login"), json=account, headers={"X-Forwarded-Proto": "https"},
+                                timeout=10)
+        assert "; Secure" not in claimed.headers["Set-Cookie"]
+
+    @pytest.mark.skipif(os.geteuid() != 0, reason="capturing packets needs root (CI runs as root)")
+    def test_trace_over_tls_shows_the_handshake_between_tcp_and_http(self, stack):
+        result = subprocess.run([sys.executable, "-m", "wire.trace", "--tls", "/httpbin/json"], cwd=ROOT,
+                                env=stack.env, capture_output=True, text=True, timeout=60)
+        out = result.stdout
+        assert result.returncode == 0 and "Traceback" not in result.stderr, out + result.stderr
+        assert re.search(r"2b\. TLS handshake: TLSv1\.3, [\d.]+ ms", out)
+        assert re.search(r"handshake done: TLSv1\.3, cipher TLS_\w+ \(\d+-bit key\), ALPN agreed: http/1\.1", out)
+        assert re.search(r"TCP connected → first request byte: [\d.]+ ms, of which the handshake [\d.]+ ms", out)
+        assert "(TLS records)" in out and "is given: h2" in out
+        assert "inside TLS application-data records" in out and "← HTTP/1.1 200 OK" in out
 
     def test_dns_truncates_the_directory_over_udp_and_answers_it_over_tcp(self, stack):
         result = subprocess.run([sys.executable, "-m", "wire.dns_truncation"], cwd=ROOT, env=stack.env,

@@ -7,6 +7,7 @@ from PYTHON_IMAGE/NGINX_IMAGE when set (CI points them at stand-ins built from D
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 import re
@@ -22,9 +23,9 @@ import requests
 from deploy import topology
 from deploy.render import COMPOSE_RESOLVE_S
 from deploy.stack import COMPOSE_FILE, Compose, compose_command
-from deploy.topology import HTTP_SERVICES, ROOT, SERVICES, STREAM_SERVICES, Site
+from deploy.topology import HTTP_SERVICES, ROOT, SERVICES
 from loadtest import chaos
-from tests.conftest import free_port, free_tcp_udp_port, require_docker_engine
+from tests.conftest import require_docker_engine, site_on_free_ports
 from tests.e2e.contract import RunningStack, StackContract, bystander, ps_output
 from tests.e2e.http_contract import HttpSemanticsContract
 
@@ -69,16 +70,8 @@ def address(container: str) -> str:
 def compose_stack(tmp_path_factory):
     require_docker_engine()
     var = tmp_path_factory.mktemp("compose-var")
-    while True:  # four distinct ports: the kernel may hand out a just-released port twice
-        ports = (free_tcp_udp_port(), free_port(), free_port(), free_tcp_udp_port())
-        if len(set(ports)) == len(ports):
-            break
-    time_port, echo_port, public_port, dns_port = ports  # the TCP and UDP time services share a port number
-    stream_ports = {"time-tcp": time_port, "time-udp": time_port, "echo": echo_port}
-    site = Site(public_port=public_port, dns_port=dns_port, var=var, stream_ports=stream_ports)
-    env = {**os.environ, "COMPOSE_PROJECT_NAME": PROJECT, "STACK_PORT": str(site.public_port),
-           "STACK_DNS_PORT": str(site.dns_port), "STACK_VAR": str(var), "MODE": "compose",
-           **{s.port_env: str(site.public_port_of(s)) for s in STREAM_SERVICES}}
+    site = site_on_free_ports(var)
+    env = {**os.environ, "COMPOSE_PROJECT_NAME": PROJECT, "MODE": "compose", **site.environment()}
 
     def compose(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*compose_command(), "-f", str(COMPOSE_FILE), *args], env=env, cwd=ROOT,
@@ -241,12 +234,8 @@ def test_store_postgres_in_compose_migrates_once_and_keeps_every_replicas_data_t
     data in Postgres, not in their volumes: one replica's session is the other's."""
     require_docker_engine()
     project = "pystack-e2e-pg"
-    time_port = free_tcp_udp_port()  # the TCP and UDP time services share a port number
-    site = Site(public_port=free_port(), dns_port=free_tcp_udp_port(), var=tmp_path, store="postgres",
-                stream_ports={"time-tcp": time_port, "time-udp": time_port, "echo": free_port()})
-    env = {**os.environ, "COMPOSE_PROJECT_NAME": project, "STACK_PORT": str(site.public_port), "STORE": "postgres",
-           "STACK_DNS_PORT": str(site.dns_port), "STACK_VAR": str(tmp_path), "MODE": "compose",
-           **{s.port_env: str(site.public_port_of(s)) for s in STREAM_SERVICES}}
+    site = dataclasses.replace(site_on_free_ports(tmp_path), store="postgres")
+    env = {**os.environ, "COMPOSE_PROJECT_NAME": project, "STORE": "postgres", "MODE": "compose", **site.environment()}
     stack = RunningStack(site, "compose", env, Compose(site, env).log_text, lambda label: [])
     compose = Compose(site, env)
     try:

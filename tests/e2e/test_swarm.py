@@ -20,12 +20,12 @@ import dns.query
 import pytest
 import requests
 
-from deploy import swarm
+from deploy import swarm, tls
 from deploy.stack import COMPOSE_FILE, compose_command
-from deploy.topology import HTTP_SERVICES, ROOT, STREAM_SERVICES, ZONE, Site, service
+from deploy.topology import HTTP_SERVICES, ROOT, STREAM_SERVICES, ZONE, service
 from loadtest.chaos import every_instance_answers
 from services.common import credentials
-from tests.conftest import alongside, free_port, free_tcp_udp_port, require_docker_engine
+from tests.conftest import alongside, require_docker_engine, site_on_free_ports
 
 pytestmark = [pytest.mark.e2e, pytest.mark.compose]
 PROJECT = "pystack-swarm"  # the images' prefix and the stack's name
@@ -69,14 +69,9 @@ def swarm_stack(tmp_path_factory):
             pytest.fail("this Docker engine is in a swarm already; the Swarm test needs one it may create")
         pytest.skip("this Docker engine is in a swarm already: the test creates (and leaves) its own")
     var = tmp_path_factory.mktemp("swarm-var")
-    while True:
-        ports = (free_tcp_udp_port(), free_port(), free_port(), free_tcp_udp_port())
-        if len(set(ports)) == len(ports):
-            break
-    time_port, echo_port, public_port, dns_port = ports
-    site = Site(public_port=public_port, dns_port=dns_port, var=var,
-                stream_ports={"time-tcp": time_port, "time-udp": time_port, "echo": echo_port})
+    site = site_on_free_ports(var)
     credentials.ensure(site.secrets)
+    tls.ensure(site)
     build = subprocess.run([*compose_command(), "-f", str(COMPOSE_FILE), "build"], cwd=ROOT, capture_output=True,
                            text=True, timeout=900,
                            env={**os.environ, **images, "COMPOSE_PROJECT_NAME": PROJECT, "STACK_VAR": str(var)})

@@ -306,3 +306,24 @@ def test_text_with_nul_is_a_422_on_either_store(client):
                            content_type="application/json")
     assert response.status_code == 422 and response.json["title"] == "Unstorable value", response.json
 
+
+
+@pytest.mark.parametrize("peer, proto, secure", [
+    ("127.0.0.9", "https", True),    # nginx's TLS port: the client's connection was encrypted
+    ("127.0.0.9", "http", False),    # nginx's plain port
+    ("127.0.0.1", "https", False),   # not nginx: anybody can claim https
+    ("127.0.0.9", None, False),
+])
+def test_the_session_cookie_is_secure_when_the_client_came_over_tls_as_nginx_says(client, monkeypatch, peer, proto,
+                                                                                     secure):
+    from services.common import proxy
+
+    monkeypatch.setattr(proxy, "nginx", proxy.TrustedProxy("127.0.0.9"))
+    client.post("/web/signup", json=CREDENTIALS)
+    headers = {"X-Forwarded-Proto": proto} if proto else {}
+    environ = {"REMOTE_ADDR": peer}
+    response = client.post("/web/login", json=CREDENTIALS, headers=headers, environ_base=environ)
+    attributes = {part.strip() for part in response.headers["Set-Cookie"].split(";")}
+    assert ("Secure" in attributes) is secure
+    cleared = client.post("/web/logout", headers=headers, environ_base=environ).headers["Set-Cookie"]
+    assert ("Secure" in {part.strip() for part in cleared.split(";")}) is secure
