@@ -11,7 +11,16 @@ import pytest
 
 from deploy.render import STOP_GRACE_SECONDS
 from deploy.stack import COMPOSE_FILE, compose_command
-from deploy.topology import DNS, HTTP_SERVICES, LOCUST_UI_PORT, NGINX_PORT, ROOT, SERVICES, STREAM_SERVICES
+from deploy.topology import (
+    DNS,
+    HTTP_SERVICES,
+    LOCUST_UI_PORT,
+    NGINX_PORT,
+    NGINX_TLS_PORT,
+    ROOT,
+    SERVICES,
+    STREAM_SERVICES,
+)
 from deploy.topology import service as service_named
 from services.web import gunicorn_conf
 
@@ -108,12 +117,14 @@ def test_published_ports_are_loopback_only_and_match_the_topology():
     }
     assert published == {
         ("nginx", NGINX_PORT, "tcp", "127.0.0.1"),
+        ("nginx", NGINX_TLS_PORT, "tcp", "127.0.0.1"),
         *(("nginx", s.public_port, s.transport, "127.0.0.1") for s in STREAM_SERVICES),  # the stream proxy
         ("dns", DNS.port, "udp", "127.0.0.1"),
         ("dns", DNS.port, "tcp", "127.0.0.1"),
     }
     # Each published stream port can be moved (a second stack beside yours) by the variable the topology names.
     text = COMPOSE_FILE.read_text()
+    assert f'"127.0.0.1:${{STACK_TLS_PORT:-{NGINX_TLS_PORT}}}:{NGINX_TLS_PORT}"' in text
     for service in STREAM_SERVICES:
         port = service.public_port
         mapping = f'"127.0.0.1:${{{service.port_env}:-{port}}}:{port}/{service.transport}"'
@@ -135,7 +146,7 @@ def test_every_port_docker_compose_yml_writes_is_the_registrys():
 
     services = compose_config("load")["services"]
     own = {s.name: {s.port} for s in SERVICES}
-    own["nginx"] = {NGINX_PORT, *(s.public_port for s in STREAM_SERVICES)}
+    own["nginx"] = {NGINX_PORT, NGINX_TLS_PORT, *(s.public_port for s in STREAM_SERVICES)}
     own["locust-master"] = {LOCUST_UI_PORT, NGINX_PORT}
     own["locust-worker"] = set()
     for name, entry in services.items():

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy.render import KUBERNETES_NAMESPACE, STOP_GRACE_SECONDS, nginx_conf
-from deploy.topology import DNS, HTTP_SERVICES, MAX_INSTANCES, NGINX_PORT, ROOT, STREAM_SERVICES
+from deploy.render import KUBERNETES_NAMESPACE, KUBERNETES_TLS, STOP_GRACE_SECONDS, nginx_conf
+from deploy.topology import DNS, HTTP_SERVICES, MAX_INSTANCES, NGINX_PORT, NGINX_TLS_PORT, ROOT, STREAM_SERVICES
 
 KUSTOMIZE_TREE = ROOT / "deploy" / "kubernetes"
 OVERLAYS = ("dev", "production")
@@ -114,7 +114,8 @@ def test_socket_services_dns_and_nginx_publish_the_registrys_ports(built, overla
             command = container(deployments[service.name]).get("command")
             assert command in (None, ["python", "-m", service.module]), service.name
     edge = {(p["port"], p["protocol"]) for p in services["nginx"]["spec"]["ports"]}
-    assert edge == {(NGINX_PORT, "TCP"), *((s.public_port, s.transport.upper()) for s in STREAM_SERVICES)}
+    assert edge == {(NGINX_PORT, "TCP"), (NGINX_TLS_PORT, "TCP"),
+                    *((s.public_port, s.transport.upper()) for s in STREAM_SERVICES)}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -127,6 +128,11 @@ def test_nginx_runs_the_stacks_template_rendered_for_kubernetes(built, overlay):
             config_map["data"]["nginx.conf"])
     pod = kind(docs, "Deployment")["nginx"]["spec"]["template"]["spec"]
     assert {"name": "nginx-conf", "configMap": {"name": config_map["metadata"]["name"]}} in pod["volumes"]
+    # The certificate and key the config names, from the nginx-tls Secret.
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "tls"]
+    assert {"name": "tls", "secret": {"secretName": "nginx-tls"}} in pod["volumes"]
+    for path in KUBERNETES_TLS:
+        assert f" {path};" in config_map["data"]["nginx.conf"] and path.startswith(mount["mountPath"] + "/")
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -197,4 +203,7 @@ def test_the_dev_overlays_generated_secrets_are_the_ones_the_pods_mount(built):
         for variable in container(workload).get("env", []):
             if ref := variable.get("valueFrom", {}).get("secretKeyRef"):
                 referenced.add(ref["name"])
-    assert referenced and referenced <= secrets, (referenced, secrets)
+    # nginx's certificate is the operator's to create (README: Kubernetes): a private key is never generated
+    # into manifests.
+    assert "nginx-tls" in referenced and "nginx-tls" not in secrets
+    assert referenced - {"nginx-tls"} <= secrets, (referenced, secrets)

@@ -182,7 +182,8 @@ def test_nginx_answers_its_own_errors_with_problem_documents(http_block):
     assert titles["413"] == "Content Too Large" and titles["502"] == "Bad Gateway"
     for server in (d["block"] for d in find(http_block, "server")):
         pages = [d["args"] for d in find(server, "error_page") if d["args"][-1] == PROBLEM_PATH]
-        (codes,) = pages
+        codes, plain_http_on_the_tls_port = pages
+        assert plain_http_on_the_tls_port == ["497", "=400", PROBLEM_PATH]
         expected = {str(code) for code in EDGE_ERRORS} - ({"404"} if is_default_server(server)
                                                           else set())
         assert set(codes[:-1]) == expected
