@@ -28,10 +28,15 @@ from pathlib import Path
 from deploy.topology import (
     DNS,
     HTTP_SERVICES,
+    MONITORING_SERVICES,
     NGINX,
     NGINX_PORT,
+    NGINX_STATUS_PATH,
+    NGINX_STATUS_PORT,
     NGINX_TLS_PORT,
     POSTGRES,
+    PROMETHEUS,
+    PROMETHEUS_PREFIX,
     ROOT,
     STREAM_SERVICES,
     ZONE,
@@ -63,11 +68,14 @@ LIMITS = (f"per client: login and signup {CREDENTIALS_LIMIT}; fanout and cpu {EX
 # The errors nginx answers itself, as problem+json, with RFC 9110's titles (429 has its own location, with
 # Retry-After). 494 is nginx's "request header too large", which goes out as a 400. 501 (a transfer coding it
 # does not implement) and 505 (HTTP/2+ in an HTTP/1 request line) are what RFC 9112 asks for there.
-EDGE_ERRORS = {400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
-               413: "Content Too Large", 414: "URI Too Long", 431: "Request Header Fields Too Large", 494: None,
-               500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
-               504: "Gateway Timeout", 505: "HTTP Version Not Supported"}
+EDGE_ERRORS = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+               408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long",
+               431: "Request Header Fields Too Large", 494: None, 500: "Internal Server Error",
+               501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+               505: "HTTP Version Not Supported"}
 PROBLEM_PATH = "/.problem"  # internal: only error_page reaches it
+# Prometheus's query API through the edge (MONITORING=1), for the landing page's live numbers.
+PROMETHEUS_API = f"{PROMETHEUS_PREFIX}/api/v1/"
 # The paths where nginx passes a WebSocket upgrade on (httpbin's echo); everywhere else Upgrade is dropped.
 WEBSOCKET_PATHS = [f"{s.prefix}websocket/echo" for s in HTTP_SERVICES if s.name == "httpbin"]
 # Docker's embedded DNS server, reachable from every container on a user-defined network.
@@ -180,6 +188,18 @@ def user_directive() -> str:
     return f"user {pwd.getpwuid(owner.st_uid).pw_name} {grp.getgrgid(owner.st_gid).gr_name};\n"
 
 
+def edge_headers(indent: int) -> str:
+    """The headers nginx adds to every answer, its own and the services': HSTS (on the HTTPS port) and its
+    Server-Timing entries. Written into the server and into each location with an add_header of its own (one
+    add_header in a location and nginx forgets the server's)."""
+    pad = " " * indent
+    return "".join(f"{pad}add_header {name} {value} always;\n" for name, value in (
+        ("Strict-Transport-Security", "$strict_transport_security"),
+        ("Server-Timing", "$server_timing_edge"),
+        ("Server-Timing", "$server_timing_upstream"),
+    ))
+
+
 def _problem_titles() -> str:
     return "".join(f'        {code} "{title}";\n' for code, title in EDGE_ERRORS.items() if title)
 
@@ -196,7 +216,7 @@ def _edge_errors(codes: list[int]) -> str:
             "            default_type application/problem+json;\n"
             "            add_header X-Request-ID $stack_request_id always;\n"
             "            add_header Cache-Control no-store always;\n"
-            "            add_header Strict-Transport-Security $strict_transport_security always;\n"
+            f"{edge_headers(12)}"
             f"            return 200 '{body}';  # the status stays the error's\n"
             "        }\n")
 
@@ -207,6 +227,8 @@ def nginx_conf(mode: str, site: Site | None = None, *, upstreams: Mapping[str, S
     (location prefix -> upstream name) replace the services' own, and `overrides` any template value: how
     make compare puts the stack's edge, unchanged otherwise, in front of one server under test."""
     site = site or Site()
+    # The stack's own edge (not make compare's) also answers Prometheus's query API for the landing page.
+    monitoring_api = routes is None and mode in MODES
     routes = routes if routes is not None else {s.prefix: s.name for s in HTTP_SERVICES if s.prefix}
     if mode in ("compose", "kubernetes"):
         # Upstreams named by Compose service name and re-resolved through Docker's DNS while running
@@ -225,6 +247,7 @@ def nginx_conf(mode: str, site: Site | None = None, *, upstreams: Mapping[str, S
         if upstreams:
             raise ValueError(f"{mode}'s upstreams are its services, found through its DNS")
         upstream_blocks = "".join(_upstream(s.name, [f"{host.format(s.name)}:{s.port} resolve"]) for s in HTTP_SERVICES)
+        prometheus = f"{PROMETHEUS.name}:{PROMETHEUS.port} resolve"  # none until MONITORING=1 starts it: a 502
         stream_upstreams = "".join(_stream_upstream(s, f"{host.format(s.name)}:{s.port} resolve")
                                    for s in STREAM_SERVICES)
         stream_servers = "".join(_stream_server(s, str(s.public_port)) for s in STREAM_SERVICES)
@@ -240,6 +263,10 @@ def nginx_conf(mode: str, site: Site | None = None, *, upstreams: Mapping[str, S
             "STATIC_ROOT": "/srv/stack/static",
             "PROXY_BIND": "",  # the services know nginx by name (services/common/proxy.py)
             "SERVER_NAMES": f"localhost 127.0.0.1 nginx {ZONE} nginx.{ZONE}",
+            "STATUS_LISTEN": str(NGINX_STATUS_PORT),
+            # The exporter's address is not known in advance: the private ranges container networks use.
+            "STATUS_ALLOW": "".join(f"            allow {net};\n" for net in (
+                "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")),
             # Both images carry nginx >= 1.27.3 (`resolve` above needs it).
             **tls_values(str(NGINX_TLS_PORT), *(COMPOSE_TLS if mode == "compose" else KUBERNETES_TLS),
                          version=HTTP2_DIRECTIVE_SINCE),
@@ -249,6 +276,7 @@ def nginx_conf(mode: str, site: Site | None = None, *, upstreams: Mapping[str, S
         if upstreams is None:
             upstreams = {s.name: list(site.instances(s).values()) for s in HTTP_SERVICES}
         upstream_blocks = "".join(_upstream(name, list(addresses)) for name, addresses in upstreams.items())
+        prometheus = f"{site.address(PROMETHEUS)}:{PROMETHEUS.port}"
         stream_upstreams = "".join(_stream_upstream(s, f"{site.address(s)}:{s.port}") for s in STREAM_SERVICES)
         stream_servers = "".join(
             _stream_server(s, f"{site.public_host}:{site.public_port_of(s)}") for s in STREAM_SERVICES
@@ -271,6 +299,9 @@ def nginx_conf(mode: str, site: Site | None = None, *, upstreams: Mapping[str, S
             ),
             **tls_values(f"{site.public_host}:{site.tls_port}", str(site.tls.certificate), str(site.tls.key),
                          nginx_version()),
+            "STATUS_LISTEN": f"{site.address(NGINX)}:{NGINX_STATUS_PORT}",
+            # The exporter connects from 127.0.0.1 whatever its own address (the kernel picks the source): loopback.
+            "STATUS_ALLOW": "            allow 127.0.0.0/8;\n",
         }
     else:
         raise ValueError(f"unknown mode {mode!r}; expected one of {RENDER_TARGETS}")
@@ -285,11 +316,19 @@ def nginx_conf(mode: str, site: Site | None = None, *, upstreams: Mapping[str, S
         f"            proxy_pass http://{upstream};\n        }}\n"
         for path, (upstream, zone, burst) in RATE_LIMITED.items() if upstream in routes.values()
     )
+    if monitoring_api:
+        upstream_blocks += _upstream(PROMETHEUS.name, [prometheus])
+        # Read-only: GET (and HEAD) of the query API, nothing of Prometheus's UI or admin; limited like /cpu.
+        locations += (f"\n        location {PROMETHEUS_API} {{\n"
+                      "            limit_except GET {\n                deny all;\n            }\n"
+                      f"            limit_req zone=expensive burst={EXPENSIVE_BURST} nodelay;\n"
+                      f"            proxy_pass http://{PROMETHEUS.name};\n        }}\n")
     values.update(WEBSOCKET_PATHS=", ".join(WEBSOCKET_PATHS),
                   WEBSOCKET_MAP="".join(f'        "~*^websocket:{re.escape(path)}$" "websocket";\n'
                                         for path in WEBSOCKET_PATHS))
     values.update(EXPENSIVE_RATE=EXPENSIVE_RATE, WRITE_RATE=WRITE_RATE, LIMITS=LIMITS,
                   CONNECTIONS_PER_CLIENT=str(CONNECTIONS_PER_CLIENT))
+    values.update(EDGE_HEADERS=edge_headers(8), LOCATION_EDGE_HEADERS=edge_headers(12), STATUS_PATH=NGINX_STATUS_PATH)
     values.update(RESOLVER=resolver, UPSTREAMS=upstream_blocks, LOCATIONS=locations, PROBLEM_TITLES=_problem_titles(),
                   EDGE_ERRORS=_edge_errors(list(EDGE_ERRORS)),
                   # The catch-all server answers only what it cannot parse; 404 there means "no answer".
@@ -382,6 +421,10 @@ def supervisord_conf(site: Site, python: str = sys.executable) -> str:
         **{s.name: shlex.join(s.command(addr[s.name], python=python)) for s in STREAM_SERVICES},
         "nginx": f"{nginx} -c {run / 'nginx.conf'} -e {logs / 'nginx-error.log'} -g 'daemon off;'",
     }
+    if site.monitoring:  # Debian's prometheus and prometheus-nginx-exporter (deploy/monitoring.py)
+        from deploy import monitoring  # stdlib only, like this file
+
+        programs.update({name: shlex.join(argv) for name, argv in monitoring.native_programs(site).items()})
     if site.store == "postgres":  # first to start, last to stop
         from deploy import postgres  # native only: the images' render stage copies topology.py and this file
 
@@ -411,7 +454,7 @@ def supervisord_conf(site: Site, python: str = sys.executable) -> str:
     # Start order, dns first and nginx last, by kind, not position: a new instance (SCALE) must not renumber, and
     # so restart, every program after it.
     priorities = {"postgres": 5, "dns": 10, **dict.fromkeys(service_of, 100), **{s.name: 200 for s in STREAM_SERVICES},
-                  "nginx": 900}
+                  "nginx": 900, **{s.name: 950 for s in MONITORING_SERVICES}}
     # The HTTP services' store: STORE=postgres points them at the stack's cluster (they wait for its migrations).
     store = f'STORE="postgres",DATABASE_URL="{site.database_url}"' if site.store == "postgres" else None
     for name, command in programs.items():
@@ -457,6 +500,11 @@ def render_native(site: Site) -> Path:
     (run / "nginx.conf").write_text(nginx_conf("native", site))
     (run / "zone.json").write_text(json.dumps(zone("native", site), indent=2) + "\n")
     (run / "supervisord.conf").write_text(supervisord_conf(site))
+    if site.monitoring:
+        from deploy import monitoring
+
+        monitoring.write(run / "prometheus", "native", site)
+        (site.var / "prometheus").mkdir(exist_ok=True)
     return run
 
 

@@ -26,8 +26,25 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from deploy import postgres, procs, tls, topology
-from deploy.render import COMPOSE_RESOLVE_S, MODES, STOP_GRACE_SECONDS, UPSTREAM_FAIL_TIMEOUT_S, render_native
-from deploy.topology import HTTP_SERVICES, ROOT, STREAM_SERVICES, ZONE, Service, Site, format_scale
+from deploy.render import (
+    COMPOSE_RESOLVE_S,
+    MODES,
+    PROMETHEUS_API,
+    STOP_GRACE_SECONDS,
+    UPSTREAM_FAIL_TIMEOUT_S,
+    render_native,
+)
+from deploy.topology import (
+    HTTP_SERVICES,
+    PROMETHEUS,
+    PROMETHEUS_PREFIX,
+    ROOT,
+    STREAM_SERVICES,
+    ZONE,
+    Service,
+    Site,
+    format_scale,
+)
 from services.common import credentials
 from services.common.healthcheck import check
 
@@ -75,6 +92,8 @@ def health(site: Site, mode: str) -> dict[str, str]:
         states[service.name] = f"{where} -> answers" if answers else f"{where} no answer"
     answer = dns_answer(site.dns_endpoint(mode), ZONE)
     states["dns"] = f"{ZONE} -> {', '.join(answer)}" if answer else "no answer"
+    if site.monitoring:  # Prometheus answering its query API through nginx, as the landing page asks it
+        states["prometheus"] = f"HTTP {http_status(site.base_url + PROMETHEUS_API + 'query?query=up')}"
     return states
 
 
@@ -104,6 +123,11 @@ def print_urls(site: Site, mode: str) -> None:
         address = f"{service.transport} {site.public_host}:{site.public_port_of(service)}"
         print(f"  {service.name:<12}  {address:<26}  ({service.server}; python -m services.sockets.client)")
     print(f"  DNS           dig @{host} -p {port} +short {ZONE}")
+    if site.monitoring:
+        where = (f"{site.address(PROMETHEUS)}:{PROMETHEUS.port}" if mode == "native"
+                 else f"{site.public_host}:{site.public_port_of(PROMETHEUS)}")
+        print(f"  Prometheus    http://{where}{PROMETHEUS_PREFIX}/   (every instance scraped; the landing page "
+              "shows its numbers)")
     print("  one request   make trace URL=/web/json   (DNS, handshake, bytes, nginx, the service, the close)")
     print("  stop with     make down   (state: make ps, logs: make logs)\n")
 
@@ -195,9 +219,10 @@ class Native:
             self.apply_changes(instances_changed=before != [path.read_text() for path in rendered])
             self.ctl("start", "all", check=False)
         else:
-            # Not SCALE or STORE: supervisord's programs inherit its environment, and a later `make up SCALE=...`
-            # cannot change it; the services read the current scale from $STACK_VAR/scale instead.
-            env = {**{k: v for k, v in os.environ.items() if k not in ("SCALE", "STORE")}, "PYTHONPATH": str(ROOT)}
+            # Not SCALE, STORE or MONITORING: supervisord's programs inherit its environment, and a later
+            # `make up SCALE=...` cannot change it; the services read the current scale from $STACK_VAR/scale.
+            env = {**{k: v for k, v in os.environ.items() if k not in ("SCALE", "STORE", "MONITORING")},
+                   "PYTHONPATH": str(ROOT)}
             subprocess.run([str(self.bin / "supervisord"), "-c", str(self.conf)], check=True, env=env, cwd=ROOT)
             if self.site.store == "postgres":  # every program starts at once: the HTTP services wait for this
                 self.migrate()
@@ -570,11 +595,12 @@ class Compose:
 
 
 def remember_scale(site: Site) -> None:
-    """The running stack's scale and store, for the commands that come after `up` (restart, ps, logs) and run
-    without SCALE or STORE."""
+    """The running stack's scale, store and monitoring, for the commands that come after `up` (restart, ps,
+    logs) and run without SCALE, STORE or MONITORING."""
     site.var.mkdir(parents=True, exist_ok=True)
     (site.var / "scale").write_text(format_scale(site.scale) + "\n")
     (site.var / "store").write_text(site.store + "\n")
+    (site.var / "monitoring").write_text(("1" if site.monitoring else "0") + "\n")
 
 
 def driver(mode: str, site: Site, environ: Mapping[str, str] | None = None) -> Native | Compose:
@@ -639,6 +665,7 @@ def main(argv: list[str] | None = None) -> int:
         state.unlink(missing_ok=True)
         (site.var / "scale").unlink(missing_ok=True)
         (site.var / "store").unlink(missing_ok=True)
+        (site.var / "monitoring").unlink(missing_ok=True)
         log("stopped")
         return code
 
@@ -647,6 +674,8 @@ def main(argv: list[str] | None = None) -> int:
             site = dataclasses.replace(site, scale={})
         if not os.environ.get("STORE"):  # nor without STORE
             site = dataclasses.replace(site, store=Site.store)
+        if not os.environ.get("MONITORING"):  # nor without MONITORING
+            site = dataclasses.replace(site, monitoring=False)
         mode = args.mode or os.environ.get("MODE") or ("compose" if docker_answers() else "native")
         if state.exists() and state.read_text().strip() != mode:
             log(f"stopping the {state.read_text().strip()} stack first")

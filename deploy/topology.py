@@ -123,6 +123,16 @@ NGINX = Service("nginx", "nginx", "reverse proxy", NGINX_PORT, 1)
 # The shared store when STORE=postgres: Debian's PostgreSQL natively (deploy/postgres.py), a service in Compose.
 POSTGRES = Service("postgres", "PostgreSQL", "the shared store (STORE=postgres)", 5432, 54)
 STORES = ("sqlite", "postgres")  # the first is the default
+# Monitoring (MONITORING=1: deploy/monitoring.py). nginx's stub_status answers on its status port, never published;
+# the exporter turns it into Prometheus metrics; Prometheus scrapes every instance and the exporter.
+NGINX_STATUS_PORT = 8081
+NGINX_STATUS_PATH = "/stub_status"
+PROMETHEUS = Service("prometheus", "Prometheus", "metrics: scrapes every instance (MONITORING=1)", 9090, 90,
+                     public_port=9090)
+NGINX_EXPORTER = Service("nginx-exporter", "Prometheus exporter", "nginx's stub_status as metrics (MONITORING=1)",
+                         9113, 91)
+MONITORING_SERVICES = (PROMETHEUS, NGINX_EXPORTER)
+PROMETHEUS_PREFIX = "/prometheus"  # every Prometheus path begins with it, on its own port and through nginx
 POSTGRES_ROLE = POSTGRES_DATABASE = "pystack"  # the stack's role and database; each service has its own schema
 
 
@@ -197,7 +207,8 @@ class Site:
     STACK_VAR (native state: logs, pids),
     STACK_TIME_TCP_PORT, STACK_TIME_UDP_PORT, STACK_ECHO_PORT (nginx's stream ports, public), SCALE (instances
     per HTTP service, parse_scale; without it, the scale the last `make up` saved in $STACK_VAR/scale), STORE
-    (sqlite or postgres; without it, the store the last `make up` saved in $STACK_VAR/store).
+    (sqlite or postgres; without it, the store the last `make up` saved in $STACK_VAR/store), MONITORING (1: with
+    Prometheus and nginx's exporter; without it, what the last `make up` saved in $STACK_VAR/monitoring).
     """
 
     net: str = "127.0.10"
@@ -209,6 +220,7 @@ class Site:
     stream_ports: Mapping[str, int] = field(default_factory=dict, hash=False)  # name -> public port, if moved
     scale: Mapping[str, int] = field(default_factory=dict, hash=False)  # HTTP service -> instances, if not default
     store: str = STORES[0]  # where the HTTP services keep their data: one of STORES
+    monitoring: bool = False  # Prometheus and nginx's exporter run too (MONITORING=1)
 
     @classmethod
     def from_env(cls, environ: os._Environ[str] | dict[str, str] = os.environ) -> Site:
@@ -219,6 +231,11 @@ class Site:
         store = environ.get("STORE") or (saved_store.read_text().strip() if saved_store.exists() else cls.store)
         if store not in STORES:
             raise ValueError(f"STORE={store!r}: use one of {', '.join(STORES)}")
+        saved_monitoring = var / "monitoring"
+        monitoring = (environ["MONITORING"] if "MONITORING" in environ
+                      else saved_monitoring.read_text().strip() if saved_monitoring.exists() else "0")
+        if monitoring not in ("0", "1", ""):
+            raise ValueError(f"MONITORING={monitoring!r}: use 1 (on) or 0 (off)")
         return cls(
             net=environ.get("STACK_NET", cls.net),
             public_host=environ.get("STACK_HOST", cls.public_host),
@@ -229,6 +246,7 @@ class Site:
             stream_ports={s.name: int(environ[s.port_env]) for s in STREAM_SERVICES if s.port_env in environ},
             scale=parse_scale(spec),
             store=store,
+            monitoring=monitoring == "1",
         )
 
     def environment(self) -> dict[str, str]:

@@ -15,7 +15,7 @@ import tornado.process
 
 from deploy import topology
 from services.catalog.app import DRAIN, make_app
-from services.common import drain, http
+from services.common import drain, http, metrics
 
 # What Tornado writes, then closes, for bytes it cannot parse as a request (http1connection.py: _read_message).
 TORNADOS_BARE_400 = b"HTTP/1.1 400 Bad Request\r\n\r\n"
@@ -47,7 +47,9 @@ async def serve(host: str, port: int, reuse_port: bool) -> None:
     # Each process binds its own SO_REUSEPORT socket so the kernel spreads connections across processes
     # (with one shared socket, one process tends to take them all).
     server.add_sockets(tornado.netutil.bind_sockets(port, host, reuse_port=reuse_port, backlog=2048))
+    lag = asyncio.create_task(metrics.sample_loop_lag())  # Tornado's IOLoop is asyncio's: one sampler fits both
     signum = await drain.stop_requested()
+    lag.cancel()
     logging.getLogger("catalog").info("signal %d: draining, then stopping", signum)
     server.stop()  # no new connections
     server.conn_params.no_keep_alive = True  # each request from now on gets Connection: close

@@ -18,7 +18,7 @@ from tornado.httpclient import AsyncHTTPClient
 from deploy import topology
 from services.catalog.openapi import OPENAPI
 from services.catalog.store import SERVICE, Items, validate
-from services.common import accesslog, credentials, drain, http, proxy, semantics, stack_dns
+from services.common import accesslog, credentials, drain, http, metrics, proxy, semantics, stack_dns, timing
 from services.common.idempotency import HEADER as IDEMPOTENCY_KEY
 from services.common.idempotency import Record, StoredResponse, fingerprint, run_once
 
@@ -36,6 +36,7 @@ class BaseHandler(tornado.web.RequestHandler):
     def prepare(self) -> None:
         DRAIN.started()
         self._counted = True
+        timing.start_request()
         self.request_id = http.request_id(self.request.headers.get(http.REQUEST_ID_HEADER))
         self.set_header(http.REQUEST_ID_HEADER, self.request_id)
         stream = getattr(self.request.connection, "stream", None)
@@ -45,6 +46,12 @@ class BaseHandler(tornado.web.RequestHandler):
     def on_finish(self) -> None:
         if getattr(self, "_counted", False):
             DRAIN.finished()
+
+    def flush(self, include_footers: bool = False) -> Any:
+        """The response's head goes out with the first flush: Server-Timing says how long the service took."""
+        if not self._headers_written:
+            self.set_header(timing.HEADER, timing.server_timing(self.request.request_time()))
+        return super().flush(include_footers)
 
     def query(self, name: str) -> str | None:
         return self.get_query_argument(name, None)
@@ -317,6 +324,14 @@ class OpenApiHandler(BaseHandler):
         self.write_json(OPENAPI)
 
 
+class MetricsHandler(BaseHandler):
+    """Prometheus's scrape (services/common/metrics.py), on the service's own port only."""
+
+    def get(self) -> None:
+        self.set_header("Content-Type", metrics.CONTENT_TYPE)
+        self.finish(metrics.exposition())
+
+
 class NotFoundHandler(BaseHandler):
     def prepare(self) -> None:
         super().prepare()
@@ -338,20 +353,31 @@ ROUTES: list[tuple[str, type[BaseHandler]]] = [
 ]
 
 
+# Each handler's route template, for the metrics' route label: "/catalog/items/{}" (a regex group is a {}).
+ROUTE_OF: dict[type[tornado.web.RequestHandler], str] = {
+    handler: metrics.route_template(PREFIX + path) for path, handler in ROUTES}
+ROUTE_OF[MetricsHandler] = metrics.PATH
+
+
 def log_request(handler: tornado.web.RequestHandler) -> None:
-    """Access log line with the request id and the request time, like the other services'."""
+    """Access log line with the request id and the request time, like the other services'; and the request's
+    observation in the metrics."""
     request = handler.request
     real_ip = request.headers.get("X-Real-IP") if proxy.nginx.trusts(request.remote_ip) else None
+    seconds = request.request_time()
     accesslog.write(http.client_address(real_ip, request.remote_ip),
                     request.method, request.uri, request.version,
                     handler.get_status(), handler._headers.get("Content-Length", "-"),
-                    getattr(handler, "request_id", "-") or "-", request.request_time())
+                    getattr(handler, "request_id", "-") or "-", seconds)
+    metrics.observe(ROUTE_OF.get(type(handler)), request.method or "", handler.get_status(), seconds)
 
 
 def make_app(db_path: str | None = None, tokens: dict[str, str | None] | None = None,
              **settings: Any) -> tornado.web.Application:
     """`tokens`: credential name -> token (default: read from $STACK_SECRETS; a missing one admits nobody)."""
     routes = [(PREFIX + path, handler) for path, handler in ROUTES]
+    routes.append((metrics.PATH, MetricsHandler))  # outside the prefix: nginx never proxies it
+    metrics.describe(SERVICE)
     return tornado.web.Application(
         routes,
         default_handler_class=NotFoundHandler,

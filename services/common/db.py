@@ -28,7 +28,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from services.common import credentials, schema
+from services.common import credentials, schema, timing
 from services.common.http import Problem
 
 T = TypeVar("T")
@@ -195,12 +195,16 @@ class Database:
         if current is not None:
             yield current
             return
-        async with self._connection() as conn:
-            token = _session.set(conn)
-            try:
-                yield conn
-            finally:
-                _session.reset(token)
+        began = time.perf_counter()  # the request's database time: waiting for a connection, and using it
+        try:
+            async with self._connection() as conn:
+                token = _session.set(conn)
+                try:
+                    yield conn
+                finally:
+                    _session.reset(token)
+        finally:
+            timing.add_database_time(time.perf_counter() - began)
 
     def _connection(self) -> Any:
         raise NotImplementedError

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import html
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web, web_protocol
@@ -16,7 +17,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http import HttpVersion11
 from multidict import istr
 
-from services.common import accesslog, db, drain, http, semantics
+from services.common import accesslog, db, drain, http, metrics, semantics, timing
 from services.common.documents import Documents
 from services.common.idempotency import StoredResponse
 from services.httpbin import digest, endpoints, live
@@ -26,10 +27,14 @@ SERVICE = "httpbin"
 PREFIX = endpoints.PREFIX
 REQUEST_ID = endpoints.REQUEST_ID
 ALLOW = web.RequestKey("allow", str)  # the Allow value unrouted() worked out, for its 405
+UNROUTED = "unrouted"  # the name of the last route, which takes what no other route did
+# When this request's handler began: the service's own time in Server-Timing ends when the headers go out.
+REQUEST_STARTED: contextvars.ContextVar[float] = contextvars.ContextVar("request_started")
 
 
 # Header names as multidict's istr: aiohttp's headers look such a key up without case-folding it first.
 REQUEST_ID_HEADER = istr(http.REQUEST_ID_HEADER)
+SERVER_TIMING = istr(timing.HEADER)
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -250,6 +255,10 @@ def guarded(handler: Handler) -> Handler:
         if rid is None or not http.well_formed_request_id(rid):
             rid = next(http.fresh_request_ids)
         REQUEST_ID.set(rid)
+        started = time.perf_counter()
+        REQUEST_STARTED.set(started)
+        timing.start_request()
+        metrics.IN_FLIGHT_COUNT.began()
         # Most bodies are whole before the handler runs (nginx sends them buffered): only a partial one is watched.
         watch = None
         if request.body_exists and not request.content.is_eof():
@@ -267,15 +276,29 @@ def guarded(handler: Handler) -> Handler:
         except web.HTTPException as error:
             if error.status < 400:  # redirects and the like: aiohttp sends the exception itself as the response
                 error.headers[REQUEST_ID_HEADER] = rid
+                metrics.observe(route(request), request.method, error.status, time.perf_counter() - started)
                 raise
             response = _problem(request, http.Problem(error.status, error.reason, error.text or error.reason))
+        except Exception:  # aiohttp answers it with a 500 (answer_unparsable_requests_with_problems)
+            metrics.observe(route(request), request.method, 500, time.perf_counter() - started)
+            raise
         finally:
+            metrics.IN_FLIGHT_COUNT.ended()
             if watch is not None:
                 watch.cancel()
         response.headers[REQUEST_ID_HEADER] = rid
         if DRAIN.active and not response.prepared:
             response.force_close()  # stopping: nginx retires this connection after this response
+        metrics.observe(route(request), request.method, response.status, time.perf_counter() - started)
         return response
+
+    template: list[str | None] = []  # the route's template, looked up by its first request
+
+    def route(request: web.Request) -> str | None:
+        if not template:
+            resource = request.match_info.route.resource
+            template.append(None if resource is None or resource.name == UNROUTED else resource.canonical)
+        return template[0]
 
     return functools.update_wrapper(run, handler)
 
@@ -300,17 +323,39 @@ async def _close_store(app: web.Application) -> None:
     await app[DOCUMENTS].database.aclose()
 
 
+async def _add_server_timing(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """Every response's Server-Timing, as its headers go out (streamed ones too)."""
+    started = REQUEST_STARTED.get(None)
+    if started is not None:
+        response.headers[SERVER_TIMING] = timing.server_timing(time.perf_counter() - started)
+
+
+async def _sample_loop_lag(app: web.Application) -> AsyncIterator[None]:
+    sampler = asyncio.create_task(metrics.sample_loop_lag())
+    yield
+    sampler.cancel()
+
+
+async def serve_metrics(request: web.Request) -> web.Response:
+    return web.Response(body=metrics.exposition(), headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
 def create_app(db_path: str | None = None) -> web.Application:
     app = web.Application(client_max_size=http.MAX_REQUEST_BODY_BYTES)
     app[DOCUMENTS] = Documents(db.open_database(SERVICE, db_path, asynchronous=True), ttl_s=BIN_TTL_S,
                                max_per_collection=MAX_BINS)
     app.on_cleanup.append(_close_store)
+    app.on_response_prepare.append(_add_server_timing)
+    app.cleanup_ctx.append(_sample_loop_lag)
+    metrics.describe(SERVICE)
     for method, path, handler in ROUTES:
         if method == "GET":
             app.router.add_get(PREFIX + path, guarded(handler))  # answers HEAD too
         else:
             app.router.add_route(method, PREFIX + path, guarded(handler))
-    app.router.add_route("*", "/{path:.*}", guarded(unrouted))  # tried last: the router walks prefixes down to /
+    app.router.add_get(metrics.PATH, guarded(serve_metrics))  # outside the prefix: nginx never proxies it
+    # tried last: the router walks prefixes down to /
+    app.router.add_route("*", "/{path:.*}", guarded(unrouted), name=UNROUTED)
     return app
 
 

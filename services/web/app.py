@@ -8,6 +8,7 @@ in catalog over HTTP, concurrently with gevent).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import time
@@ -20,7 +21,7 @@ from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from deploy import topology
-from services.common import http, proxy, semantics
+from services.common import http, metrics, proxy, semantics, timing
 from services.common.idempotency import HEADER as IDEMPOTENCY_KEY
 from services.common.idempotency import Record, StoredResponse, fingerprint, run_once
 from services.web import orders, upstream
@@ -353,15 +354,30 @@ def _problem_response(problem: http.Problem) -> Response:
     return response
 
 
+@functools.cache
+def route_label(rule: str) -> str:
+    return metrics.route_template(rule)
+
+
+def serve_metrics() -> Response:
+    """Prometheus's scrape (services/common/metrics.py): every worker's counts, on the service's own port only."""
+    return Response(metrics.exposition(), content_type=metrics.CONTENT_TYPE)
+
+
 def create_app(config: dict | None = None) -> Flask:
     app = Flask(__name__)
     app.config.from_mapping({"MAX_CONTENT_LENGTH": semantics.MAX_BODY_BYTES, "DATABASE": None, **(config or {})})
     app.extensions["store"] = Store(app.config["DATABASE"])
     for path, endpoint, view, methods in ROUTES:
         app.add_url_rule(PREFIX + path, endpoint, view, methods=methods)
+    app.add_url_rule(metrics.PATH, "metrics", serve_metrics, methods=["GET"])  # outside the prefix: never proxied
+    metrics.describe("web")
 
     @app.before_request
     def assign_request_id_and_negotiate() -> None:  # one hook, not two: each costs a call per request
+        g.started = time.perf_counter()
+        metrics.IN_FLIGHT_COUNT.began()
+        timing.start_request()
         g.request_id = http.request_id(request.headers.get(http.REQUEST_ID_HEADER))
         sock = request.environ.get("gunicorn.socket")
         if sock is not None:
@@ -374,9 +390,17 @@ def create_app(config: dict | None = None) -> Flask:
             read_body_within(sock, CLIENT_TIMEOUT_S)
 
     @app.after_request
-    def echo_request_id(response: Response) -> Response:
+    def echo_request_id_and_timing(response: Response) -> Response:
         # gunicorn's access log reads it back from the response (access_logger.py).
         response.headers[http.REQUEST_ID_HEADER] = g.get("request_id") or http.request_id(None)
+        started = g.get("started")
+        if started is not None:  # before_request ran (it always does, unless Flask failed before it)
+            seconds = time.perf_counter() - started
+            response.headers[timing.HEADER] = timing.server_timing(seconds)
+            metrics.IN_FLIGHT_COUNT.ended()
+            rule = request.url_rule
+            metrics.observe(route_label(rule.rule) if rule is not None else None, request.method,
+                            response.status_code, seconds)
         return response
 
     @app.errorhandler(http.Problem)

@@ -11,7 +11,10 @@ Worker class and sizing come from the environment so comparisons switch them wit
 
 import multiprocessing
 import os
+import shutil
 import socket
+import tempfile
+from typing import Any
 
 from gunicorn import util
 
@@ -100,3 +103,38 @@ def _write_problem(sock: socket.socket, status_int: int, reason: str, mesg: str)
 # util.write_error at that point (workers/base.py: handle_error), so the one function is replaced here, before
 # the workers fork, by one that sends the stack's problem document.
 util.write_error = _write_problem
+
+
+# Metrics (services/common/metrics.py): every worker writes its counts to files in one directory, which /metrics
+# (served by any worker) adds up: prometheus-client's multiprocess mode. A directory per master, on tmpfs, set
+# before any worker imports prometheus-client; emptied of a dead worker's live gauges, removed on exit.
+_metrics_directory = None if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else tempfile.mkdtemp(
+    prefix="stack-web-metrics-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+if _metrics_directory:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_directory
+
+
+def post_worker_init(worker: Any) -> None:
+    """In each new worker: count the worker, and under gevent watch the hub's lag."""
+    from prometheus_client import Gauge
+
+    from services.common import metrics
+
+    Gauge("gunicorn_workers", "gunicorn's live worker processes", ["worker_class"],
+          multiprocess_mode="livesum").labels(worker_class).set(1)
+    if worker_class == "gevent":
+        import gevent
+
+        gevent.spawn(metrics.sample_hub_lag)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker is gone: its live gauges (in flight, lag, the worker count) leave the sums."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    if _metrics_directory:  # ours, not one the environment named
+        shutil.rmtree(_metrics_directory, ignore_errors=True)

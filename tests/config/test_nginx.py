@@ -32,7 +32,7 @@ from deploy.render import (
     write_modules_conf,
 )
 from deploy.stack import base_images, docker_answers
-from deploy.topology import HTTP_SERVICES, ROOT, STREAM_SERVICES, Site
+from deploy.topology import HTTP_SERVICES, PROMETHEUS, ROOT, STREAM_SERVICES, Site
 from services.common.http import CLIENT_TIMEOUT_S, IO_MAX_MS, MAX_REQUEST_BODY_BYTES
 from services.sockets.echo import EchoServer
 
@@ -93,7 +93,7 @@ def test_proxy_read_timeout_outlasts_the_longest_io_wait(http_block):
 
 def test_upstreams_keep_connections_alive_over_http11(http_block, mode):
     upstreams = {d["args"][0]: d["block"] for d in find(http_block, "upstream")}
-    assert set(upstreams) == {s.name for s in HTTP_SERVICES}
+    assert set(upstreams) == {s.name for s in HTTP_SERVICES} | {PROMETHEUS.name}  # its query API: the landing page
     for service in HTTP_SERVICES:
         block = upstreams[service.name]
         assert int(one(block, "keepalive")[0]) > 0
@@ -137,7 +137,7 @@ def test_credentials_expensive_endpoints_and_writes_are_limited_per_client_with_
     (writing,) = [m for m in find(http_block, "map") if m["args"] == ["$request_method", "$stack_writing_client"]]
     assert [d["directive"] for d in writing["block"]] == ["~^(POST|PUT|PATCH|DELETE)$", "default"]
     servers = [d["block"] for d in find(http_block, "server")]
-    (site_server,) = [s for s in servers if not is_default_server(s)]
+    (site_server,) = [s for s in servers if not is_default_server(s) and find(s, "server_name")]
     assert one(site_server, "limit_conn") == ["perclient", str(CONNECTIONS_PER_CLIENT)]
     locations = {tuple(d["args"]): d["block"] for d in find(site_server, "location")}
     for path, (upstream, zone, burst) in RATE_LIMITED.items():
@@ -180,7 +180,7 @@ def test_nginx_answers_its_own_errors_with_problem_documents(http_block):
     titles = {d["directive"]: d["args"][0] for d in
               next(m for m in find(http_block, "map") if m["args"] == ["$status", "$problem_title"])["block"]}
     assert titles["413"] == "Content Too Large" and titles["502"] == "Bad Gateway"
-    for server in (d["block"] for d in find(http_block, "server")):
+    for server in (d["block"] for d in find(http_block, "server") if find(d["block"], "server_name")):
         pages = [d["args"] for d in find(server, "error_page") if d["args"][-1] == PROBLEM_PATH]
         codes, plain_http_on_the_tls_port = pages
         assert plain_http_on_the_tls_port == ["497", "=400", PROBLEM_PATH]
@@ -197,7 +197,7 @@ def test_nginx_answers_its_own_errors_with_problem_documents(http_block):
 
 def test_each_prefix_is_proxied_to_its_upstream(http_block):
     servers = [d["block"] for d in find(http_block, "server")]
-    (site_server,) = [s for s in servers if not is_default_server(s)]
+    (site_server,) = [s for s in servers if not is_default_server(s) and find(s, "server_name")]
     locations = {d["args"][-1]: d["block"] for d in find(site_server, "location")}
     for service in HTTP_SERVICES:
         assert one(locations[service.prefix], "proxy_pass") == [f"http://{service.name}"]
@@ -410,7 +410,8 @@ def test_make_compare_puts_the_stacks_own_edge_in_front_of_the_server_under_test
         (pool,) = upstreams
         assert [d["args"][0] for d in find(pool["block"], "server")] == [f"127.0.0.1:{upstream}"]
         assert one(pool["block"], "keepalive") == ["32"]
-        site_server = [s for s in find(http, "server") if "127.0.0.1" in one(s["block"], "server_name")][0]
+        site_server = [s for s in find(http, "server")
+                       if "127.0.0.1" in sum((d["args"] for d in find(s["block"], "server_name")), [])][0]
         routes = {d["args"][-1]: d for d in find(site_server["block"], "location")}
         assert one(routes[f"{config.prefix}/"]["block"], "proxy_pass") == [f"http://{pool['args'][0]}"]
     conf = workdir / "nginx.conf"
