@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-deps up down restart reload ps logs urls test lint fmt lock clean clean-data loadtest loadtest-headless soak chaos compare scaling stores kubernetes swarm-up swarm-down \
+.PHONY: help setup system-deps test-deps up down restart reload ps logs urls test lint fmt lock clean clean-data loadtest loadtest-headless soak chaos compare scaling stores kubernetes swarm-up swarm-down \
         trace trace-dns rawhttp tcp-vs-udp iolab
 
 help:  ## list the targets
@@ -90,7 +90,10 @@ iolab: setup  ## the IO-models lab side by side: reports/iolab-<time>/ (QUICK=1:
 lint: $(SETUP_STAMP)  ## ruff
 	@$(VENV)/bin/ruff check .
 
-test: setup lint  ## every test: unit, config, native end-to-end, Compose and Swarm end-to-end (skipped without Docker)
+test-deps:
+	@deploy/native/system-deps.sh test
+
+test: setup test-deps lint  ## every test: unit, config, native end-to-end, Compose and Swarm end-to-end (skipped without Docker)
 	@$(PY) -m pytest --durations=25 $(PYTEST_ARGS)
 
 fmt: $(SETUP_STAMP)

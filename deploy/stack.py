@@ -395,9 +395,14 @@ def compose_command() -> list[str]:
 
 
 # The Dockerfiles' defaults, and the stand-ins deploy/standin/build-base-images.sh builds from Debian packages.
-BASE_IMAGES = {"PYTHON_IMAGE": "python:3.12-slim", "NGINX_IMAGE": "nginx:1.29", "POSTGRES_IMAGE": "postgres:17"}
+BASE_IMAGES = {"PYTHON_IMAGE": "python:3.12-slim", "NGINX_IMAGE": "nginx:1.29", "POSTGRES_IMAGE": "postgres:17",
+               "PROMETHEUS_IMAGE": "prom/prometheus:v3.5.0",
+               "NGINX_EXPORTER_IMAGE": "nginx/nginx-prometheus-exporter:1.4.2"}
 STANDIN_IMAGES = {"PYTHON_IMAGE": "stack-standin/python:3", "NGINX_IMAGE": "stack-standin/nginx:1.30-stream",
-                  "POSTGRES_IMAGE": "stack-standin/postgres:17"}
+                  "POSTGRES_IMAGE": "stack-standin/postgres:17", "PROMETHEUS_IMAGE": "stack-standin/prometheus:trixie",
+                  "NGINX_EXPORTER_IMAGE": "stack-standin/nginx-exporter:trixie"}
+MONITORING_IMAGES = ("PROMETHEUS_IMAGE", "NGINX_EXPORTER_IMAGE")  # needed only with MONITORING=1
+MONITORING_PROFILE = "monitoring"  # docker-compose.yml's profile of Prometheus and nginx's exporter
 
 
 def image_available(image: str, pull: bool = True) -> bool:
@@ -409,12 +414,14 @@ def image_available(image: str, pull: bool = True) -> bool:
     return pull and subprocess.run([docker, "pull", "-q", image], capture_output=True, timeout=300).returncode == 0
 
 
-def base_images(environ: Mapping[str, str], store: str = "sqlite") -> dict[str, str]:
-    """PYTHON_IMAGE and NGINX_IMAGE (and POSTGRES_IMAGE for STORE=postgres) for the build: as set, else the
-    defaults when they can be had, else the local stand-ins. Raises SystemExit with what to do when none is."""
+def base_images(environ: Mapping[str, str], store: str = "sqlite",
+                monitoring: bool = False) -> dict[str, str]:
+    """PYTHON_IMAGE and NGINX_IMAGE (and POSTGRES_IMAGE for STORE=postgres, PROMETHEUS_IMAGE and
+    NGINX_EXPORTER_IMAGE for MONITORING=1) for the build: as set, else the defaults when they can be had, else the
+    local stand-ins. Raises SystemExit with what to do when none is."""
     chosen = {}
     for var, default in BASE_IMAGES.items():
-        if var == "POSTGRES_IMAGE" and store != "postgres":
+        if (var == "POSTGRES_IMAGE" and store != "postgres") or (var in MONITORING_IMAGES and not monitoring):
             continue
         image = environ.get(var) or default
         if image_available(image):
@@ -434,8 +441,9 @@ class Compose:
     def __init__(self, site: Site, environ: Mapping[str, str] | None = None) -> None:
         """`environ`: the environment Compose runs in (default: this process's), e.g. a project name."""
         self.site = site
-        # docker-compose.yml's published ports, and its secrets: files under STACK_VAR
-        self.env = {**(os.environ if environ is None else environ), **site.environment()}
+        # docker-compose.yml's published ports, and its secrets: files under STACK_VAR; MONITORING=1: its profile
+        self.env = {**(os.environ if environ is None else environ), **site.environment(),
+                    **({"COMPOSE_PROFILES": MONITORING_PROFILE} if site.monitoring else {})}
 
     def scale(self, scale: Mapping[str, int]) -> int:
         """`make up SCALE=...` on the running stack: Compose adds replicas (nginx finds them through Docker's DNS
@@ -465,7 +473,7 @@ class Compose:
         if not docker_answers():
             log("no Docker engine answers: start dockerd, or use MODE=native")
             return 1
-        self.env.update(base_images(self.env, self.site.store))
+        self.env.update(base_images(self.env, self.site.store, self.site.monitoring))
         if self.run("build", check=False).returncode:
             return 1
         for service in self.outdated():  # a second `up` with changed settings or code
@@ -531,8 +539,9 @@ class Compose:
     def down(self) -> int:
         if not docker_answers():
             return 0
-        # --profile load: also the Locust containers `make loadtest` may have started.
-        return self.run("--profile", "load", "down", "--remove-orphans", "--timeout", "20", check=False).returncode
+        # Every profile: also the Locust containers `make loadtest` may have started, and Prometheus's.
+        return self.run("--profile", "load", "--profile", MONITORING_PROFILE, "down", "--remove-orphans",
+                        "--timeout", "20", check=False).returncode
 
     def ps(self) -> int:
         code = self.run("ps", check=False).returncode

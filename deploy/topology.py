@@ -133,6 +133,7 @@ NGINX_EXPORTER = Service("nginx-exporter", "Prometheus exporter", "nginx's stub_
                          9113, 91)
 MONITORING_SERVICES = (PROMETHEUS, NGINX_EXPORTER)
 PROMETHEUS_PREFIX = "/prometheus"  # every Prometheus path begins with it, on its own port and through nginx
+PUBLISHED = (*STREAM_SERVICES, PROMETHEUS)  # published on the public host besides nginx's HTTP and HTTPS ports
 POSTGRES_ROLE = POSTGRES_DATABASE = "pystack"  # the stack's role and database; each service has its own schema
 
 
@@ -217,7 +218,8 @@ class Site:
     tls_port: int = NGINX_TLS_PORT
     dns_port: int = DNS.port
     var: Path = ROOT / "var"
-    stream_ports: Mapping[str, int] = field(default_factory=dict, hash=False)  # name -> public port, if moved
+    # name -> public port, if moved: the socket services (nginx's stream proxy) and Prometheus (MONITORING=1)
+    stream_ports: Mapping[str, int] = field(default_factory=dict, hash=False)
     scale: Mapping[str, int] = field(default_factory=dict, hash=False)  # HTTP service -> instances, if not default
     store: str = STORES[0]  # where the HTTP services keep their data: one of STORES
     monitoring: bool = False  # Prometheus and nginx's exporter run too (MONITORING=1)
@@ -243,7 +245,7 @@ class Site:
             tls_port=int(environ.get("STACK_TLS_PORT", cls.tls_port)),
             dns_port=int(environ.get("STACK_DNS_PORT", cls.dns_port)),
             var=var,
-            stream_ports={s.name: int(environ[s.port_env]) for s in STREAM_SERVICES if s.port_env in environ},
+            stream_ports={s.name: int(environ[s.port_env]) for s in PUBLISHED if s.port_env in environ},
             scale=parse_scale(spec),
             store=store,
             monitoring=monitoring == "1",
@@ -253,7 +255,7 @@ class Site:
         """The variables from_env reads for this site's public ports and state (what Compose's file reads too)."""
         return {"STACK_HOST": self.public_host, "STACK_PORT": str(self.public_port),
                 "STACK_TLS_PORT": str(self.tls_port), "STACK_DNS_PORT": str(self.dns_port), "STACK_VAR": str(self.var),
-                **{s.port_env: str(self.public_port_of(s)) for s in STREAM_SERVICES}}
+                **{s.port_env: str(self.public_port_of(s)) for s in PUBLISHED}}
 
     def scaled(self, service: Service) -> Service:
         """The service with this site's instance count."""
@@ -281,9 +283,10 @@ class Site:
                 for name, address in zip(names, self.instance_addresses(service), strict=True)}
 
     def public_port_of(self, service: Service) -> int:
-        """Where nginx's stream proxy publishes a socket service for clients."""
+        """Where a service is published for clients: a socket service by nginx's stream proxy, Prometheus by
+        Compose."""
         if service.public_port is None:
-            raise ValueError(f"{service.name} is not published through nginx's stream proxy")
+            raise ValueError(f"{service.name} is not published on the public host")
         return self.stream_ports.get(service.name, service.public_port)
 
     @property

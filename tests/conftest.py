@@ -101,12 +101,13 @@ def pytest_runtest_makereport(item, call):
 
 
 def site_on_free_ports(var: Path) -> Site:
-    """A site whose published ports are free on 127.0.0.1: five distinct ones (the kernel may hand out a
+    """A site whose published ports are free on 127.0.0.1: six distinct ones (the kernel may hand out a
     just-released port twice), the TCP and UDP time services sharing one number."""
     while True:
-        ports = (free_tcp_udp_port(), free_port(), free_port(), free_port(), free_tcp_udp_port())
+        ports = (free_tcp_udp_port(), free_port(), free_port(), free_port(), free_port(), free_tcp_udp_port())
         if len(set(ports)) == len(ports):
             break
-    time_port, echo_port, public_port, tls_port, dns_port = ports
+    time_port, echo_port, prometheus_port, public_port, tls_port, dns_port = ports
     return Site(public_port=public_port, tls_port=tls_port, dns_port=dns_port, var=var,
-                stream_ports={"time-tcp": time_port, "time-udp": time_port, "echo": echo_port})
+                stream_ports={"time-tcp": time_port, "time-udp": time_port, "echo": echo_port,
+                              "prometheus": prometheus_port})

@@ -7,6 +7,10 @@
 #   POSTGRES_IMAGE=stack-standin/postgres:17    (Debian trixie's postgresql-17, with the official postgres
 #                                                image's interface: POSTGRES_USER, POSTGRES_DB,
 #                                                POSTGRES_PASSWORD_FILE, PGDATA; STORE=postgres)
+#   PROMETHEUS_IMAGE=stack-standin/prometheus:trixie  (Debian's prometheus, run like prom/prometheus: the binary
+#                                                     as entrypoint, data in /prometheus; MONITORING=1)
+#   NGINX_EXPORTER_IMAGE=stack-standin/nginx-exporter:trixie  (Debian's prometheus-nginx-exporter, run like
+#                                                     nginx/nginx-prometheus-exporter; MONITORING=1)
 # The mirror's sid snapshot may carry an expired Release date, hence Check-Valid-Until=false.
 # curl is in the nginx image because the official nginx image ships it (its healthcheck uses it).
 # The host's CA bundle is copied in so pip inside builds trusts the same TLS proxy the host does.
@@ -20,6 +24,8 @@ base_tag=stack-standin/debian:$suite
 python_tag=stack-standin/python:3
 nginx_tag=stack-standin/nginx:1.30-stream
 postgres_tag=stack-standin/postgres:17
+prometheus_tag=stack-standin/prometheus:trixie
+exporter_tag=stack-standin/nginx-exporter:trixie
 ca_bundle=/etc/ssl/certs/ca-certificates.crt
 
 have() { "$docker" image inspect "$1" >/dev/null 2>&1; }
@@ -101,4 +107,32 @@ DOCKERFILE
   echo "built $postgres_tag" >&2
 fi
 
-echo "export PYTHON_IMAGE=$python_tag NGINX_IMAGE=$nginx_tag POSTGRES_IMAGE=$postgres_tag"
+if ! have "$prometheus_tag"; then
+  # The official image's shape: prometheus as the entrypoint (flags only in `command:`), promtool beside it
+  # (the healthcheck), an unprivileged user owning /prometheus (the data volume starts as the image's copy).
+  cat >"$ctx/Dockerfile" <<DOCKERFILE
+FROM $base_tag
+RUN apt-get update && apt-get install -y --no-install-recommends prometheus \
+ && rm -rf /var/lib/apt/lists/* && install -d -o nobody -g nogroup /prometheus
+USER nobody
+WORKDIR /prometheus
+ENTRYPOINT ["/usr/bin/prometheus"]
+DOCKERFILE
+  "$docker" build -q -t "$prometheus_tag" "$ctx" >/dev/null
+  echo "built $prometheus_tag" >&2
+fi
+
+if ! have "$exporter_tag"; then
+  cat >"$ctx/Dockerfile" <<DOCKERFILE
+FROM $base_tag
+RUN apt-get update && apt-get install -y --no-install-recommends prometheus-nginx-exporter \
+ && rm -rf /var/lib/apt/lists/*
+USER nobody
+ENTRYPOINT ["/usr/bin/prometheus-nginx-exporter"]
+DOCKERFILE
+  "$docker" build -q -t "$exporter_tag" "$ctx" >/dev/null
+  echo "built $exporter_tag" >&2
+fi
+
+echo "export PYTHON_IMAGE=$python_tag NGINX_IMAGE=$nginx_tag POSTGRES_IMAGE=$postgres_tag" \
+  "PROMETHEUS_IMAGE=$prometheus_tag NGINX_EXPORTER_IMAGE=$exporter_tag"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ from deploy.topology import service as service_named
 from services.web import gunicorn_conf
 
 DOCKERFILES = [*sorted(ROOT.glob("services/*/Dockerfile")), ROOT / "nginx" / "Dockerfile",
-               ROOT / "loadtest" / "Dockerfile"]
+               ROOT / "loadtest" / "Dockerfile", ROOT / "deploy" / "prometheus" / "Dockerfile"]
 HADOLINT = Path(sys.executable).parent / "hadolint"
 
 
@@ -169,7 +170,8 @@ def test_dockerfile_passes_hadolint(dockerfile):
 def test_dockerfile_takes_its_base_from_a_build_arg_and_drops_root(dockerfile):
     text = dockerfile.read_text()
     assert "ARG PYTHON_IMAGE=python:3.12-slim" in text
-    assert "\nUSER 10001\n" in text  # numeric: runtimes can verify it is not root
+    # numeric: runtimes can verify it is not root (10001 ours; 65534, nobody, Prometheus's own)
+    assert re.search(r"\nUSER (10001|65534)\n", text)
     if dockerfile.parent.name == "nginx":
         assert "ARG NGINX_IMAGE=" in text and "FROM ${NGINX_IMAGE}" in text
 
@@ -197,3 +199,23 @@ def test_each_socket_service_runs_its_topology_module_and_probe(service):
                                               service.probe_url("127.0.0.1", service.port)]
     exposed = (ROOT / "services" / "sockets" / "Dockerfile").read_text().split("\nEXPOSE ")[1].split("\n")[0]
     assert f"{service.port}/{service.transport}" in exposed.split()
+
+
+def test_the_monitoring_profile_runs_what_deploy_monitoring_renders():
+    """Prometheus's and the exporter's flags are the registry's (deploy/monitoring.py), Prometheus is published on
+    loopback only by its port variable, and neither starts without the profile."""
+    from deploy import monitoring
+    from deploy.stack import MONITORING_PROFILE
+    from deploy.topology import NGINX_EXPORTER, PROMETHEUS
+
+    assert {PROMETHEUS.name, NGINX_EXPORTER.name}.isdisjoint(compose_config()["services"])
+    services = compose_config(MONITORING_PROFILE)["services"]
+    prometheus, exporter = services[PROMETHEUS.name], services[NGINX_EXPORTER.name]
+    listen = f"0.0.0.0:{PROMETHEUS.port}"
+    assert prometheus["command"] == monitoring.prometheus_options(
+        f"{monitoring.COMPOSE_CONFIG_DIR}/{monitoring.CONFIG_FILE}", "/prometheus", listen)
+    assert exporter["command"] == monitoring.exporter_options("nginx", f"0.0.0.0:{NGINX_EXPORTER.port}")
+    assert [(p["target"], p["host_ip"]) for p in prometheus["ports"]] == [(PROMETHEUS.port, "127.0.0.1")]
+    assert f'"127.0.0.1:${{{PROMETHEUS.port_env}:-{PROMETHEUS.port}}}:{PROMETHEUS.port}"' in COMPOSE_FILE.read_text()
+    assert "ports" not in exporter  # Prometheus reaches it on the Compose network
+    assert prometheus["read_only"] and exporter["read_only"] and prometheus["cap_drop"] == ["ALL"]

@@ -419,3 +419,12 @@ def test_make_compare_puts_the_stacks_own_edge_in_front_of_the_server_under_test
     result = subprocess.run([NGINX, "-t", "-c", str(conf), "-e", str(workdir / "log" / "error.log")],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_landing_pages_service_list_is_the_registrys():
+    """The page is a static file (nginx serves it as it is): its list of services must be the registry's, and it
+    loads nothing from another origin (no CDN: the stack runs offline)."""
+    page = (ROOT / "nginx" / "static" / "index.html").read_text()
+    listed = re.findall(r'\{name: "([^"]+)", prefix: "([^"]+)", framework: "([^"]+)", server: "([^"]+)"\}', page)
+    assert listed == [(s.name, s.prefix, s.framework, s.server) for s in HTTP_SERVICES]
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)

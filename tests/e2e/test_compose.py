@@ -22,12 +22,13 @@ import requests
 
 from deploy import topology
 from deploy.render import COMPOSE_RESOLVE_S
-from deploy.stack import COMPOSE_FILE, Compose, compose_command
+from deploy.stack import COMPOSE_FILE, MONITORING_PROFILE, Compose, compose_command
 from deploy.topology import HTTP_SERVICES, ROOT, SERVICES
 from loadtest import chaos
 from tests.conftest import require_docker_engine, site_on_free_ports
 from tests.e2e.contract import RunningStack, StackContract, bystander, ps_output
 from tests.e2e.http_contract import HttpSemanticsContract
+from tests.e2e.monitoring_contract import MonitoringContract
 
 pytestmark = [pytest.mark.e2e, pytest.mark.compose]
 PROJECT = "pystack-e2e"
@@ -70,8 +71,9 @@ def address(container: str) -> str:
 def compose_stack(tmp_path_factory):
     require_docker_engine()
     var = tmp_path_factory.mktemp("compose-var")
-    site = site_on_free_ports(var)
-    env = {**os.environ, "COMPOSE_PROJECT_NAME": PROJECT, "MODE": "compose", **site.environment()}
+    site = dataclasses.replace(site_on_free_ports(var), monitoring=True)
+    env = {**os.environ, "COMPOSE_PROJECT_NAME": PROJECT, "MODE": "compose", "MONITORING": "1",
+           "COMPOSE_PROFILES": MONITORING_PROFILE, **site.environment()}
 
     def compose(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*compose_command(), "-f", str(COMPOSE_FILE), *args], env=env, cwd=ROOT,
@@ -100,7 +102,7 @@ def compose_stack(tmp_path_factory):
     compose("down", "--volumes", "--remove-orphans")
 
 
-class TestComposeStack(StackContract, HttpSemanticsContract):
+class TestComposeStack(StackContract, HttpSemanticsContract, MonitoringContract):
     # Each Compose restart waits on Docker's 2 s healthcheck interval: the native run covers every service.
     # Scaling is tested below: scaling in here can cost a request now and then (README: scaling out).
     CHAOS_FAULTS = ("nginx-reload", "gunicorn-hup", "worker-sigkill", "kill-catalog", "restart-httpbin")

@@ -38,6 +38,7 @@ from services.web.openapi import OPENAPI as WEB_OPENAPI
 from tests.conftest import free_port
 from tests.e2e.contract import RunningStack, StackContract, bystander, ps_output
 from tests.e2e.http_contract import HttpSemanticsContract, make_subject
+from tests.e2e.monitoring_contract import MonitoringContract
 
 pytestmark = pytest.mark.e2e
 NET = "127.0.21"
@@ -45,9 +46,11 @@ NET = "127.0.21"
 
 def start_native_stack(var: Path, net: str, settings: dict[str, str] | None = None) -> RunningStack:
     """A native stack of its own (addresses net.x, a free port, state in var), up and healthy."""
-    site = Site(net=net, public_host=f"{net}.1", public_port=free_port(f"{net}.1"), var=var)
+    settings = settings or {}
+    site = Site(net=net, public_host=f"{net}.1", public_port=free_port(f"{net}.1"), var=var,
+                monitoring=settings.get("MONITORING") == "1")
     env = {**os.environ, "STACK_NET": site.net, "STACK_HOST": site.public_host,
-           "STACK_PORT": str(site.public_port), "STACK_VAR": str(var), "MODE": "native", **(settings or {})}
+           "STACK_PORT": str(site.public_port), "STACK_VAR": str(var), "MODE": "native", **settings}
 
     by_name = {s.name: s for s in SERVICES}
 
@@ -64,7 +67,7 @@ def start_native_stack(var: Path, net: str, settings: dict[str, str] | None = No
 
 @pytest.fixture(scope="module")
 def native_stack(tmp_path_factory):
-    stack = start_native_stack(tmp_path_factory.mktemp("native-var"), NET)
+    stack = start_native_stack(tmp_path_factory.mktemp("native-var"), NET, {"MONITORING": "1"})
     yield stack
     stack.deploy("down")
 
@@ -192,7 +195,7 @@ def wait_for_every_service(stack: RunningStack, timeout: float = 60) -> None:
             time.sleep(0.3)
 
 
-class TestNativeStack(StackContract, HttpSemanticsContract):
+class TestNativeStack(StackContract, HttpSemanticsContract, MonitoringContract):
     @pytest.fixture
     def stack(self, native_stack):
         return native_stack
