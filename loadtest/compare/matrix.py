@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from deploy.topology import service
 
@@ -74,11 +74,19 @@ CONFIGS: tuple[Config, ...] = (
     Config("nginx-static", "reference", "nginx, a static 200", "/static", "nginx-static",
            endpoints=("plaintext", "json")),
 )
+# Each service once more with its metrics off (STACK_METRICS=0), right after it: what the metrics cost.
+METRICS_OFF_OF = {"web-gevent": "web-gevent-nometrics", "catalog-tornado": "catalog-tornado-nometrics",
+                  "httpbin-aiohttp": "httpbin-aiohttp-nometrics"}
+CONFIGS = tuple(variant for config in CONFIGS for variant in (
+    config, *([replace(config, name=METRICS_OFF_OF[config.name], label=f"{config.label}, metrics off",
+                       env={**config.env, "STACK_METRICS": "0"}, endpoints=("plaintext", "json"))]
+              if config.name in METRICS_OFF_OF else [])))
 BY_NAME = {config.name: config for config in CONFIGS}
 # Each service beside its framework's bare app under the same server settings: our code's overhead.
 BARE_OF = {"web-gevent": "bare-flask", "catalog-tornado": "bare-tornado", "httpbin-aiohttp": "bare-aiohttp"}
 # The project's performance targets (benchmarks, not tests).
 TARGET_OF_BARE = 0.85  # plaintext and json
+TARGET_OF_METRICS_OFF = 0.95  # plaintext and json: metrics cost at most 5% of throughput
 TARGET_NGINX_OF_DIRECT = 0.75  # for a configuration that leaves a core free (one process)
 TARGET_IO_OF_CEILING = {"blocking": 0.90, "event loop": 0.85}
 

@@ -9,9 +9,11 @@ from pathlib import Path
 from loadtest.compare.matrix import (
     BARE_OF,
     BY_NAME,
+    METRICS_OFF_OF,
     TARGET_IO_OF_CEILING,
     TARGET_NGINX_OF_DIRECT,
     TARGET_OF_BARE,
+    TARGET_OF_METRICS_OFF,
 )
 from loadtest.reporting import fmt as _fmt
 from loadtest.reporting import pct as _pct
@@ -50,6 +52,19 @@ def _verdict(wrk: float | None, locust: float | None, target: float) -> str:
     return "–" if value is None else ("✓" if value >= target else "✗")
 
 
+def _pairs(cells: dict, labels: dict, ours: str, reference: str, target: float) -> list[str]:
+    """Table rows of `ours` ÷ `reference` on plaintext and json, direct, where both ran."""
+    rows = []
+    for workload in ("plaintext", "json"):
+        mine, ref = cells.get((ours, workload, "direct")), cells.get((reference, workload, "direct"))
+        if not mine or not ref:
+            continue
+        locust, wrk = _ratio(mine["rps"], ref["rps"]), _ratio(mine["wrk_rps"], ref["wrk_rps"])
+        rows.append(f"| {labels[ours]} ÷ {labels[reference]} | {workload} | {_pct(locust)} | {_pct(wrk)} | "
+                    f"{_verdict(wrk, locust, target)} |")
+    return rows
+
+
 def targets(results: dict) -> str:
     """The performance targets, each computed from this run: ours ÷ bare, nginx ÷ direct, io ÷ ceiling.
     Verdicts use wrk when it ran (Locust on the same 2 cores often measures itself), else Locust."""
@@ -62,15 +77,17 @@ def targets(results: dict) -> str:
              "| service | workload | Locust | wrk | target |", "|---|---|---|---|---|"]
     rows = len(lines)
     for ours, bare in BARE_OF.items():
-        for workload in ("plaintext", "json"):
-            mine, ref = cells.get((ours, workload, "direct")), cells.get((bare, workload, "direct"))
-            if not mine or not ref:
-                continue
-            locust, wrk = _ratio(mine["rps"], ref["rps"]), _ratio(mine["wrk_rps"], ref["wrk_rps"])
-            lines.append(f"| {labels[ours]} ÷ {labels[bare]} | {workload} | {_pct(locust)} | {_pct(wrk)} | "
-                         f"{_verdict(wrk, locust, TARGET_OF_BARE)} |")
+        lines += _pairs(cells, labels, ours, bare, TARGET_OF_BARE)
     if len(lines) == rows:
         lines.append("| (no service and its bare app both ran: `make compare` without QUICK has them) | | | | |")
+    lines += ["", f"What the metrics cost: each service ÷ itself with STACK_METRICS=0, direct "
+              f"(target ≥ {TARGET_OF_METRICS_OFF:.0%}: at most {1 - TARGET_OF_METRICS_OFF:.0%} of throughput).", "",
+              "| service | workload | Locust | wrk | target |", "|---|---|---|---|---|"]
+    rows = len(lines)
+    for ours, off in METRICS_OFF_OF.items():
+        lines += _pairs(cells, labels, ours, off, TARGET_OF_METRICS_OFF)
+    if len(lines) == rows:
+        lines.append("| (no service ran both ways: CONFIGS=web-gevent,web-gevent-nometrics,... has them) | | | | |")
     lines += ["", f"Through nginx ÷ direct, json (target ≥ {TARGET_NGINX_OF_DIRECT:.0%} where one process leaves "
               "a core free; elsewhere the CPU split, in cores, of the wrk run through nginx says who used it).", "",
               "| configuration | processes | Locust | wrk | server / nginx / driver CPU | target |",

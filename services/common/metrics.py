@@ -68,12 +68,16 @@ class InFlight:
             IN_FLIGHT.set_function(lambda: self.count)
 
     def began(self) -> None:
+        if not ENABLED:
+            return
         if MULTIPROCESS:
             IN_FLIGHT.inc()
         else:
             self.count += 1
 
     def ended(self) -> None:
+        if not ENABLED:
+            return
         if MULTIPROCESS:
             IN_FLIGHT.dec()
         else:
