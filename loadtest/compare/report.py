@@ -52,17 +52,21 @@ def _verdict(wrk: float | None, locust: float | None, target: float) -> str:
     return "–" if value is None else ("✓" if value >= target else "✗")
 
 
-def _pairs(cells: dict, labels: dict, ours: str, reference: str, target: float) -> list[str]:
-    """Table rows of `ours` ÷ `reference` on plaintext and json, direct, where both ran."""
+def _ratio_table(cells: dict, labels: dict, pairs: dict[str, str], target: float, title: str,
+                 missing: str) -> list[str]:
+    """`title`, then a table of each configuration ÷ its reference on plaintext and json, direct, where both
+    ran (else one row saying `missing`)."""
     rows = []
-    for workload in ("plaintext", "json"):
-        mine, ref = cells.get((ours, workload, "direct")), cells.get((reference, workload, "direct"))
-        if not mine or not ref:
-            continue
-        locust, wrk = _ratio(mine["rps"], ref["rps"]), _ratio(mine["wrk_rps"], ref["wrk_rps"])
-        rows.append(f"| {labels[ours]} ÷ {labels[reference]} | {workload} | {_pct(locust)} | {_pct(wrk)} | "
-                    f"{_verdict(wrk, locust, target)} |")
-    return rows
+    for ours, reference in pairs.items():
+        for workload in ("plaintext", "json"):
+            mine, ref = cells.get((ours, workload, "direct")), cells.get((reference, workload, "direct"))
+            if not mine or not ref:
+                continue
+            locust, wrk = _ratio(mine["rps"], ref["rps"]), _ratio(mine["wrk_rps"], ref["wrk_rps"])
+            rows.append(f"| {labels[ours]} ÷ {labels[reference]} | {workload} | {_pct(locust)} | {_pct(wrk)} | "
+                        f"{_verdict(wrk, locust, target)} |")
+    return [title, "", "| service | workload | Locust | wrk | target |", "|---|---|---|---|---|",
+            *(rows or [f"| ({missing}) | | | | |"])]
 
 
 def targets(results: dict) -> str:
@@ -71,23 +75,16 @@ def targets(results: dict) -> str:
     raw = {(c["config"], c["workload"], c["route"]): c for c in results["cells"]}
     cells = {key: summarize(cell) for key, cell in raw.items()}
     labels = {c["config"]: c["label"] for c in results["cells"]}  # in run order
-    lines = ["## Against the targets", "",
-             f"Our code's overhead: each service ÷ its bare framework app, same server settings, direct "
-             f"(target ≥ {TARGET_OF_BARE:.0%}).", "",
-             "| service | workload | Locust | wrk | target |", "|---|---|---|---|---|"]
-    rows = len(lines)
-    for ours, bare in BARE_OF.items():
-        lines += _pairs(cells, labels, ours, bare, TARGET_OF_BARE)
-    if len(lines) == rows:
-        lines.append("| (no service and its bare app both ran: `make compare` without QUICK has them) | | | | |")
-    lines += ["", f"What the metrics cost: each service ÷ itself with STACK_METRICS=0, direct "
-              f"(target ≥ {TARGET_OF_METRICS_OFF:.0%}: at most {1 - TARGET_OF_METRICS_OFF:.0%} of throughput).", "",
-              "| service | workload | Locust | wrk | target |", "|---|---|---|---|---|"]
-    rows = len(lines)
-    for ours, off in METRICS_OFF_OF.items():
-        lines += _pairs(cells, labels, ours, off, TARGET_OF_METRICS_OFF)
-    if len(lines) == rows:
-        lines.append("| (no service ran both ways: CONFIGS=web-gevent,web-gevent-nometrics,... has them) | | | | |")
+    lines = ["## Against the targets", ""]
+    lines += _ratio_table(cells, labels, BARE_OF, TARGET_OF_BARE,
+                          f"Our code's overhead: each service ÷ its bare framework app, same server settings, direct "
+                          f"(target ≥ {TARGET_OF_BARE:.0%}).",
+                          "no service and its bare app both ran: `make compare` without QUICK has them")
+    lines += [""] + _ratio_table(
+        cells, labels, METRICS_OFF_OF, TARGET_OF_METRICS_OFF,
+        f"What the metrics cost: each service ÷ itself with STACK_METRICS=0, direct (target ≥ "
+        f"{TARGET_OF_METRICS_OFF:.0%}: at most {1 - TARGET_OF_METRICS_OFF:.0%} of throughput).",
+        "no service ran both ways: CONFIGS=web-gevent,web-gevent-nometrics,... has them")
     lines += ["", f"Through nginx ÷ direct, json (target ≥ {TARGET_NGINX_OF_DIRECT:.0%} where one process leaves "
               "a core free; elsewhere the CPU split, in cores, of the wrk run through nginx says who used it).", "",
               "| configuration | processes | Locust | wrk | server / nginx / driver CPU | target |",

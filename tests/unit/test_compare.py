@@ -108,6 +108,9 @@ def fixture_results() -> dict:
         {"config": "bare-flask", "label": "bare Flask, gunicorn gevent x2", "family": "reference",
          "workload": "json", "route": "direct", "users": 64, "path": "/bare/json", "ceiling_rps": None,
          "runs": [run(1250)], "wrk": {**run(4000), "driver": "wrk"}},
+        {"config": "web-gevent-nometrics", "label": "Flask, gunicorn gevent x2, metrics off", "family": "web",
+         "workload": "json", "route": "direct", "users": 64, "path": "/web/json", "ceiling_rps": None,
+         "runs": [run(1020)], "wrk": {**run(3100), "driver": "wrk"}},
     ]
     return {"started": "2026-11-27T12:00:00", "command": "make compare", "versions": {"locust": "2.47.0"},
             "machine": {"cores": 2, "cpu_model": "test", "loadavg_start": [0.1, 0, 0], "loadavg_end": [1.0, 0, 0]},
@@ -124,6 +127,8 @@ def test_report_renders_medians_ceilings_and_charts(tmp_path):
     # Against the targets: ours ÷ bare (1000/1250 Locust, 3000/4000 wrk; wrk decides), nginx ÷ direct with the
     # CPU split of the wrk run (a two-process server: no verdict), io ÷ ceiling (Locust only: 85% meets 85%).
     assert "| json | 80% | 75% | ✗ |" in text
+    # What the metrics cost: 1000/1020 Locust, 3000/3100 wrk (97%: within the 5% the target allows).
+    assert "| Flask, gunicorn gevent x2 ÷ Flask, gunicorn gevent x2, metrics off | json | 98% | 97% | ✓ |" in text
     assert "| Flask, gunicorn gevent x2 | 2 | 80% | 80% | 1.20 / 0.30 / 0.50 | CPU split |" in text
     assert "| Flask, gunicorn gevent x2 | 4,000 | 85% | – | ✓ |" in text
     assert "3,400 ⚠" in text  # the driver was saturated
