@@ -642,13 +642,18 @@ def clean_data(site: Site) -> int:
     cluster = postgres.remove_cluster(site.var)  # STORE=postgres's native cluster
     if cluster:
         log(f"deleted the Postgres cluster in {cluster}")
+    metrics = site.var / "prometheus"  # MONITORING=1's history, natively
+    if metrics.exists():
+        log(f"deleting Prometheus's data in {metrics}")
+        shutil.rmtree(metrics, ignore_errors=True)
     if not files:
         log(f"no native data in {data}")
     if docker_answers():
         compose = Compose(site)
-        volumes = compose.run("config", "--volumes", check=False).stdout.split()
+        profile = ("--profile", MONITORING_PROFILE)  # Prometheus's volume too
+        volumes = compose.run(*profile, "config", "--volumes", check=False, capture=True).stdout.split()
         log("deleting Compose volumes: " + (", ".join(volumes) or "none"))
-        return compose.run("down", "--volumes", "--remove-orphans", check=False).returncode
+        return compose.run(*profile, "down", "--volumes", "--remove-orphans", check=False).returncode
     return 0
 
 

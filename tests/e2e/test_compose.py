@@ -258,6 +258,13 @@ def test_store_postgres_in_compose_migrates_once_and_keeps_every_replicas_data_t
         assert users == "1"
         for service in HTTP_SERVICES:  # nothing written to the volumes SQLite would use
             assert docker("exec", compose.containers(service.name)[0], "ls", "/data") == "", service.name
+        # make clean-data (after make down) names the volumes it deletes, and they are gone.
+        assert stack.deploy("down").returncode == 0
+        cleaned = stack.deploy("clean-data")
+        assert cleaned.returncode == 0, cleaned.stderr
+        said = cleaned.stdout + cleaned.stderr
+        assert re.search(r"deleting Compose volumes: .*postgres-data", said), said
+        assert not docker("volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={project}")
     finally:
         stack.deploy("down")
         compose.run("down", "--volumes", "--remove-orphans", check=False, capture=True)
