@@ -1,4 +1,4 @@
-"""What every HTTP service tells Prometheus, and the Server-Timing header on every response.
+"""What every HTTP service tells Prometheus.
 
 One histogram per service carries rate, errors and duration together (the seed's RED: Rate, Errors, Duration):
 
@@ -7,14 +7,15 @@ One histogram per service carries rate, errors and duration together (the seed's
     event_loop_lag_seconds                                how late the loop (or gevent's hub) woke for a timer
     stack_service_info{service, framework, server}        1, to tell the services' series apart by name
 
-`route` is the route's template (`/catalog/items/{id}`), never the path a client typed, so hostile URLs cannot
-grow the number of series; unknown methods are counted as "other". Under gunicorn (web) the values live in
-prometheus-client's multiprocess files, one per worker, and /metrics adds the workers up; the worker count is
-`gunicorn_workers`. Each service serves GET /metrics on its own port, outside its URL prefix: nginx never proxies
-it, and the services' ports are reachable only on loopback (native) or the Compose network.
+`route` is the route's template (`/catalog/items/{}`, `/web/orders/{order_id}`), never the path a client typed, so
+hostile URLs cannot grow the number of series; unknown methods are counted as "other". Under gunicorn (web) the
+values live in prometheus-client's multiprocess files, one per worker, and /metrics adds the workers up; the worker
+count is `gunicorn_workers`. Each service serves GET /metrics on its own port, outside its URL prefix: nginx never
+proxies it, and the services' ports are reachable only on loopback (native) or the Compose network.
 
-Recording is one histogram observation per request, made where the access line is written; STACK_METRICS=0
-turns it off (make compare measures what it costs). The Server-Timing header is services/common/timing.py's.
+Recording is one histogram observation per request, made as its response is ready (Flask's after_request,
+Tornado's log function, aiohttp's route wrapper); STACK_METRICS=0 turns it off (make compare measures what it
+costs). The Server-Timing header is services/common/timing.py's.
 """
 
 from __future__ import annotations
@@ -54,7 +55,6 @@ LOOP_LAG = Gauge("event_loop_lag_seconds", f"How late the event loop (gevent's h
                  "the worst in the last sample", multiprocess_mode="livemax")
 SERVICE_INFO = Gauge("stack_service_info", "This process's service", ["service", "framework", "server"],
                      multiprocess_mode="livemax")
-
 
 
 class InFlight:
