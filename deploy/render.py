@@ -108,7 +108,7 @@ UPSTREAM_FAIL_TIMEOUT_S = 3
 # instance of a rolling restart took those 20 s, now about this. Under load the pool's connections are never
 # idle this long, so nothing is re-handshaken; and it stays far below the services' own idle timeout (75 s),
 # so nginx always closes first.
-UPSTREAM_IDLE_S = 4
+UPSTREAM_IDLE_S = 2
 
 
 def _upstream(name: str, servers: list[str]) -> str:
@@ -198,6 +198,16 @@ def edge_headers(indent: int) -> str:
         ("Server-Timing", "$server_timing_edge"),
         ("Server-Timing", "$server_timing_upstream"),
     ))
+
+
+def _default_server(listen: str, http2: str, access_log: str) -> str:
+    """The catch-all server of one port (the template explains it)."""
+    return (f"    server {{\n        listen {listen} default_server;\n{http2}        server_name _;\n"
+            f"{edge_headers(8)}        access_log {access_log} stack;\n"
+            "        location / {\n            return 444;\n        }\n"
+            "        error_page 404 = @drop;  # /.problem asked for from outside: no answer either\n"
+            "        location @drop {\n            return 444;\n        }\n"
+            f"{_edge_errors([code for code in EDGE_ERRORS if code != 404])}    }}\n")
 
 
 def _problem_titles() -> str:
@@ -331,8 +341,9 @@ def nginx_conf(mode: str, site: Site | None = None, *, upstreams: Mapping[str, S
     values.update(EDGE_HEADERS=edge_headers(8), LOCATION_EDGE_HEADERS=edge_headers(12), STATUS_PATH=NGINX_STATUS_PATH)
     values.update(RESOLVER=resolver, UPSTREAMS=upstream_blocks, LOCATIONS=locations, PROBLEM_TITLES=_problem_titles(),
                   EDGE_ERRORS=_edge_errors(list(EDGE_ERRORS)),
-                  # The catch-all server answers only what it cannot parse; 404 there means "no answer".
-                  DEFAULT_SERVER_ERRORS=_edge_errors([code for code in EDGE_ERRORS if code != 404]),
+                  # The catch-all servers answer only what they cannot parse; 404 there means "no answer".
+                  DEFAULT_SERVERS=_default_server(values["LISTEN"], "", values["ACCESS_LOG"]) + "\n"
+                  + _default_server(values["TLS_LISTEN"], values["HTTP2"], values["ACCESS_LOG"]),
                   STREAM_UPSTREAMS=stream_upstreams, STREAM_SERVERS=stream_servers)
     values.update(overrides or {})
     return _fill(NGINX_TEMPLATE.read_text(), values)

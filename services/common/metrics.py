@@ -1,6 +1,6 @@
 """What every HTTP service tells Prometheus.
 
-One histogram per service carries rate, errors and duration together (the seed's RED: Rate, Errors, Duration):
+One histogram per service carries rate, errors and duration together (RED: Rate, Errors, Duration):
 
     http_request_duration_seconds{route, method, code}   _count is the request rate, code=~"5.." the errors
     http_requests_in_flight                               requests begun and not yet answered

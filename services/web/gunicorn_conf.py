@@ -106,12 +106,18 @@ util.write_error = _write_problem
 
 
 # Metrics (services/common/metrics.py): every worker writes its counts to files in one directory, which /metrics
-# (served by any worker) adds up: prometheus-client's multiprocess mode. A directory per master, on tmpfs, set
-# before any worker imports prometheus-client; emptied of a dead worker's live gauges, removed on exit.
-_metrics_directory = None if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else tempfile.mkdtemp(
-    prefix="stack-web-metrics-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-if _metrics_directory:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_directory
+# (served by any worker) adds up: prometheus-client's multiprocess mode. A directory per master, on tmpfs, made
+# as the master starts (not when this file is imported: a test importing it must not inherit it) and before any
+# worker imports prometheus-client; emptied of a dead worker's live gauges, removed on exit.
+_metrics_directory: str | None = None
+
+
+def on_starting(server: Any) -> None:
+    global _metrics_directory
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # one the environment names is used as it is
+        _metrics_directory = tempfile.mkdtemp(prefix="stack-web-metrics-",
+                                              dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_directory
 
 
 def post_worker_init(worker: Any) -> None:

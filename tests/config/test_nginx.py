@@ -168,12 +168,17 @@ def test_access_log_records_timings_and_the_request_id(http_block):
 
 def test_default_server_drops_unknown_hosts(http_block):
     servers = [d["block"] for d in find(http_block, "server")]
-    default = [s for s in servers if is_default_server(s)]
-    assert len(default) == 1
-    locations = {tuple(d["args"]): d["block"] for d in find(default[0], "location")}
-    assert one(locations[("/",)], "return") == ["444"]
-    assert one(locations[("@drop",)], "return") == ["444"]  # /.problem asked for from outside: no answer
-    assert ["404", "=", "@drop"] in [d["args"] for d in find(default[0], "error_page")]
+    plain, tls = [s for s in servers if is_default_server(s)]  # one per port
+    assert "ssl" not in one(plain, "listen") and "ssl" in one(tls, "listen")
+    for default in (plain, tls):
+        locations = {tuple(d["args"]): d["block"] for d in find(default, "location")}
+        assert one(locations[("/",)], "return") == ["444"]
+        assert one(locations[("@drop",)], "return") == ["444"]  # /.problem asked for from outside: no answer
+        assert ["404", "=", "@drop"] in [d["args"] for d in find(default, "error_page")]
+    # HTTP/2 on the HTTPS port only: the plain port's default server (which decides before any Host is known)
+    # never enables it, whichever way this nginx spells it.
+    assert not find(plain, "http2") and "http2" not in one(plain, "listen")
+    assert find(tls, "http2") == [] and "http2" in one(tls, "listen") or one(tls, "http2") == ["on"]
 
 
 def test_nginx_answers_its_own_errors_with_problem_documents(http_block):

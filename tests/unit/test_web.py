@@ -1,6 +1,9 @@
 """The Flask app in-process, through Flask's test client."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -42,3 +45,13 @@ def test_stream_is_n_json_lines_from_a_generator_without_a_content_length(client
     assert [json.loads(line) for line in response.data.splitlines()] == [{"id": i, "service": "web"} for i in range(3)]
     for bad in ("0", "101", "x"):
         assert client.get(f"/web/stream/{bad}").status_code == 400
+
+
+def test_importing_webs_gunicorn_config_leaves_the_environment_alone():
+    """Its metrics directory is made when gunicorn's master starts: a process that only imports the config (the
+    config tests do) must not pass PROMETHEUS_MULTIPROC_DIR on to every stack it starts afterwards."""
+    code = ("import os; before = dict(os.environ); import services.web.gunicorn_conf; "
+            "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"})
+    assert result.returncode == 0, result.stderr
