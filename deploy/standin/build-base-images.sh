@@ -32,6 +32,21 @@ have() { "$docker" image inspect "$1" >/dev/null 2>&1; }
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 cp "$ca_bundle" "$ctx/ca-certificates.crt"
+# The images on top of the Debian base are independent and mostly wait on the mirror: they build at once.
+builds=()
+context() {  # context NAME: a build context of its own, with the CA bundle
+  mkdir -p "$ctx/$1" && cp "$ctx/ca-certificates.crt" "$ctx/$1/" && echo "$ctx/$1"
+}
+build() {  # build TAG CONTEXT, in the background
+  (
+    if "$docker" build -q -t "$1" "$2" >"$2/build.log" 2>&1; then
+      echo "built $1" >&2
+    else
+      tail -20 "$2/build.log" >&2 && echo "failed to build $1" >&2 && exit 1
+    fi
+  ) &
+  builds+=($!)
+}
 
 if ! have "$base_tag"; then
   rootfs=$(mktemp -d)
@@ -44,7 +59,8 @@ if ! have "$base_tag"; then
 fi
 
 if ! have "$python_tag"; then
-  cat >"$ctx/Dockerfile" <<DOCKERFILE
+  dir=$(context python)
+  cat >"$dir/Dockerfile" <<DOCKERFILE
 FROM $base_tag
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
  && rm -rf /var/lib/apt/lists/* && ln -s /usr/bin/python3 /usr/local/bin/python
@@ -53,12 +69,12 @@ ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt SSL_CERT_FILE=/etc/ssl/certs/ca-
     REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt LANG=C.UTF-8
 CMD ["python3"]
 DOCKERFILE
-  "$docker" build -q -t "$python_tag" "$ctx" >/dev/null
-  echo "built $python_tag" >&2
+  build "$python_tag" "$dir"
 fi
 
 if ! have "$nginx_tag"; then
-  cat >"$ctx/Dockerfile" <<DOCKERFILE
+  dir=$(context nginx)
+  cat >"$dir/Dockerfile" <<DOCKERFILE
 FROM $base_tag
 RUN echo 'deb $mirror sid main' > /etc/apt/sources.list.d/sid.list \
  && printf 'Package: *\nPin: release a=unstable\nPin-Priority: 100\n' > /etc/apt/preferences.d/sid \
@@ -69,14 +85,14 @@ RUN echo 'deb $mirror sid main' > /etc/apt/sources.list.d/sid.list \
 COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 CMD ["nginx", "-g", "daemon off;"]
 DOCKERFILE
-  "$docker" build -q -t "$nginx_tag" "$ctx" >/dev/null
-  echo "built $nginx_tag" >&2
+  build "$nginx_tag" "$dir"
 fi
 
 if ! have "$postgres_tag"; then
+  dir=$(context postgres)
   # The official image's entrypoint contract, minimally: a cluster made on first start from the environment,
   # reachable from other containers with a password, then the command (postgres) runs as the image's user.
-  cat >"$ctx/docker-entrypoint.sh" <<'ENTRYPOINT'
+  cat >"$dir/docker-entrypoint.sh" <<'ENTRYPOINT'
 #!/bin/sh
 set -eu
 if [ "${1:-}" = postgres ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
@@ -91,8 +107,8 @@ if [ "${1:-}" = postgres ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
 fi
 exec "$@"
 ENTRYPOINT
-  chmod 755 "$ctx/docker-entrypoint.sh"  # COPY keeps the mode (the legacy builder has no --chmod)
-  cat >"$ctx/Dockerfile" <<DOCKERFILE
+  chmod 755 "$dir/docker-entrypoint.sh"  # COPY keeps the mode (the legacy builder has no --chmod)
+  cat >"$dir/Dockerfile" <<DOCKERFILE
 FROM $base_tag
 RUN mkdir -p /etc/postgresql-common && echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.conf \
  && apt-get update && apt-get install -y --no-install-recommends postgresql-17 \
@@ -103,14 +119,14 @@ USER postgres
 ENTRYPOINT ["docker-entrypoint.sh"]
 CMD ["postgres"]
 DOCKERFILE
-  "$docker" build -q -t "$postgres_tag" "$ctx" >/dev/null
-  echo "built $postgres_tag" >&2
+  build "$postgres_tag" "$dir"
 fi
 
 if ! have "$prometheus_tag"; then
+  dir=$(context prometheus)
   # The official image's shape: prometheus as the entrypoint (flags only in `command:`), promtool beside it
   # (the healthcheck), an unprivileged user owning /prometheus (the data volume starts as the image's copy).
-  cat >"$ctx/Dockerfile" <<DOCKERFILE
+  cat >"$dir/Dockerfile" <<DOCKERFILE
 FROM $base_tag
 RUN apt-get update && apt-get install -y --no-install-recommends prometheus \
  && rm -rf /var/lib/apt/lists/* && install -d -o nobody -g nogroup /prometheus
@@ -118,21 +134,24 @@ USER nobody
 WORKDIR /prometheus
 ENTRYPOINT ["/usr/bin/prometheus"]
 DOCKERFILE
-  "$docker" build -q -t "$prometheus_tag" "$ctx" >/dev/null
-  echo "built $prometheus_tag" >&2
+  build "$prometheus_tag" "$dir"
 fi
 
 if ! have "$exporter_tag"; then
-  cat >"$ctx/Dockerfile" <<DOCKERFILE
+  dir=$(context exporter)
+  cat >"$dir/Dockerfile" <<DOCKERFILE
 FROM $base_tag
 RUN apt-get update && apt-get install -y --no-install-recommends prometheus-nginx-exporter \
  && rm -rf /var/lib/apt/lists/*
 USER nobody
 ENTRYPOINT ["/usr/bin/prometheus-nginx-exporter"]
 DOCKERFILE
-  "$docker" build -q -t "$exporter_tag" "$ctx" >/dev/null
-  echo "built $exporter_tag" >&2
+  build "$exporter_tag" "$dir"
 fi
+
+failed=0
+for pid in "${builds[@]}"; do wait "$pid" || failed=1; done
+[ "$failed" -eq 0 ] || exit 1
 
 echo "export PYTHON_IMAGE=$python_tag NGINX_IMAGE=$nginx_tag POSTGRES_IMAGE=$postgres_tag" \
   "PROMETHEUS_IMAGE=$prometheus_tag NGINX_EXPORTER_IMAGE=$exporter_tag"
