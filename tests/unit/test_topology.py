@@ -68,3 +68,45 @@ def test_make_up_with_a_bad_scale_stops_before_starting_anything(monkeypatch, tm
     with pytest.raises(SystemExit, match="1 to"):
         main(["up", "--mode", "native"])
     assert not (tmp_path / "run").exists()
+
+
+def test_monitoring_comes_from_the_environment_else_from_the_last_up(tmp_path):
+    assert Site.from_env({"STACK_VAR": str(tmp_path)}).monitoring is False
+    (tmp_path / "monitoring").write_text("1\n")
+    assert Site.from_env({"STACK_VAR": str(tmp_path)}).monitoring is True
+    assert Site.from_env({"STACK_VAR": str(tmp_path), "MONITORING": "0"}).monitoring is False
+    with pytest.raises(ValueError, match="MONITORING"):
+        Site.from_env({"STACK_VAR": str(tmp_path), "MONITORING": "yes"})
+
+
+def test_prometheus_scrapes_every_instance_of_the_scale_and_runs_only_with_monitoring(tmp_path):
+    """Native: each instance's own address, at whatever SCALE says; Compose: Docker's DNS for each service's name
+    (every replica). supervisor gets Prometheus and the exporter only with MONITORING=1, after nginx."""
+    from deploy import monitoring
+    from deploy.topology import NGINX_EXPORTER, PROMETHEUS, PROMETHEUS_PREFIX
+
+    site = Site(net="127.0.31", var=tmp_path, scale={"web": 3}, monitoring=True)
+    jobs = {job["job_name"]: job for job in monitoring.config("native", site)["scrape_configs"]}
+    assert set(jobs) == {s.name for s in HTTP_SERVICES} | {"nginx", "prometheus"}
+    for entry in site.http_services:
+        (targets,) = jobs[entry.name]["static_configs"]
+        assert targets["targets"] == list(site.instances(entry).values())
+    assert len(jobs["web"]["static_configs"][0]["targets"]) == 3
+    assert jobs["nginx"]["static_configs"][0]["targets"] == [f"127.0.31.{NGINX_EXPORTER.octet}:{NGINX_EXPORTER.port}"]
+    assert jobs["prometheus"]["metrics_path"] == f"{PROMETHEUS_PREFIX}/metrics"
+    compose = {job["job_name"]: job for job in monitoring.config("compose")["scrape_configs"]}
+    for entry in HTTP_SERVICES:
+        assert compose[entry.name]["dns_sd_configs"] == [
+            {"names": [entry.name], "type": "A", "port": entry.port, "refresh_interval": "4s"}]
+    rules = [rule["record"] for group in monitoring.rules()["groups"] for rule in group["rules"]]
+    assert "job:http_request_duration_seconds:p99_30s" in rules and "job:http_request_errors:rate30s" in rules
+
+    programs = configparser.ConfigParser(interpolation=None)
+    programs.read_string(supervisord_conf(site))
+    prometheus = programs[f"program:{PROMETHEUS.name}"]
+    assert f"--web.listen-address=127.0.31.{PROMETHEUS.octet}:{PROMETHEUS.port}" in prometheus["command"]
+    assert int(prometheus["priority"]) > int(programs["program:nginx"]["priority"])
+    assert f"program:{NGINX_EXPORTER.name}" in programs
+    without = configparser.ConfigParser(interpolation=None)
+    without.read_string(supervisord_conf(Site(net="127.0.31", var=tmp_path)))
+    assert f"program:{PROMETHEUS.name}" not in without and f"program:{NGINX_EXPORTER.name}" not in without
