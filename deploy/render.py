@@ -102,7 +102,7 @@ def _fill(template: str, values: dict[str, str]) -> str:
 # Passive health checks: one failed connection takes an instance out of rotation for this long, after which
 # nginx tries it again with one request (a restarting instance refuses connections; nothing is lost, because
 # a refused connection is retried on the next instance, whatever the method: nothing was sent).
-UPSTREAM_FAIL_TIMEOUT_S = 3
+UPSTREAM_FAIL_TIMEOUT_S = 2
 # How long an idle pooled connection to a service stays open. Short: gunicorn's gevent worker, told to stop,
 # waits for every open connection, idle ones included, up to its graceful_timeout (20 s); with 60 s here each
 # instance of a rolling restart took those 20 s, now about this. Under load the pool's connections are never

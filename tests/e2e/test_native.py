@@ -97,6 +97,10 @@ class TestWebContractUnderEveryWorkerClass(HttpSemanticsContract):
     def subject(self, stack):
         return make_subject("web", stack)
 
+    # Not once more per worker class: the keys outlive a process on the default stack already, and replacing web's
+    # instances under a client is what this file's changed-worker-class test does (CI's time).
+    test_a_retry_with_the_same_idempotency_key_after_a_rolling_restart_makes_one = None
+
 
 @pytest.fixture(scope="module")
 def postgres_stack(tmp_path_factory):
