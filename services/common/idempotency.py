@@ -51,8 +51,13 @@ class Liveness:
             for leftover in self.directory.glob("*.lock"):  # files of processes that ended
                 self.gone_now(leftover.stem)
             self._token = secrets.token_hex(8)
-            held = (self.directory / f"{self._token}.lock").open("a")
+            # Locked under a name no sweep looks at, then renamed into place: another process's first claim,
+            # sweeping at that moment, must never find this file unlocked (it would take it for a dead owner's,
+            # lock it and remove it, and this flock would fail).
+            pending = self.directory / f".{self._token}.pending"
+            held = pending.open("a")
             fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            pending.rename(self.directory / f"{self._token}.lock")
             self._held, self._pid = held, os.getpid()
         return self._token
 

@@ -1,3 +1,4 @@
+import fcntl
 import json
 import math
 import multiprocessing
@@ -364,3 +365,28 @@ assert len(ticks) >= 10, len(ticks)  # and the hub ran another greenlet while th
         assert done.returncode == 0, done.stderr[-2000:]
     finally:
         postgres_cluster.drop(url)
+
+
+def test_a_first_claim_is_never_swept_as_a_dead_owners_by_another_process_starting_at_once(tmp_path, monkeypatch):
+    """Two gunicorn workers' first claims at the same moment: the second sweeps the directory for dead owners'
+    files while the first has made its file and not yet locked it. It must not find that file (it would lock and
+    remove it, and the first worker's own flock would fail: a 500). Here the sweep runs at exactly that moment."""
+    from services.common import idempotency
+
+    owners = tmp_path / "owners"
+    first, second = idempotency.Liveness(owners), idempotency.Liveness(owners)
+    real_flock = fcntl.flock
+    swept: list[str] = []
+
+    def flock_after_a_sweep(file, operation):  # the other process's first claim, just before our flock
+        if not swept and getattr(file, "name", "").startswith(str(owners)):
+            swept.extend(path.name for path in owners.iterdir())
+            for leftover in owners.glob("*.lock"):
+                second.gone_now(leftover.stem)
+        return real_flock(file, operation)
+
+    monkeypatch.setattr(idempotency.fcntl, "flock", flock_after_a_sweep)
+    token = db.run(first.me())
+    monkeypatch.setattr(idempotency.fcntl, "flock", real_flock)
+    assert swept  # the sweep did run inside the window
+    assert (owners / f"{token}.lock").exists() and not second.gone_now(token)  # alive, and held
