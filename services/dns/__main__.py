@@ -11,18 +11,20 @@ import time
 from dnslib.server import DNSLogger, DNSServer
 
 from deploy import topology
-from services.dns.server import SizeLimitedHandler, Zone, ZoneResolver
+from services.dns.server import SizeLimitedHandler, Withheld, Zone, ZoneResolver
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--zone-file", default=os.environ.get("DNS_ZONE_FILE", "zone.json"))
     parser.add_argument("--bind", default=os.environ.get("DNS_BIND") or topology.DNS.default_bind())
+    parser.add_argument("--withheld-file", default=os.environ.get("DNS_WITHHELD_FILE"),
+                        help="a JSON list of addresses to leave out of answers (services.dns.withhold writes it)")
     args = parser.parse_args()
     host, _, port = args.bind.rpartition(":")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(process)d %(message)s")
     zone = Zone.load(args.zone_file)
-    resolver = ZoneResolver(zone)
+    resolver = ZoneResolver(zone, Withheld(args.withheld_file))
     # One line per query and per reply, like an access log.
     logger = DNSLogger("request,reply,truncated,error", prefix=True)
     stopping: list[int] = []  # a plain flag: Event.set() in a handler can deadlock on the lock its wait() holds

@@ -7,6 +7,12 @@ runs several instances, one A record each) or a host name that is looked up when
 service name, which Docker's embedded DNS resolves to every replica's current address, so answers follow a
 recreated container).
 
+Some addresses may be withheld for a while (a JSON list in the file $DNS_WITHHELD_FILE, read again whenever it
+changes; `python -m services.dns.withhold ADDRESS...` writes it): replicas that are about to stop. Docker's DNS
+drops a container only as its address disappears, so nginx, which asks again every few seconds, would go on
+connecting to an address nobody answers at; withheld first, a replica leaves nginx's peers while it still serves,
+and only then stops (deploy/stack.py's Compose driver). A name never loses its last address this way.
+
 A zone may also carry TXT records (`"txt": {"directory": ["...", ...]}`): the stack's directory lists every
 service, and is deliberately larger than a UDP answer may be — DNS's own lesson in TCP vs UDP.
 
@@ -22,6 +28,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +55,46 @@ class Zone:
                    dict(data.get("txt", {})))
 
 
+class Withheld:
+    """The addresses left out of answers, from a JSON list in `path` (none when there is no such file). The file
+    is read again when it changes (another inode, size or mtime: a writer renames a new file into place)."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path else None
+        self._seen: tuple[int, int, int] | None = None
+        self._addresses: frozenset[str] = frozenset()
+
+    def addresses(self) -> frozenset[str]:
+        if self.path is None:
+            return self._addresses
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            stat = None
+        seen = (stat.st_ino, stat.st_size, stat.st_mtime_ns) if stat else None
+        if seen != self._seen:
+            try:
+                listed = json.loads(self.path.read_text()) if stat else []
+                addresses = frozenset(str(ipaddress.IPv4Address(a)) for a in listed)
+            except (OSError, ValueError, TypeError) as error:  # keep what was withheld: a bad file changes nothing
+                log.error("withheld addresses unreadable in %s, keeping %s: %s", self.path, sorted(self._addresses),
+                          error)
+                return self._addresses
+            if addresses != self._addresses:
+                log.info("withholding %s", ", ".join(sorted(addresses)) or "nothing")
+            self._seen, self._addresses = seen, addresses
+        return self._addresses
+
+
+def write_withheld(path: str | Path, addresses: list[str]) -> None:
+    """Replace the withheld list at `path` whole (a new file renamed into place: a reader sees one list)."""
+    path = Path(path)
+    listed = sorted({str(ipaddress.IPv4Address(a)) for a in addresses})
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(json.dumps(listed) + "\n")
+    partial.replace(path)
+
+
 def addresses_of(target: str) -> list[str]:
     """The IPv4 addresses of a record's target: the literal, or what the system resolver says now."""
     try:
@@ -63,8 +110,9 @@ def addresses_of(target: str) -> list[str]:
 
 
 class ZoneResolver(BaseResolver):
-    def __init__(self, zone: Zone) -> None:
+    def __init__(self, zone: Zone, withheld: Withheld | None = None) -> None:
         self.zone = zone
+        self.withheld = withheld or Withheld(None)
         self.origin = DNSLabel(zone.origin)
         self.soa = SOA(
             mname=f"dns.{zone.origin}.", rname=f"hostmaster.{zone.origin}.",
@@ -87,8 +135,10 @@ class ZoneResolver(BaseResolver):
             return reply
         if qtype in ("A", "ANY") and label in zone.records:
             targets = zone.records[label]
-            for address in dict.fromkeys(a for t in ([targets] if isinstance(targets, str) else targets)
-                                         for a in addresses_of(t)):
+            addresses = list(dict.fromkeys(a for t in ([targets] if isinstance(targets, str) else targets)
+                                           for a in addresses_of(t)))
+            withheld = self.withheld.addresses()
+            for address in [a for a in addresses if a not in withheld] or addresses:
                 reply.add_answer(RR(qname, QTYPE.A, rdata=A(address), ttl=zone.ttl))
         if qtype in ("TXT", "ANY") and texts:
             for text in texts:

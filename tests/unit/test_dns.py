@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from dnslib import QTYPE, RCODE, DNSRecord
 from deploy.render import zone
 from deploy.topology import HTTP_SERVICES, ROOT, Site
 from services.common.stack_dns import NameNotFound, StackResolver
-from services.dns.server import UDP_LIMIT_EDNS, Zone, ZoneResolver, addresses_of
+from services.dns.server import UDP_LIMIT_EDNS, Withheld, Zone, ZoneResolver, addresses_of, write_withheld
 from tests.conftest import free_tcp_udp_port
 
 ZONE = Zone("stack.internal", {"": "127.0.0.1", "web": "127.0.10.11", "local": "localhost"}, ttl=5)
@@ -85,12 +86,12 @@ def test_names_outside_the_zone_are_refused():
 
 
 @contextlib.contextmanager
-def serving(zone_file):
+def serving(zone_file, *options: str, env: dict | None = None):
     """`python -m services.dns` on a free port with that zone file: (port, process) once it answers."""
     port = free_tcp_udp_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.dns", "--zone-file", str(zone_file), "--bind", f"127.0.0.1:{port}"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "services.dns", "--zone-file", str(zone_file), "--bind", f"127.0.0.1:{port}",
+         *options], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
     )
     query = dns.message.make_query("web.stack.internal", "A")
     deadline = time.monotonic() + 10
@@ -148,6 +149,70 @@ def test_sighup_reloads_the_zone_file_a_bad_one_keeps_the_old(tmp_path):
         proc.send_signal(signal.SIGHUP)
         time.sleep(0.3)
         assert proc.poll() is None and answer(port) == ["127.0.10.11", "127.0.10.111", "127.0.10.112"]
+
+
+PAIR = Zone("stack.internal", {"web": ["127.0.10.11", "127.0.10.111"], "one": "127.0.10.12"}, ttl=5)
+
+
+def answered(resolver: ZoneResolver, name: str) -> list[str]:
+    return [str(rr.rdata) for rr in resolver.resolve(DNSRecord.question(name), None).rr]
+
+
+def test_withheld_addresses_leave_the_answers_but_never_a_names_last_address(tmp_path):
+    listed = tmp_path / "withheld.json"
+    resolver = ZoneResolver(PAIR, Withheld(listed))
+    assert answered(resolver, "web.stack.internal") == ["127.0.10.11", "127.0.10.111"]  # no file: none withheld
+    write_withheld(listed, ["127.0.10.111", "127.0.10.12"])
+    assert answered(resolver, "web.stack.internal") == ["127.0.10.11"]  # a replica about to stop is left out
+    assert answered(resolver, "one.stack.internal") == ["127.0.10.12"]  # but a name keeps its last address
+    write_withheld(listed, [])  # cleared: every address again, read as soon as the file changed
+    assert answered(resolver, "web.stack.internal") == ["127.0.10.11", "127.0.10.111"]
+
+
+def test_an_unreadable_withheld_list_keeps_the_last_good_one(tmp_path):
+    listed = tmp_path / "withheld.json"
+    resolver = ZoneResolver(PAIR, Withheld(listed))
+    write_withheld(listed, ["127.0.10.111"])
+    assert answered(resolver, "web.stack.internal") == ["127.0.10.11"]
+    for bad in ("{not json", '["not an address"]', '"127.0.10.111"'):
+        listed.write_text(bad)
+        os.utime(listed, ns=(time.time_ns(), time.time_ns() + 1))  # a change the reader notices
+        assert answered(resolver, "web.stack.internal") == ["127.0.10.11"], bad
+    listed.unlink()  # gone: nothing withheld
+    assert answered(resolver, "web.stack.internal") == ["127.0.10.11", "127.0.10.111"]
+
+
+def test_write_withheld_refuses_what_is_not_an_ipv4_address(tmp_path):
+    with pytest.raises(ValueError):
+        write_withheld(tmp_path / "withheld.json", ["web-2"])
+    assert not (tmp_path / "withheld.json").exists()
+
+
+def test_the_withhold_command_changes_what_the_running_server_answers(tmp_path):
+    """What `make up` does before it stops a Compose replica: `python -m services.dns.withhold ADDRESS` in the
+    server's container (where $DNS_WITHHELD_FILE names the list), then the same with no address to clear it."""
+    zone_file, listed = tmp_path / "zone.json", tmp_path / "withheld.json"
+    zone_file.write_text(json.dumps({"zone": "stack.internal", "ttl": 5,
+                                     "records": {"web": ["127.0.10.11", "127.0.10.111"]}}))
+    env = {**os.environ, "DNS_WITHHELD_FILE": str(listed)}
+
+    def answer(port: int) -> list[str]:
+        reply = dns.query.udp(dns.message.make_query("web.stack.internal", "A"), "127.0.0.1", port=port, timeout=2)
+        return sorted(rr.address for rrset in reply.answer for rr in rrset)
+
+    def withhold(*addresses: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "services.dns.withhold", *addresses], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=30)
+
+    with serving(zone_file, env=env) as (port, _):
+        assert answer(port) == ["127.0.10.11", "127.0.10.111"]
+        assert withhold("127.0.10.111").returncode == 0
+        assert answer(port) == ["127.0.10.11"]
+        refused = withhold("web-2")
+        assert refused.returncode == 2 and "web-2" in refused.stderr
+        assert answer(port) == ["127.0.10.11"]  # a refused call changes nothing
+        assert withhold().returncode == 0
+        assert answer(port) == ["127.0.10.11", "127.0.10.111"]
 
 
 @pytest.mark.parametrize("transport", [dns.query.udp, dns.query.tcp], ids=["udp", "tcp"])
