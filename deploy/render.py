@@ -78,9 +78,10 @@ PROBLEM_PATH = "/.problem"  # internal: only error_page reaches it
 PROMETHEUS_API = f"{PROMETHEUS_PREFIX}/api/v1/"
 # The paths where nginx passes a WebSocket upgrade on (httpbin's echo); everywhere else Upgrade is dropped.
 WEBSOCKET_PATHS = [f"{s.prefix}websocket/echo" for s in HTTP_SERVICES if s.name == "httpbin"]
-# Docker's embedded DNS server, reachable from every container on a user-defined network.
-DOCKER_DNS = "127.0.0.11"
-COMPOSE_RESOLVE_S = 10  # how often nginx asks it again (see nginx_conf)
+COMPOSE_RESOLVE_S = 10  # how often nginx asks the stack's DNS again in Compose (see nginx_conf)
+# A change of the answer reaches nginx's peers within this: nginx asks again 1 s after an answer's validity ends
+# (its upstream zone's timer), and a second of margin.
+NGINX_RESOLVES_WITHIN_S = COMPOSE_RESOLVE_S + 2
 # Compose: the nginx image's build writes the load_module line there when its nginx has a dynamic stream
 # module (Debian's), and leaves the file empty when the module is built in (nginx.org's images).
 COMPOSE_MODULES_CONF = "/etc/stack/modules.conf"
@@ -241,23 +242,28 @@ def nginx_conf(mode: str, site: Site | None = None, *, upstreams: Mapping[str, S
     monitoring_api = routes is None and mode in MODES
     routes = routes if routes is not None else {s.prefix: s.name for s in HTTP_SERVICES if s.prefix}
     if mode in ("compose", "kubernetes"):
-        # Upstreams named by Compose service name and re-resolved through Docker's DNS while running
-        # (`resolve`, nginx >= 1.27.3): a recreated container with a new address is reached without a reload.
+        # Upstreams named in the stack's zone and re-resolved while running (`resolve`, nginx >= 1.27.3): a
+        # recreated container with a new address is reached without a reload.
+        # Compose: nginx asks the stack's DNS server, which answers each name with what Docker's DNS says of the
+        # Compose service (every replica) minus the addresses the Compose driver withholds: replicas it is about
+        # to stop leave nginx's peers while they still serve (Docker's DNS drops a container only as its address
+        # disappears, and a connect to a vanished address hangs until its timeout). nginx looks the server's own
+        # name up once, as it starts (docker-compose.yml gives the server that name as a network alias); `make up`
+        # reloads nginx when it recreated the server elsewhere.
         # Every 10 s, not 2: each change of the answer starts a new peer list, and a request whose attempt was
         # failing while it changed is not retried on the other replica (nginx: a request keeps its peer list's
         # generation). A killed container vanishes from Docker's answer for a moment as it restarts in place;
-        # polled every 2 s that moment was seen often enough to cost requests a 504. `make up` reloads nginx,
-        # so containers it recreated are reached at once; the other replica covers the rest.
+        # polled every 2 s that moment was seen often enough to cost requests a 504.
         # Kubernetes: the same, through the cluster's DNS, each HTTP service a headless Service (every pod's
         # address, as Docker's DNS answers every replica's).
-        dns, host = ((DOCKER_DNS, "{}") if mode == "compose"
+        dns, host = ((f"{DNS.name}.{ZONE}:{DNS.port}", f"{{}}.{ZONE}") if mode == "compose"
                      else (KUBERNETES_DNS, f"{{}}.{KUBERNETES_NAMESPACE}.svc.cluster.local"))
         resolver = f"    resolver {dns} valid={COMPOSE_RESOLVE_S}s ipv6=off;\n    resolver_timeout 2s;\n"
-        # One name, every replica: Docker's DNS answers each replica's address and nginx balances over them.
+        # One name, every replica: the DNS answers each replica's address and nginx balances over them.
         if upstreams:
             raise ValueError(f"{mode}'s upstreams are its services, found through its DNS")
         upstream_blocks = "".join(_upstream(s.name, [f"{host.format(s.name)}:{s.port} resolve"]) for s in HTTP_SERVICES)
-        prometheus = f"{PROMETHEUS.name}:{PROMETHEUS.port} resolve"  # none until MONITORING=1 starts it: a 502
+        prometheus = f"{host.format(PROMETHEUS.name)}:{PROMETHEUS.port} resolve"  # none until MONITORING=1: a 502
         stream_upstreams = "".join(_stream_upstream(s, f"{host.format(s.name)}:{s.port} resolve")
                                    for s in STREAM_SERVICES)
         stream_servers = "".join(_stream_server(s, str(s.public_port)) for s in STREAM_SERVICES)
@@ -357,7 +363,7 @@ def zone(mode: str, site: Site | None = None) -> dict:
     site = site or Site()
     services = (*HTTP_SERVICES, *STREAM_SERVICES, DNS)
     if mode == "compose":
-        records = {s.name: s.name for s in services}
+        records = {s.name: s.name for s in (*services, PROMETHEUS)}  # Prometheus: only with MONITORING=1
         records.update({"": "nginx", "nginx": "nginx"})
     else:
         records = {}

@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from deploy import tls
-from deploy.render import COMPOSE_RESOLVE_S
+from deploy.render import NGINX_RESOLVES_WITHIN_S
 from deploy.stack import COMPOSE_FILE, Compose, base_images, compose_command
 from deploy.topology import HTTP_SERVICES, ROOT, Site
 from services.common import credentials
 
 NETWORK = "stack"
-STOP_DELAY_S = COMPOSE_RESOLVE_S + 2  # nginx's resolver interval, and a margin
+STOP_DELAY_S = NGINX_RESOLVES_WITHIN_S  # until nginx has asked again
 # Keys docker-compose.yml uses that `docker stack deploy` ignores (it warns about each) or rejects; tmpfs becomes
 # a mount below.
 NOT_FOR_SWARM = ("build", "profiles", "depends_on", "restart", "mem_limit", "shm_size", "pids_limit",
@@ -69,7 +69,10 @@ def stack_file(config: dict[str, Any], images: str, site: Site, image_cmds: dict
     for name, compose in config["services"].items():
         service = {key: value for key, value in compose.items() if key not in NOT_FOR_SWARM and value is not None}
         service["image"] = f"{images}-{name}:latest"
-        service["networks"] = [NETWORK]
+        # Compose's network aliases (the DNS server's name in its zone) on the stack's one network
+        aliases = [alias for network in (compose.get("networks") or {}).values() for alias in
+                   ((network or {}).get("aliases") or [])]
+        service["networks"] = {NETWORK: {"aliases": aliases}} if aliases else [NETWORK]
         # Swarm ignores `tmpfs:`; a tmpfs mount is how it gives a read-only container its writable /tmp.
         service["volumes"] = [*compose.get("volumes", []), *({"type": "tmpfs", "target": path}
                                                              for path in compose.get("tmpfs", []))]

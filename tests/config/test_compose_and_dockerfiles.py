@@ -21,6 +21,7 @@ from deploy.topology import (
     ROOT,
     SERVICES,
     STREAM_SERVICES,
+    ZONE,
 )
 from deploy.topology import service as service_named
 from services.web import gunicorn_conf
@@ -219,3 +220,18 @@ def test_the_monitoring_profile_runs_what_deploy_monitoring_renders():
     assert f'"127.0.0.1:${{{PROMETHEUS.port_env}:-{PROMETHEUS.port}}}:{PROMETHEUS.port}"' in COMPOSE_FILE.read_text()
     assert "ports" not in exporter  # Prometheus reaches it on the Compose network
     assert prometheus["read_only"] and exporter["read_only"] and prometheus["cap_drop"] == ["ALL"]
+
+
+def test_the_dns_server_answers_to_the_name_nginxs_resolver_asks_for():
+    """nginx's resolver in Compose is the stack's DNS server by its own name in the zone (deploy/render.py):
+    a network alias gives the container that name in Docker's DNS."""
+    from deploy.render import nginx_conf
+
+    services = compose_config()["services"]
+    assert services[DNS.name]["networks"]["default"]["aliases"] == [f"{DNS.name}.{ZONE}"]
+    resolver = re.search(r"^\s*resolver (\S+)", nginx_conf("compose"), re.MULTILINE)
+    assert resolver and resolver.group(1) == f"{DNS.name}.{ZONE}:{DNS.port}"
+    # the withheld list the server reads is where `docker exec … services.dns.withhold` writes it: one ENV
+    dockerfile = (ROOT / "services" / "dns" / "Dockerfile").read_text()
+    assert re.search(r"\bDNS_WITHHELD_FILE=/tmp/", dockerfile)  # /tmp: the container's one writable place
+    assert "/tmp" in services[DNS.name]["tmpfs"]

@@ -30,9 +30,10 @@ from deploy.render import (
     nginx_conf,
     supervisord_conf,
     write_modules_conf,
+    zone,
 )
 from deploy.stack import base_images, docker_answers
-from deploy.topology import HTTP_SERVICES, PROMETHEUS, ROOT, STREAM_SERVICES, Site
+from deploy.topology import DNS, HTTP_SERVICES, PROMETHEUS, ROOT, STREAM_SERVICES, ZONE, Site
 from services.common.http import CLIENT_TIMEOUT_S, IO_MAX_MS, MAX_REQUEST_BODY_BYTES
 from services.sockets.echo import EchoServer
 
@@ -105,9 +106,11 @@ def test_upstreams_keep_connections_alive_over_http11(http_block, mode):
         if mode == "native":  # every instance on its own address
             assert servers == [[bind, *health] for bind in SITE.instances(service).values()]
             assert len(servers) == service.instances >= 2
-        else:  # one name; Docker's DNS answers every replica's address
-            assert servers == [[f"{service.name}:{service.port}", "resolve", *health]]
-            assert find(http_block, "resolver")
+        else:  # one name in the stack's zone; the stack's DNS answers every replica's address (Docker's)
+            assert servers == [[f"{service.name}.{ZONE}:{service.port}", "resolve", *health]]
+            assert zone("compose")["records"][service.name] == service.name  # the Compose service, at query time
+            # nginx asks the stack's DNS server (which can withhold a retiring replica), not Docker's directly
+            assert one(http_block, "resolver")[0] == f"{DNS.name}.{ZONE}:{DNS.port}"
     # Another instance is tried only when this one could not be reached or timed out: never for a POST that was
     # sent (no non_idempotent), never on a 5xx (httpbin's /status/503 is an answer, not a dead instance).
     assert one(http_block, "proxy_next_upstream") == ["error", "timeout"]
@@ -140,9 +143,9 @@ def test_credentials_expensive_endpoints_and_writes_are_limited_per_client_with_
     (site_server,) = [s for s in servers if not is_default_server(s) and find(s, "server_name")]
     assert one(site_server, "limit_conn") == ["perclient", str(CONNECTIONS_PER_CLIENT)]
     locations = {tuple(d["args"]): d["block"] for d in find(site_server, "location")}
-    for path, (upstream, zone, burst) in RATE_LIMITED.items():
+    for path, (upstream, limit_zone, burst) in RATE_LIMITED.items():
         limits = [d["args"] for d in find(locations[("=", path)], "limit_req")]
-        assert [f"zone={zone}", f"burst={burst}", "nodelay"] in limits, path
+        assert [f"zone={limit_zone}", f"burst={burst}", "nodelay"] in limits, path
         assert one(locations[("=", path)], "proxy_pass") == [f"http://{upstream}"]
     assert {p for p, (_, zone, _) in RATE_LIMITED.items() if zone == "expensive"} == {
         f"{s.prefix}{name}" for s in HTTP_SERVICES for name in ("fanout", "cpu")}
@@ -241,13 +244,17 @@ def test_compose_config_passes_nginx_t(tmp_path):
     conf = tmp_path / "nginx.conf"
     conf.write_text(nginx_conf("compose", SITE))
     certificate = tls.ensure(Site(var=tmp_path))  # what Compose mounts as secrets (docker-compose.yml)
+    # nginx looks its resolver's name (the stack's DNS server) up as it reads the config: Docker's DNS answers it
+    # in Compose; here a hosts entry.
     if nginx_version(NGINX) >= (1, 27, 3):
         conf.write_text(conf.read_text().replace(COMPOSE_TLS[0], str(certificate.certificate))
-                        .replace(COMPOSE_TLS[1], str(certificate.key)))
+                        .replace(COMPOSE_TLS[1], str(certificate.key))
+                        .replace(f"resolver {DNS.name}.{ZONE}:", "resolver 127.0.0.1:"))
         command = [NGINX, "-t", "-c", str(conf), "-e", "stderr"]
     elif docker_answers() and (image := usable_nginx_image()):
         script = ROOT / "nginx" / "stream-module.sh"  # what the nginx image's build runs first
-        command = ["docker", "run", "--rm", "-v", f"{conf}:/etc/stack/nginx.conf:ro",
+        command = ["docker", "run", "--rm", "--add-host", f"{DNS.name}.{ZONE}:127.0.0.1",
+                   "-v", f"{conf}:/etc/stack/nginx.conf:ro",
                    "-v", f"{certificate.certificate}:{COMPOSE_TLS[0]}:ro",
                    "-v", f"{certificate.key}:{COMPOSE_TLS[1]}:ro",
                    "-v", f"{script}:/stream-module.sh:ro", image, "sh", "-c",
@@ -285,8 +292,8 @@ def test_every_socket_service_is_proxied_on_its_public_port(parsed, mode):
         if mode == "native":
             assert one(upstreams[service.name], "server") == [f"{SITE.address(service)}:{service.port}"]
             listen = [f"{SITE.public_host}:{SITE.public_port_of(service)}"]
-        else:  # re-resolved through Docker's DNS, like the HTTP upstreams
-            assert one(upstreams[service.name], "server") == [f"{service.name}:{service.port}", "resolve"]
+        else:  # re-resolved through the stack's DNS, like the HTTP upstreams
+            assert one(upstreams[service.name], "server") == [f"{service.name}.{ZONE}:{service.port}", "resolve"]
             listen = [str(service.public_port)]
         if service.transport == "udp":
             server = servers[(*listen, "udp")]
@@ -298,7 +305,10 @@ def test_every_socket_service_is_proxied_on_its_public_port(parsed, mode):
         assert seconds(one(server, "proxy_timeout")[0]) > 0
     assert one(block, "access_log")[1] == "stream_line"
     if mode == "compose":
-        assert find(block, "resolver")
+        assert one(block, "resolver")[0] == f"{DNS.name}.{ZONE}:{DNS.port}"
+        for service in STREAM_SERVICES:
+            (upstream,) = [d["block"] for d in find(block, "upstream") if d["args"] == [service.name]]
+            assert one(upstream, "server")[0] == f"{service.name}.{ZONE}:{service.port}"
 
 
 def test_stream_tcp_timeout_outlasts_the_echo_servers_idle_limit():
@@ -336,7 +346,15 @@ def test_gixy_finds_nothing_in_the_rendered_config(mode, tmp_path):
     path = tmp_path / f"{mode}.conf"
     path.write_text(nginx_conf(mode, SITE))
     gixy = Path(sys.executable).parent / "gixy"
-    result = subprocess.run([str(gixy), "--skips", GIXY_SKIPS, "-f", "json", str(path)],
+    skips = GIXY_SKIPS
+    if mode == "compose":
+        # gixy-ng's resolver_external takes `dns.stack.internal:5353` for an outside server: it matches the name's
+        # suffix (.internal is one it trusts) with the port still attached. The resolver is the stack's own
+        # server on the stack's private network, and only that (asserted here instead).
+        resolvers = set(re.findall(r"^\s*resolver (\S+)", path.read_text(), re.MULTILINE))
+        assert resolvers == {f"{DNS.name}.{ZONE}:{DNS.port}"}
+        skips += ",resolver_external"
+    result = subprocess.run([str(gixy), "--skips", skips, "-f", "json", str(path)],
                             capture_output=True, text=True, timeout=120)
     assert json.loads(result.stdout or "[]") == [], result.stdout
     assert result.returncode == 0, result.stderr
