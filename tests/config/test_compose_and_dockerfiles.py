@@ -235,3 +235,18 @@ def test_the_dns_server_answers_to_the_name_nginxs_resolver_asks_for():
     dockerfile = (ROOT / "services" / "dns" / "Dockerfile").read_text()
     assert re.search(r"\bDNS_WITHHELD_FILE=/tmp/", dockerfile)  # /tmp: the container's one writable place
     assert "/tmp" in services[DNS.name]["tmpfs"]
+
+
+def test_nginx_gets_the_certificate_and_key_deploy_tls_makes_where_its_config_reads_them():
+    """docker-compose.yml's TLS secrets are the files deploy/tls.py writes under STACK_VAR, mounted at the paths
+    the rendered config names (render.COMPOSE_TLS: /run/secrets/<secret>)."""
+    from deploy.render import COMPOSE_TLS
+    from deploy.topology import Site
+
+    config = compose_config()
+    files = Site(var=ROOT / "var").tls  # STACK_VAR unset: ./var beside docker-compose.yml
+    secrets = {name: Path(entry["file"]) for name, entry in config["secrets"].items()}
+    mounted = {Path("/run/secrets") / name: secrets[name] for name in
+               (entry["source"] for entry in config["services"]["nginx"]["secrets"])}
+    certificate, key = (Path(path) for path in COMPOSE_TLS)
+    assert (mounted[certificate], mounted[key]) == (files.certificate, files.key)
