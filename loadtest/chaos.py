@@ -19,6 +19,7 @@ import csv
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -152,9 +153,10 @@ SCALED_OUT = {s.name: s.instances + 1 for s in HTTP_SERVICES}
 
 def instance_counts(stack: Native | Compose) -> dict[str, int]:
     """How many instances (native processes, Compose replicas) of each HTTP service run now."""
-    if isinstance(stack, Native):
-        counted = Counter(service.name for service, _ in stack.instances().values())
-        return {s.name: counted[s.name] for s in HTTP_SERVICES}
+    if isinstance(stack, Native):  # supervisor's programs running now: web-1, web-2, ... (or web alone)
+        status = stack.ctl("status", check=False).stdout
+        running = Counter(match.group(1) for match in re.finditer(r"^([a-z-]+?)(?:-\d+)?\s+RUNNING\b", status, re.M))
+        return {s.name: running[s.name] for s in HTTP_SERVICES}
     return {s.name: len(stack.containers(s.name)) for s in HTTP_SERVICES}
 
 
