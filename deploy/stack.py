@@ -493,9 +493,9 @@ class Compose:
             self.retire(surplus)
         nginx_before, dns_before = self.containers(NGINX.name), self.dns_address()
         # --wait returns once every service's healthcheck passes (nginx's own waits on the others). No reload
-        # afterwards: it would not make nginx resolve the names again (its upstream zone keeps the peers; the
-        # resolver's interval does), and it closes idle client keep-alive connections, racing any request sent
-        # on one at that moment.
+        # afterwards as a rule: it would not make nginx resolve the names again (its upstream zone keeps the
+        # peers; the resolver's interval does), and it closes idle client keep-alive connections, racing any
+        # request sent on one at that moment. The one exception follows.
         code = self.run("up", "--detach", "--wait", "--wait-timeout", "300", *self.scale_options(),
                         check=False).returncode
         if not code and nginx_before == self.containers(NGINX.name) and self.dns_address() != dns_before:

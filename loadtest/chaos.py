@@ -151,11 +151,22 @@ def rolling_restart(service: str) -> Callable[[Native | Compose], None]:
 SCALED_OUT = {s.name: s.instances + 1 for s in HTTP_SERVICES}
 
 
+def instance_listing(stack: Native | Compose) -> str:
+    """supervisor's status of every program (native), or every HTTP service's containers (Compose)."""
+    if isinstance(stack, Native):
+        return stack.ctl("status", check=False).stdout
+    return "\n".join(f"{s.name}: {' '.join(stack.containers(s.name))}" for s in HTTP_SERVICES)
+
+
 def instance_counts(stack: Native | Compose) -> dict[str, int]:
     """How many instances (native processes, Compose replicas) of each HTTP service run now."""
-    if isinstance(stack, Native):  # supervisor's programs running now: web-1, web-2, ... (or web alone)
-        status = stack.ctl("status", check=False).stdout
-        running = Counter(match.group(1) for match in re.finditer(r"^([a-z-]+?)(?:-\d+)?\s+RUNNING\b", status, re.M))
+    if isinstance(stack, Native):
+        # supervisor's programs alive now: web-1, web-2, ... (or web alone). One that answered its health check
+        # a moment ago may still be STARTING: supervisor calls it RUNNING once it has lived startsecs (1 s), as
+        # its next loop notices.
+        listing = instance_listing(stack)
+        running = Counter(match.group(1) for match in
+                          re.finditer(r"^([a-z-]+?)(?:-\d+)?\s+(?:RUNNING|STARTING)\b", listing, re.M))
         return {s.name: running[s.name] for s in HTTP_SERVICES}
     return {s.name: len(stack.containers(s.name)) for s in HTTP_SERVICES}
 
@@ -167,7 +178,7 @@ def scaled(stack: Native | Compose, scale: dict[str, int]) -> None:
     if stack.scale(scale):
         raise RuntimeError(f"make up SCALE={scale} failed")
     if (counts := instance_counts(stack)) != wanted:
-        raise RuntimeError(f"make up SCALE={scale} left {counts} running")
+        raise RuntimeError(f"make up SCALE={scale} left {counts} running:\n{instance_listing(stack)}")
     every_instance_answers(stack.site.base_url, wanted["httpbin"])
 
 
