@@ -10,7 +10,9 @@ CREDENTIALS = {"email": "ada@example.com", "password": "correct horse"}
 
 @pytest.fixture
 def app(store_at):
-    return create_app({"TESTING": True, "DATABASE": store_at("web")})
+    app = create_app({"TESTING": True, "DATABASE": store_at("web")})
+    yield app
+    app.extensions["store"].database.close()  # a Postgres pool left to the garbage collector warns
 
 
 @pytest.fixture
@@ -84,9 +86,13 @@ def test_sessions_are_shared_by_every_worker(app, tmp_path):
     """A second app on the same database (another gunicorn worker) sees the session."""
     client = app.test_client()
     login(client)
-    other_worker = create_app({"TESTING": True, "DATABASE": app.config["DATABASE"]}).test_client()
-    other_worker.set_cookie("sid", client.get_cookie("sid", path="/web").value, path="/web")
-    assert other_worker.get("/web/me").json["email"] == CREDENTIALS["email"]
+    other_app = create_app({"TESTING": True, "DATABASE": app.config["DATABASE"]})
+    try:
+        other_worker = other_app.test_client()
+        other_worker.set_cookie("sid", client.get_cookie("sid", path="/web").value, path="/web")
+        assert other_worker.get("/web/me").json["email"] == CREDENTIALS["email"]
+    finally:
+        other_app.extensions["store"].database.close()
 
 
 @pytest.mark.parametrize(
@@ -285,7 +291,10 @@ def test_a_page_of_one_users_orders_reads_that_users_orders_only(store_at):
             await conn.execute("RESET enable_seqscan")
             return " ".join(row["QUERY PLAN"] for row in rows)
 
-    found = store.run(plan())
+    try:
+        found = store.run(plan())
+    finally:
+        store.database.close()
     assert "orders_by_user" in found and "Seq Scan" not in found, found
 
 
