@@ -79,6 +79,7 @@ class Withheld:
             except (OSError, ValueError, TypeError) as error:  # keep what was withheld: a bad file changes nothing
                 log.error("withheld addresses unreadable in %s, keeping %s: %s", self.path, sorted(self._addresses),
                           error)
+                self._seen = seen  # said once per change of the file, not once per query
                 return self._addresses
             if addresses != self._addresses:
                 log.info("withholding %s", ", ".join(sorted(addresses)) or "nothing")
