@@ -16,6 +16,14 @@ def app(store_at):
 
 
 @pytest.fixture
+def own_store(store_at):
+    """web's store on its own (no app), closed after the test."""
+    store = Store(store_at("web"))
+    yield store
+    store.database.close()
+
+
+@pytest.fixture
 def client(app):
     return app.test_client()
 
@@ -78,7 +86,7 @@ def test_logout_deletes_the_session(client):
 def test_expired_sessions_are_refused(app, client):
     login(client)
     token = client.get_cookie("sid", path="/web").value
-    Store(app.config["DATABASE"]).expire_session(token)
+    app.extensions["store"].expire_session(token)
     assert client.get("/web/me").status_code == 401
 
 
@@ -118,8 +126,8 @@ def test_order_lines_are_validated_before_any_call_to_catalog(client):
 
 def test_someone_elses_order_is_403_and_a_missing_one_404(app, client):
     login(client)
-    owner = Store(app.config["DATABASE"]).signup("grace@example.com", "another password")
-    order = Store(app.config["DATABASE"]).create_order(
+    owner = app.extensions["store"].signup("grace@example.com", "another password")
+    order = app.extensions["store"].create_order(
         owner["id"], [{"item_id": 1, "name": "Teapot", "unit_price": 1250, "quantity": 1}])
     assert client.get(f"/web/orders/{order['id']}").status_code == 403
     assert client.get("/web/orders/999999").status_code == 404
@@ -136,12 +144,12 @@ def test_cart_lines_put_is_idempotent_and_patch_merges(client):
     assert client.put("/web/cart/items/7", json={"quantity": 0}).status_code == 422
 
 
-def test_threads_get_their_own_connection_and_their_transactions_never_interleave(store_at):
+def test_threads_get_their_own_connection_and_their_transactions_never_interleave(own_store):
     """gthread workers run requests on several threads of one process: with one shared connection one
     thread's BEGIN met another's statements ("cannot start a transaction within a transaction")."""
     import threading
 
-    store = Store(store_at("web"))
+    store = own_store
     user = store.signup("threads@example.com", "correct horse")
     errors = []
 
@@ -234,12 +242,12 @@ assert elapsed < 5, elapsed  # each write is about a millisecond; a deadlock las
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def test_a_login_costs_one_scrypt_whether_or_not_the_account_exists(store_at, monkeypatch):
+def test_a_login_costs_one_scrypt_whether_or_not_the_account_exists(own_store, monkeypatch):
     """An unknown account used to cost two key derivations (hash a fresh password, then check it): twice a
     known account's time, which tells an attacker which emails have accounts."""
     from services.web import store as web_store
 
-    store = Store(store_at("web"))
+    store = own_store
     store.signup("known@example.com", "correct horse")
     store.authenticate("nobody@example.com", "warm-up")  # the unknown-account hash is made once, then kept
     calls = []
@@ -276,9 +284,9 @@ def test_safe_requests_from_anywhere_still_work(client):
                       ).status_code == 200
 
 
-def test_a_page_of_one_users_orders_reads_that_users_orders_only(store_at):
+def test_a_page_of_one_users_orders_reads_that_users_orders_only(own_store):
     """The query walks the (user_id, id) index, not every order in the table from the cursor on."""
-    store = Store(store_at("web"))
+    store = own_store
     page = "SELECT * FROM orders WHERE user_id = ? AND id > ? ORDER BY id LIMIT ?"
 
     async def plan() -> str:
@@ -291,10 +299,7 @@ def test_a_page_of_one_users_orders_reads_that_users_orders_only(store_at):
             await conn.execute("RESET enable_seqscan")
             return " ".join(row["QUERY PLAN"] for row in rows)
 
-    try:
-        found = store.run(plan())
-    finally:
-        store.database.close()
+    found = store.run(plan())
     assert "orders_by_user" in found and "Seq Scan" not in found, found
 
 
