@@ -141,9 +141,11 @@ def back_in_rotation() -> None:
     time.sleep(UPSTREAM_FAIL_TIMEOUT_S + 0.5)
 
 
-def one_at_a_time(instances: list[tuple[str, Callable[[], object], Callable[[], bool]]]) -> int:
+def one_at_a_time(instances: list[tuple[str, Callable[[], object], Callable[[], bool]]],
+                  in_rotation: Callable[[], None] = back_in_rotation) -> int:
     """(name, restart it, wait until healthy) for each instance, in turn: the next one goes only when this one
-    answers again and nginx sends it requests. 1 (and stop) when one does not come back."""
+    answers again and nginx sends it requests (`in_rotation` waits for that). 1 (and stop) when one does not
+    come back."""
     for name, restart, healthy in instances:
         started = time.monotonic()
         restart()
@@ -151,7 +153,7 @@ def one_at_a_time(instances: list[tuple[str, Callable[[], object], Callable[[], 
             log(f"{name} did not come back; see `make logs`")
             return 1
         log(f"{name} restarted and healthy in {time.monotonic() - started:.1f} s")
-        back_in_rotation()
+        in_rotation()
     return 0
 
 
@@ -634,14 +636,16 @@ class Compose:
 
     def restart(self, services: list[str]) -> int:
         """Restart a service's replicas one at a time, each healthy again before the next goes; nginx skips a
-        replica that refuses connections meanwhile (a restarted container keeps its address)."""
+        replica that refuses connections meanwhile (a restarted container keeps its address). Docker's DNS
+        leaves a stopped container out, so nginx may have asked while this one was down and dropped it from its
+        peers: the next replica goes only once nginx has asked again and has this one back."""
         restart = ["docker", "restart", "--time", str(STOP_GRACE_SECONDS)]
         return one_at_a_time([
             (f"{service} replica {container[:12]}",
              functools.partial(subprocess.run, [*restart, container], check=True, capture_output=True),
              functools.partial(self.container_healthy, container))
             for service in services for container in self.containers(service)
-        ])
+        ], in_rotation=functools.partial(time.sleep, NGINX_RESOLVES_WITHIN_S))
 
     def reload(self) -> int:
         """nginx re-reads its config (the one baked into its image) and replaces its workers gracefully."""

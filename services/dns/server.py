@@ -96,8 +96,17 @@ def write_withheld(path: str | Path, addresses: list[str]) -> None:
     partial.replace(path)
 
 
+class LookupFailed(Exception):
+    """The system resolver could not say (a timeout, a server failure): not the same as "no such name"."""
+
+
+# What the system resolver says when a name has no IPv4 address: an empty answer, not a failure.
+NO_SUCH_NAME = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+
+
 def addresses_of(target: str) -> list[str]:
-    """The IPv4 addresses of a record's target: the literal, or what the system resolver says now."""
+    """The IPv4 addresses of a record's target: the literal, or what the system resolver says now (none when
+    the name does not exist; LookupFailed when the resolver could not tell)."""
     try:
         ipaddress.IPv4Address(target)
         return [target]
@@ -105,8 +114,10 @@ def addresses_of(target: str) -> list[str]:
         pass
     try:
         infos = socket.getaddrinfo(target, None, socket.AF_INET, socket.SOCK_STREAM)
-    except socket.gaierror:
-        return []
+    except socket.gaierror as error:
+        if error.errno in NO_SUCH_NAME:
+            return []
+        raise LookupFailed(f"{target}: {error}") from None
     return sorted({info[4][0] for info in infos})
 
 
@@ -136,8 +147,15 @@ class ZoneResolver(BaseResolver):
             return reply
         if qtype in ("A", "ANY") and label in zone.records:
             targets = zone.records[label]
-            addresses = list(dict.fromkeys(a for t in ([targets] if isinstance(targets, str) else targets)
-                                           for a in addresses_of(t)))
+            try:
+                addresses = list(dict.fromkeys(a for t in ([targets] if isinstance(targets, str) else targets)
+                                               for a in addresses_of(t)))
+            except LookupFailed as error:
+                # SERVFAIL, never an empty answer: nginx keeps its peers on a failure, but an empty answer would
+                # take every replica out of its upstream.
+                log.warning("answering SERVFAIL: %s", error)
+                reply.header.rcode = RCODE.SERVFAIL
+                return reply
             withheld = self.withheld.addresses()
             for address in [a for a in addresses if a not in withheld] or addresses:
                 reply.add_answer(RR(qname, QTYPE.A, rdata=A(address), ttl=zone.ttl))

@@ -70,6 +70,26 @@ def test_host_name_targets_are_resolved_at_query_time():
     assert addresses_of("10.1.2.3") == ["10.1.2.3"]
 
 
+def test_a_failed_lookup_of_a_target_is_servfail_never_an_empty_answer(monkeypatch):
+    """Compose: when Docker's DNS cannot answer for a moment, an empty answer would make nginx drop every
+    replica from its upstream; a SERVFAIL makes it keep them. A name that does not exist stays empty (NODATA)."""
+    import socket
+
+    def failing(*_args, **_kwargs):
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", failing)
+    reply = ask("local.stack.internal")
+    assert reply.header.rcode == RCODE.SERVFAIL and not reply.rr
+
+    def missing(*_args, **_kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", missing)
+    reply = ask("local.stack.internal")
+    assert reply.header.rcode == RCODE.NOERROR and not reply.rr  # NODATA
+
+
 def test_unknown_name_in_zone_is_nxdomain_with_soa():
     reply = ask("nope.stack.internal")
     assert reply.header.rcode == RCODE.NXDOMAIN and reply.auth[0].rtype == QTYPE.SOA
