@@ -640,12 +640,20 @@ class Compose:
         leaves a stopped container out, so nginx may have asked while this one was down and dropped it from its
         peers: the next replica goes only once nginx has asked again and has this one back."""
         restart = ["docker", "restart", "--time", str(STOP_GRACE_SECONDS)]
-        return one_at_a_time([
-            (f"{service} replica {container[:12]}",
-             functools.partial(subprocess.run, [*restart, container], check=True, capture_output=True),
-             functools.partial(self.container_healthy, container))
-            for service in services for container in self.containers(service)
-        ], in_rotation=functools.partial(time.sleep, NGINX_RESOLVES_WITHIN_S))
+        replicas = [(f"{service} replica {container[:12]}",
+                     functools.partial(subprocess.run, [*restart, container], check=True, capture_output=True),
+                     functools.partial(self.container_healthy, container))
+                    for service in services for container in self.containers(service)]
+        following = iter(range(len(replicas) - 1, -1, -1))  # how many replicas are still to go after this one
+
+        def in_rotation() -> None:
+            """Until nginx has asked again; after the last one, only until it retries a refusing replica."""
+            if next(following):
+                time.sleep(NGINX_RESOLVES_WITHIN_S)
+            else:
+                back_in_rotation()
+
+        return one_at_a_time(replicas, in_rotation=in_rotation)
 
     def reload(self) -> int:
         """nginx re-reads its config (the one baked into its image) and replaces its workers gracefully."""
