@@ -13,7 +13,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import tornado.web
-from tornado.httpclient import AsyncHTTPClient
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from tornado.iostream import StreamClosedError
 
 from deploy import topology
 from services.catalog.openapi import OPENAPI
@@ -61,7 +62,8 @@ class BaseHandler(tornado.web.RequestHandler):
         self.finish(http.to_json(body))
 
     def json_body(self, accepted: tuple[str, ...] = (http.JSON,)) -> object:
-        return semantics.json_body(self.request.headers.get("Content-Type"), self.request.body, accepted)
+        return semantics.json_body(self.request.headers.get("Content-Type"), self.request.body, accepted,
+                                   self.request.headers.get("Content-Encoding"))
 
     def allowed(self) -> list[str]:
         return [m for m in self.SUPPORTED_METHODS if self._implements(m)]
@@ -92,6 +94,8 @@ class BaseHandler(tornado.web.RequestHandler):
             detail = error.log_message if isinstance(error, tornado.web.HTTPError) and error.log_message else ""
             problem = http.Problem(status_code, reason, detail or reason)
         self.set_status(problem.status)
+        for name, value in problem.headers.items():
+            self.set_header(name, value)
         if problem.status == 405:
             self.set_header("Allow", semantics.allow_header(self.allowed()))
         if problem.status == 401:
@@ -147,7 +151,6 @@ class ConnHandler(BaseHandler):
         ))
 
 
-
 class StreamHandler(BaseHandler):
     async def get(self, n: str) -> None:
         """n JSON lines, each flushed as it is written: no Content-Length, so Tornado sends chunks."""
@@ -181,15 +184,21 @@ class FanoutHandler(BaseHandler):
             """Fetch i goes to instance i mod n; an instance that refuses (restarting) passes it on."""
             started = time.perf_counter()
             turn = addresses[i % len(addresses):] + addresses[:i % len(addresses)]
+            failure = "no address"
             for address in turn:
                 prefix, _ = stack_dns.by_address(base, address)
-                response = await client.fetch(prefix + path, raise_error=False, request_timeout=15,
-                                              headers={"Host": host, http.REQUEST_ID_HEADER: self.request_id})
-                if not isinstance(response.error, ConnectionRefusedError):
-                    break
-            if response.code >= 500 or response.code == 599:
-                raise http.Problem(502, "Bad Gateway", f"GET {base}{path}: {response.code} {response.reason}")
-            return http.fetch_record(i, response.code, len(response.body or b""), started)
+                # raise_error=False turns only HTTP statuses into responses: a refused connection, a failed
+                # lookup or a timeout still raises (and escaped as a 500 before).
+                try:
+                    response = await client.fetch(prefix + path, raise_error=False, request_timeout=15,
+                                                  headers={"Host": host, http.REQUEST_ID_HEADER: self.request_id})
+                except (OSError, HTTPClientError, StreamClosedError) as error:
+                    failure = f"{type(error).__name__}: {error}"
+                    continue  # refused (restarting) or unreachable: the next instance takes it
+                if response.code >= 500:
+                    raise http.Problem(502, "Bad Gateway", f"GET {base}{path}: {response.code} {response.reason}")
+                return http.fetch_record(i, response.code, len(response.body or b""), started)
+            raise http.Problem(502, "Bad Gateway", f"GET {base}{path}: {failure}")
 
         started = time.perf_counter()
         try:

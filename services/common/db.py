@@ -19,6 +19,7 @@ import fcntl
 import functools
 import hashlib
 import os
+import re
 import sqlite3
 import sys
 import threading
@@ -133,8 +134,14 @@ def storable(parameters: Sequence[Any]) -> None:
     for value in parameters:
         if isinstance(value, str) and "\x00" in value:
             raise Problem(422, "Unstorable value", "text with a NUL character (U+0000) cannot be stored")
+        # A header's undecodable bytes, which aiohttp keeps as surrogate escapes: no UTF-8 text holds them.
+        if isinstance(value, str) and not value.isascii() and _LONE_SURROGATE.search(value):
+            raise Problem(422, "Unstorable value", "text with a lone surrogate (U+D800..U+DFFF) cannot be stored")
         if isinstance(value, int) and not -(2**63) <= value < 2**63:
             raise Problem(422, "Unstorable value", "integers are stored in 64 bits")
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class Conn:

@@ -29,6 +29,11 @@ def _now() -> str:
     return _stamp(datetime.now(UTC))
 
 
+def request_json(headers: Mapping[str, str], body: bytes, accepted: tuple[str, ...] = (JSON,)) -> object:
+    """The request's JSON document by its Content-Type and Content-Encoding (semantics.json_body)."""
+    return semantics.json_body(headers.get("Content-Type"), body, accepted, headers.get("Content-Encoding"))
+
+
 class Documents:
     """JSON documents by collection and key. `ttl_s` and `max_per_collection` bound what anonymous clients can
     store (httpbin's bins): documents not updated for ttl_s go, and a full collection takes no new key (507).
@@ -84,7 +89,7 @@ class Documents:
         never replays another's response). Returns (response, replayed)."""
 
         async def act(record: Record) -> StoredResponse:
-            document = validate(semantics.json_body(headers.get("Content-Type"), body))
+            document = validate(request_json(headers, body))
             key = secrets.token_hex(8)
             async with self.database.transaction() as conn:
                 await self._insert(conn, collection, key, document)
@@ -110,10 +115,10 @@ class Documents:
                 return StoredResponse(304, {"ETag": response.headers["ETag"]}, b"")
             return response
         if method == "PUT":
-            document = validate(semantics.json_body(headers.get("Content-Type"), body))
+            document = validate(request_json(headers, body))
             return await self._put(collection, key, location, headers, document)
         if method == "PATCH":
-            patch = semantics.json_body(headers.get("Content-Type"), body, (semantics.MERGE_PATCH_JSON,))
+            patch = request_json(headers, body, (semantics.MERGE_PATCH_JSON,))
             return await self._patch(collection, key, location, headers, patch, validate)
         if method == "DELETE":
             async with self.database.transaction() as conn:

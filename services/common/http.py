@@ -11,7 +11,7 @@ import os
 import re
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -115,6 +115,7 @@ class Problem(Exception):
     title: str
     detail: str
     type: str = "about:blank"
+    headers: dict[str, str] = field(default_factory=dict)  # response fields the problem calls for (RFC 9110)
 
     def document(self, request_id: str, instance: str | None = None) -> dict:
         body: dict = {"type": self.type, "title": self.title, "status": self.status, "detail": self.detail}

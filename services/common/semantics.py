@@ -44,8 +44,21 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-def json_body(content_type: str | None, body: bytes, accepted: tuple[str, ...] = (JSON,)) -> object:
-    """The request's JSON document, or the Problem a client should see: 413, 415 or 400."""
+def content_coded(content_encoding: str | None) -> bool:
+    """True when a Content-Encoding names a coding other than identity (RFC 9110 8.4)."""
+    if not content_encoding:
+        return False
+    return any(coding.strip().lower() not in ("", "identity") for coding in content_encoding.split(","))
+
+
+def json_body(content_type: str | None, body: bytes, accepted: tuple[str, ...] = (JSON,),
+              content_encoding: str | None = None) -> object:
+    """The request's JSON document, or the Problem a client should see: 413, 415 or 400. No service here
+    decodes a content-coded request body (RFC 9110 15.5.16: 415, with Accept-Encoding saying what it takes)."""
+    if content_coded(content_encoding):
+        raise Problem(415, "Unsupported Media Type",
+                      f"request bodies are taken without a content coding, not {content_encoding[:40]!r}",
+                      headers={"Accept-Encoding": "identity"})
     if len(body) > MAX_BODY_BYTES:
         raise Problem(413, "Content Too Large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
     if media_type(content_type) not in accepted:
@@ -80,9 +93,11 @@ def _deeper_than(document: object, limit: int) -> bool:
     return False
 
 
-def parse_json(body: bytes) -> object:
+def parse_json(body: bytes, unicode_scalars_only: bool = True) -> object:
     """RFC 8259 JSON and nothing looser: no NaN/Infinity, numbers a double can hold, at most MAX_JSON_DEPTH
-    levels, UTF-8. Anything else is a ValueError (callers answer 400, or treat the body as not JSON)."""
+    levels, UTF-8, and (unless told otherwise) strings of Unicode scalar values: a "\\ud800" escape alone is a
+    lone surrogate, which no UTF-8 text can hold, so nothing could store, hash or send it back (RFC 8259 8.2).
+    Anything else is a ValueError (callers answer 400, or treat the body as not JSON)."""
     try:
         document = json.loads(body, parse_constant=_no_constant, parse_float=_finite)
     except RecursionError:
@@ -91,8 +106,28 @@ def parse_json(body: bytes) -> object:
     brackets = body.count(b"[") + body.count(b"{")
     if isinstance(document, (dict, list)) and brackets > MAX_JSON_DEPTH and _deeper_than(document, MAX_JSON_DEPTH):
         raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    if unicode_scalars_only and b"\\u" in body and _has_lone_surrogate(document):
+        raise ValueError("a string holds a lone surrogate (an unpaired \\ud800-\\udfff escape): not Unicode text")
     return document
 
+
+def _has_lone_surrogate(document: object) -> bool:
+    """Any string (member names too) with a code point in U+D800..U+DFFF: json.loads pairs valid escapes."""
+    pending = [document]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                return True
+        elif isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return False
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 # RFC 9110 12.4.2's qvalue: 0 to 1 with at most three decimals. Anything else ("nan", "inf", "2") weighs 0.
 _QVALUE = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")

@@ -33,7 +33,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from dnslib import EDNS0, NS, QTYPE, RCODE, RR, SOA, TXT, A, DNSHeader, DNSLabel, DNSRecord
+from dnslib import EDNS0, NS, OPCODE, QTYPE, RCODE, RR, SOA, TXT, A, DNSHeader, DNSLabel, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler
 
 log = logging.getLogger("stack.dns")
@@ -121,6 +121,16 @@ def addresses_of(target: str) -> list[str]:
     return sorted({info[4][0] for info in infos})
 
 
+def reply_to(request: DNSRecord) -> DNSRecord:
+    """An authoritative answer's skeleton. Of the query's header only the id, opcode, RD and CD come back
+    (RFC 1035 4.1.1, RFC 4035 3.1.6). dnslib's request.reply() copies the whole flags word, so a query with
+    AD, TC, Z or an rcode set got them echoed: AD claims DNSSEC-validated data, which an unsigned zone never is."""
+    query = request.header
+    header = DNSHeader(id=query.id, qr=1, opcode=query.opcode, aa=1, tc=0, rd=query.rd, ra=0, z=0, ad=0,
+                       cd=query.cd, rcode=RCODE.NOERROR)
+    return DNSRecord(header, q=request.q)
+
+
 class ZoneResolver(BaseResolver):
     def __init__(self, zone: Zone, withheld: Withheld | None = None) -> None:
         self.zone = zone
@@ -133,7 +143,13 @@ class ZoneResolver(BaseResolver):
 
     def resolve(self, request: DNSRecord, handler: DNSHandler) -> DNSRecord:
         zone = self.zone  # once: a reload (SIGHUP) swaps the whole zone
-        reply = request.reply(ra=0, aa=1)
+        reply = reply_to(request)
+        if request.header.opcode != OPCODE.QUERY or request.header.qr:
+            reply.header.rcode = RCODE.NOTIMP  # only standard queries (RFC 1035 4.1.1); never answer an answer
+            return reply
+        if request.header.q != 1:
+            reply.header.rcode = RCODE.FORMERR  # one question per message, as every resolver sends (RFC 9619)
+            return reply
         qname, qtype = request.q.qname, QTYPE[request.q.qtype]
         if not qname.matchSuffix(self.origin):
             reply.header.aa = 0

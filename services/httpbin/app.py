@@ -135,7 +135,7 @@ def _send(stored: StoredResponse, replayed: bool = False) -> web.Response:
 
 
 async def bins(request: web.Request) -> web.Response:
-    semantics.require_acceptable(request.headers.get("Accept"))
+    semantics.require_acceptable(endpoints.field(request, "Accept"))
     documents = request.app[DOCUMENTS]
     if request.method == "POST":
         # Bins are anonymous: the caller is the client's address (as nginx saw it), so its keys are its own.
@@ -155,7 +155,7 @@ async def bins(request: web.Request) -> web.Response:
 
 
 async def one_bin(request: web.Request) -> web.Response:
-    semantics.require_acceptable(request.headers.get("Accept"))
+    semantics.require_acceptable(endpoints.field(request, "Accept"))
     stored = await request.app[DOCUMENTS].handle(request.method, "bins", request.match_info["name"], request.path,
                                                  request.headers, await request.read(), bin_document)
     return _send(stored)
@@ -242,7 +242,9 @@ class StalledBodyWatch:
 
 
 def _problem(request: web.Request, problem: http.Problem) -> web.Response:
-    return _json(problem.document(REQUEST_ID.get(), request.path), problem.status, http.PROBLEM_JSON)
+    response = _json(problem.document(REQUEST_ID.get(), request.path), problem.status, http.PROBLEM_JSON)
+    response.headers.update(problem.headers)
+    return response
 
 
 def guarded(handler: Handler) -> Handler:
@@ -341,7 +343,9 @@ async def serve_metrics(request: web.Request) -> web.Response:
 
 
 def create_app(db_path: str | None = None) -> web.Application:
-    app = web.Application(client_max_size=http.MAX_REQUEST_BODY_BYTES)
+    # auto_decompress off: aiohttp would otherwise decode a request body by its Content-Encoding (a bad gzip body
+    # then failed as a 500, a br one arrived empty); httpbin echoes the bytes sent instead (endpoints.with_body).
+    app = web.Application(client_max_size=http.MAX_REQUEST_BODY_BYTES, handler_args={"auto_decompress": False})
     app[DOCUMENTS] = Documents(db.open_database(SERVICE, db_path, asynchronous=True), ttl_s=BIN_TTL_S,
                                max_per_collection=MAX_BINS)
     app.on_cleanup.append(_close_store)
@@ -355,7 +359,8 @@ def create_app(db_path: str | None = None) -> web.Application:
             app.router.add_route(method, PREFIX + path, guarded(handler))
     app.router.add_get(metrics.PATH, guarded(serve_metrics))  # outside the prefix: nginx never proxies it
     # tried last: the router walks prefixes down to /
-    app.router.add_route("*", "/{path:.*}", guarded(unrouted), name=UNROUTED)
+    # [\s\S], not ".": a decoded path may hold a newline (%0A), which "." does not match (aiohttp's text 404)
+    app.router.add_route("*", r"/{path:[\s\S]*}", guarded(unrouted), name=UNROUTED)
     return app
 
 

@@ -14,7 +14,7 @@ import re
 from aiohttp import web
 
 from services.common import http
-from services.httpbin.endpoints import PREFIX, reply
+from services.httpbin.endpoints import PREFIX, cookies_of, reply
 
 REALM = "httpbin"
 ALGORITHMS = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256, "SHA-512": hashlib.sha512}
@@ -42,8 +42,14 @@ def parse_digest(authorization: str | None) -> dict[str, str] | None:
     return params
 
 
+def _octets(text: str) -> bytes:
+    """A header's text as the bytes the client sent: aiohttp decodes non-UTF-8 header bytes with surrogateescape,
+    which a plain encode() refuses (a 500); hashing the client's own bytes is what RFC 7616 means anyway."""
+    return text.encode("utf-8", "surrogateescape")
+
+
 def _hash(algorithm: str, *parts: str | bytes) -> str:
-    joined = b":".join(part.encode() if isinstance(part, str) else part for part in parts)
+    joined = b":".join(_octets(part) if isinstance(part, str) else part for part in parts)
     return ALGORITHMS[algorithm](joined).hexdigest()
 
 
@@ -67,7 +73,10 @@ def challenge(qop: str | None, algorithm: str, stale: bool) -> web.Response:
 
 
 def _next_stale_after(value: str) -> str:
-    return str(int(value) - 1) if value.isdigit() else "never"
+    """The countdown cookie, one less; anything but a count of at most 18 ASCII digits stops counting."""
+    if not (value.isascii() and value.isdigit() and len(value) <= 18):
+        return "never"
+    return str(max(int(value) - 1, 0))
 
 
 async def digest_auth(request: web.Request) -> web.Response:
@@ -78,7 +87,7 @@ async def digest_auth(request: web.Request) -> web.Response:
     stale_after = request.match_info.get("stale_after", "never")
     require_cookie = request.query.get("require-cookie", "").lower() in ("1", "t", "true")
     params = parse_digest(request.headers.get("Authorization"))
-    cookies = request.cookies
+    cookies = cookies_of(request)
 
     def answer(response: web.Response, **values: str) -> web.Response:
         for name, value in {"fake": "fake_value", **values}.items():
@@ -94,9 +103,9 @@ async def digest_auth(request: web.Request) -> web.Response:
         return answer(challenge(qop, algorithm, stale=True), stale_after=stale_after, last_nonce=nonce)
     uri = request.raw_path
     body = await request.read() if params.get("qop") == "auth-int" else b""
-    given = params.get("response", "")
+    expected = expected_response(params, password, request.method, uri, body, algorithm)
     valid = (params.get("username") == user and params.get("uri") == uri
-             and hmac.compare_digest(given, expected_response(params, password, request.method, uri, body, algorithm)))
+             and hmac.compare_digest(_octets(params.get("response", "")), expected.encode()))
     if not valid:
         return answer(challenge(qop, algorithm, stale=False), stale_after=stale_after, last_nonce=nonce)
     if "stale_after" in cookies:

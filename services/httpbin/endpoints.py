@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 import brotli
 from aiohttp import web
+from aiohttp._cookie_helpers import parse_cookie_header  # what request.cookies calls (aiohttp is pinned)
 
 from deploy import topology
 from services.common import http, proxy, semantics
@@ -34,6 +35,9 @@ REQUEST_ID: ContextVar[str] = ContextVar("httpbin_request_id")
 MAX_DELAY = 10
 MAX_BYTES = 100 * 1024
 REDIRECT_CODES = {301, 302, 303, 307, 308}
+# The longest redirect chain: httpbin.org has no bound, and clients test their own limits (requests stops at 30,
+# curl at 50 by default), so well past those; a bound still, like every number a client sends here.
+MAX_REDIRECTS = 100
 
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field names
@@ -74,8 +78,33 @@ def url_of(request: web.Request) -> str:
     return f"{proto}://{host}{request.rel_url}"
 
 
+def field(request: web.Request, name: str) -> str | None:
+    """A request header's value as RFC 9110 5.3 reads a repeated field: every line's value, in order, joined
+    with a comma (Cookie's with "; ", RFC 6265 5.4). aiohttp's headers.get() gives the first line only."""
+    values = request.headers.getall(name, ())
+    if len(values) <= 1:
+        return values[0] if values else None
+    return ("; " if name.lower() == "cookie" else ",").join(values)
+
+
 def headers_of(request: web.Request) -> dict[str, str]:
-    return {name.title(): value for name, value in request.headers.items()}
+    """The request's header fields by name, a repeated one's values combined (as the reference's WSGI server
+    does before Flask sees them): `-H 'Foo: bar' -H 'Foo: baz'` echoes "Foo": "bar,baz"."""
+    fields: dict[str, str] = {}
+    for name in request.headers:
+        title = name.title()
+        if title not in fields:
+            fields[title] = field(request, name) or ""
+    return fields
+
+
+def cookies_of(request: web.Request) -> dict[str, str]:
+    """The cookies of every Cookie line (aiohttp's request.cookies reads the first line only)."""
+    if len(request.headers.getall("Cookie", ())) <= 1:
+        return dict(request.cookies)
+    # The parser request.cookies runs on the first line, run on all of them. (request.clone() with the joined
+    # lines would re-encode every header as UTF-8, which fails on the surrogate escapes of undecodable bytes.)
+    return {name: morsel.value for name, morsel in parse_cookie_header(field(request, "Cookie") or "")}
 
 
 def args_of(request: web.Request) -> dict[str, str | list[str]]:
@@ -100,8 +129,13 @@ def _flattened(pairs: list[tuple[str, str]]) -> dict[str, str | list[str]]:
 
 
 async def with_body(request: web.Request) -> dict:
-    """httpbin's shape for requests with a body: data, form, files and json, as it decodes them."""
+    """httpbin's shape for requests with a body: data, form, files and json, as it decodes them. A body with a
+    Content-Encoding is echoed as the bytes that came (as httpbin.org does): this server decodes no request
+    body (create_app turns aiohttp's decompression off), so a client can see exactly what it sent."""
     kind = (request.content_type or "").lower()
+    if semantics.content_coded(field(request, "Content-Encoding")):
+        return {**basics(request), "data": _text_or_data_url(await request.read()), "files": {}, "form": {},
+                "json": None}
     # A multipart body is read by aiohttp's own parser, from the stream: reading the body first would leave
     # it nothing ("Could not find starting boundary" for every upload).
     raw = b"" if kind.startswith("multipart/") else await request.read()
@@ -122,16 +156,20 @@ async def with_body(request: web.Request) -> dict:
                 files[key] = value.file.read().decode("utf-8", "replace")
         form = _flattened([(key, str(value)) for key, value in post.items() if not isinstance(value, web.FileField)])
     else:
-        try:
-            data = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            data = "data:application/octet-stream;base64," + base64.b64encode(raw).decode()
-        if kind.endswith("json"):
-            try:
-                parsed_json = semantics.parse_json(raw) if raw else None
-            except ValueError:
-                parsed_json = None
+        data = _text_or_data_url(raw)
+        try:  # whatever the Content-Type says, as httpbin.org does: "json" is the body when it parses as JSON
+            parsed_json = semantics.parse_json(raw, unicode_scalars_only=False) if raw else None
+        except ValueError:
+            parsed_json = None
     return {**basics(request), "data": data, "files": files, "form": form, "json": parsed_json}
+
+
+def _text_or_data_url(raw: bytes) -> str:
+    """A body as httpbin.org's "data": the text when it is UTF-8, else a base64 data: URL of the bytes."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "data:application/octet-stream;base64," + base64.b64encode(raw).decode()
 
 
 # ---------------------------------------------------------------- request inspection
@@ -157,7 +195,7 @@ async def ip(request: web.Request) -> web.Response:
 
 
 async def user_agent(request: web.Request) -> web.Response:
-    return reply({"user-agent": request.headers.get("User-Agent")})
+    return reply({"user-agent": field(request, "User-Agent")})
 
 
 async def uuid4(request: web.Request) -> web.Response:
@@ -207,7 +245,7 @@ async def redirect(request: web.Request) -> web.Response:
 
 
 def _redirect_chain(request: web.Request, kind: str, absolute: bool) -> web.Response:
-    n = http.int_param(request.match_info["n"], "n", 1, 1, 20)
+    n = http.int_param(request.match_info["n"], "n", 1, 1, MAX_REDIRECTS)
     target = f"{PREFIX}/{kind}/{n - 1}" if n > 1 else f"{PREFIX}/get"
     if absolute:
         target = f"{url_of(request).split(PREFIX, 1)[0]}{target}"
@@ -391,22 +429,31 @@ async def stream_bytes(request: web.Request) -> web.StreamResponse:
 _RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")  # [0-9], not \d: that takes any script's digits
 
 
+def _position(digits: str) -> int | None:
+    """A byte position of a Range header: any count of digits is valid (RFC 9110 14.1.1), but past MAX_BYTES's
+    length every position means the same here ("beyond the end"), and int() refuses 4,301 digits or more."""
+    if not digits:
+        return None
+    digits = digits.lstrip("0") or "0"  # leading zeros are still the same number
+    return int(digits) if len(digits) <= 18 else 10**18
+
+
 async def byte_range(request: web.Request) -> web.Response:
     """n bytes of a-z repeated, honouring a single Range: 206 with Content-Range, or 416."""
     n = http.int_param(request.match_info["n"], "n", 1, 1, MAX_BYTES)
     data = bytes(ord("a") + i % 26 for i in range(n))
     common = {"Accept-Ranges": "bytes", "ETag": f'"range{n}"'}
-    header = request.headers.get("Range")
+    header = field(request, "Range")
     if not header:
         return web.Response(body=data, content_type="application/octet-stream", headers=common)
     match = _RANGE.fullmatch(header.strip())
     if not match or match.groups() == ("", ""):
         return web.Response(status=416, headers={**common, "Content-Range": f"bytes */{n}"})
-    first, last = match.groups()
-    if first == "":  # a suffix range: the last N bytes
-        start, end = max(n - int(last), 0), n - 1
+    first, last = (_position(digits) for digits in match.groups())
+    if first is None:  # a suffix range: the last N bytes
+        start, end = max(n - (last or 0), 0), n - 1
     else:
-        start, end = int(first), min(int(last), n - 1) if last else n - 1
+        start, end = first, min(last, n - 1) if last is not None else n - 1
     if start >= n or start > end:
         return web.Response(status=416, headers={**common, "Content-Range": f"bytes */{n}"})
     return web.Response(status=206, body=data[start:end + 1], content_type="application/octet-stream",
@@ -416,7 +463,7 @@ async def byte_range(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------- cookies
 
 async def cookies(request: web.Request) -> web.Response:
-    return reply({"cookies": dict(request.cookies)})
+    return reply({"cookies": cookies_of(request)})
 
 
 def _cookie_name(name: str) -> str:
@@ -454,16 +501,25 @@ async def cookies_delete(request: web.Request) -> web.Response:
 
 async def cache(request: web.Request) -> web.Response:
     """200 with Last-Modified and an ETag; any conditional request is a 304 (its copy is taken as current). A 304
-    repeats the validator the client holds and the date (RFC 9110 15.4.5: the fields a 200 would have carried)."""
-    if_none_match = request.headers.get("If-None-Match")
-    if request.headers.get("If-Modified-Since") or if_none_match:
+    carries the fields its 200 would have (RFC 9110 15.4.5): the ETag (the one the client holds, else a new one,
+    as each 200 has) and Last-Modified."""
+    if_none_match = field(request, "If-None-Match")
+    if field(request, "If-Modified-Since") or if_none_match:
         held = if_none_match.split(",")[0].strip() if if_none_match else ""
-        validators = {"ETag": held} if held and held != "*" else {}
-        return web.Response(status=304, headers={**validators, "Last-Modified": formatdate(usegmt=True)})
+        etag = held if _ENTITY_TAG.fullmatch(held) else _fresh_etag()  # never echo what is not an entity tag
+        return web.Response(status=304, headers={"ETag": etag, "Last-Modified": formatdate(usegmt=True)})
     response = reply(basics(request))
     response.headers["Last-Modified"] = formatdate(usegmt=True)
-    response.headers["ETag"] = f'"{uuid.uuid4().hex}"'
+    response.headers["ETag"] = _fresh_etag()
     return response
+
+
+_ENTITY_TAG = re.compile(r'(W/)?"[\x21\x23-\x7e]*"')  # RFC 9110 8.8.3, ASCII only
+
+
+def _fresh_etag() -> str:
+
+    return f'"{uuid.uuid4().hex}"'
 
 
 async def cache_for(request: web.Request) -> web.Response:
@@ -472,15 +528,16 @@ async def cache_for(request: web.Request) -> web.Response:
 
 
 async def etag(request: web.Request) -> web.Response:
-    """200 with ETag: <etag>; If-None-Match that matches: 304; If-Match that does not: 412."""
+    """200 with ETag: <etag>; If-None-Match that matches (weakly, RFC 9110 13.1.2: W/"x" matches "x"): 304;
+    If-Match that does not (strongly, 13.1.1): 412."""
     raw = request.match_info["etag"]
     if not all(c == "!" or "#" <= c <= "~" for c in raw):  # RFC 9110 etagc: visible ASCII except DQUOTE
         raise http.Problem(400, "Invalid entity tag", "an entity tag is visible ASCII without double quotes")
     tag = f'"{raw}"'
-    if_none_match = request.headers.get("If-None-Match")
-    if_match = request.headers.get("If-Match")
+    if_none_match = field(request, "If-None-Match")
+    if_match = field(request, "If-Match")
     tags = lambda header: [t.strip() for t in header.split(",")]  # noqa: E731
-    if if_none_match and (if_none_match.strip() == "*" or tag in tags(if_none_match)):
+    if semantics.if_none_match_hit(if_none_match, tag):
         return web.Response(status=304, headers={"ETag": tag})
     if if_match and not (if_match.strip() == "*" or tag in tags(if_match)):
         raise http.Problem(412, "Precondition Failed", f"the ETag is {tag}")
@@ -494,7 +551,7 @@ def _basic_credentials_match(request: web.Request) -> bool:
     scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
     try:
         given = base64.b64decode(credentials, validate=True).decode() if scheme.lower() == "basic" else ""
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # not base64 (binascii.Error), not ASCII, not UTF-8: not these credentials
         given = ""
     return hmac.compare_digest(given.encode(), f"{user}:{password}".encode())
 
@@ -604,7 +661,7 @@ IMAGES = {media_type: (Path(__file__).parent / "images" / f"hops.{suffix}").read
 
 async def image(request: web.Request) -> web.Response:
     """The picture in the format the Accept header prefers (PNG for image/* and */*), 406 when it takes none."""
-    media_type = semantics.negotiate(request.headers.get("Accept"), list(IMAGES), wildcard_choice="image/png")
+    media_type = semantics.negotiate(field(request, "Accept"), list(IMAGES), wildcard_choice="image/png")
     if media_type is None:
         raise http.Problem(406, "Not Acceptable", f"images here are {', '.join(IMAGES)}")
     return web.Response(body=IMAGES[media_type], content_type=media_type, headers={"Vary": "Accept"})
@@ -655,7 +712,7 @@ ROUTES: list[tuple[str, str, object]] = [
     ("GET", "/get", get),
     *((m, f"/{m.lower()}", body_method) for m in BODY_METHODS),
     ("*", "/anything", anything),
-    ("*", "/anything/{tail:.*}", anything),
+    ("*", r"/anything/{tail:[\s\S]*}", anything),  # any path below, newlines (%0A) too
     ("GET", "/headers", headers),
     ("GET", "/ip", ip),
     ("GET", "/user-agent", user_agent),

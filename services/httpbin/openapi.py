@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from deploy.topology import service
 from services.common import openapi as oa
+from services.httpbin.endpoints import MAX_REDIRECTS
 
 ANY = {"description": "Any content"}
 BASICS = {"type": "object", "required": ["args", "headers", "origin", "url"], "properties": {
@@ -26,7 +27,7 @@ def get(summary: str, responses: dict, parameters: list | None = None) -> dict:
 
 
 AUTHENTICATED = JSON("Authenticated", {"type": "object", "required": ["authenticated", "user"]})
-N_REDIRECTS = [P("n", {"type": "integer", "minimum": 1, "maximum": 20})]
+N_REDIRECTS = [P("n", {"type": "integer", "minimum": 1, "maximum": MAX_REDIRECTS})]
 WHOLE = {"type": "integer", "minimum": 0, "maximum": 102400}
 DURATION = {"type": "string", "pattern": "^[0-9]{1,9}(\\.[0-9]{1,9})?(ms|s)?$"}
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.httpbin.endpoints import MAX_REDIRECTS
+
 
 @dataclass(frozen=True)
 class Difference:
@@ -50,4 +52,13 @@ DELIBERATE: tuple[Difference, ...] = (
                "Content-Range belongs to 206 and 416 answers (RFC 9110 14.4)"),
     Difference("POST /post (over 1 MiB)", "accepted", "413 problem document",
                "nginx's client_max_body_size is the stack's limit, the service takes as much"),
+    Difference("POST /post (form, Content-Encoding: gzip)", "form parsed from the coded bytes as if plain",
+               "data: the bytes sent, form empty",
+               "a content-coded body is opaque until decoded, and this server decodes no request body"),
+    Difference("GET /redirect/101", "302 (no bound)", "400 problem document",
+               f"every number a client sends is bounded: chains up to {MAX_REDIRECTS} (past curl's 50)", (302, 400)),
+    Difference("GET /cache (conditional)", "304 without ETag", "304 with ETag and Last-Modified",
+               "a 304 carries the fields its 200 would have (RFC 9110 15.4.5)"),
+    Difference("GET /user-agent (User-Agent sent twice)", "200, the values joined", "400 problem document",
+               "User-Agent is a singleton field (RFC 9110 5.3): aiohttp's parser refuses a second line", (200, 400)),
 )

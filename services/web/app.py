@@ -85,7 +85,8 @@ def read_body_within(sock: socket.socket, seconds: float) -> None:
 
 
 def body() -> object:
-    return semantics.json_body(request.content_type, request.get_data(cache=True))
+    return semantics.json_body(request.content_type, request.get_data(cache=True),
+                               content_encoding=request.headers.get("Content-Encoding"))
 
 
 # ---------------------------------------------------------------- the benchmark endpoints
@@ -349,6 +350,7 @@ JSON_RESOURCES = {"me", "place_order", "list_orders", "get_order", "cart", "cart
 def _problem_response(problem: http.Problem) -> Response:
     rid = g.get("request_id") or http.request_id(None)
     response = _json(problem.document(rid, request.path), problem.status, http.PROBLEM_JSON)
+    response.headers.update(problem.headers)
     if problem.status == 401:
         response.headers["WWW-Authenticate"] = WWW_AUTHENTICATE
     return response

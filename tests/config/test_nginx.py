@@ -126,6 +126,9 @@ def test_upstreams_keep_connections_alive_over_http11(http_block, mode):
     assert headers["X-Forwarded-For"] == "$remote_addr"
     assert headers["X-Forwarded-Proto"] == "$scheme"
     assert headers["X-Forwarded-Host"] == "$forwarded_host"  # the client's Host when plain (see the map)
+    # Host too, port included, as the client sent it: $host drops the port (httpbin echoed 127.0.0.1 for a
+    # request to 127.0.0.1:8080, where the reference echoes what came).
+    assert headers["Host"] == "$forwarded_host"
     assert headers["X-Request-ID"] == "$stack_request_id"
 
 

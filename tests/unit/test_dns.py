@@ -15,7 +15,7 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
-from dnslib import QTYPE, RCODE, DNSRecord
+from dnslib import QTYPE, RCODE, DNSHeader, DNSRecord
 
 from deploy.render import zone
 from deploy.topology import HTTP_SERVICES, ROOT, Site
@@ -307,3 +307,36 @@ def test_the_healthcheck_asks_for_the_type_it_names_and_wants_an_authoritative_a
     assert not check(f"{base}/web.stack.internal?type=TXT", 2)  # the name has no TXT record
     assert not check(f"{base}/nowhere.stack.internal", 2)
     assert not check(f"{base}/example.com?type=SOA", 2)  # refused: not our zone
+
+
+@pytest.mark.parametrize("flag", ["ad", "tc", "z", "ra", "aa"])
+def test_no_flag_of_the_query_but_rd_and_cd_comes_back(flag):
+    """RFC 1035 4.1.1 and RFC 4035 3.1.6: only the id, opcode, RD and CD are the query's. dnslib's reply()
+    copied the whole flags word, so a query with AD set got AD back (validated data, from an unsigned zone)."""
+    query = DNSRecord.question("web.stack.internal")
+    setattr(query.header, flag, 1)
+    query.header.rd, query.header.cd = 1, 1
+    reply = ZoneResolver(ZONE).resolve(DNSRecord.parse(query.pack()), None)
+    header = reply.header
+    assert (header.ad, header.tc, header.z, header.ra, header.aa) == (0, 0, 0, 0, 1)
+    assert (header.rd, header.cd, header.id, header.rcode) == (1, 1, query.header.id, RCODE.NOERROR)
+
+
+def test_a_query_with_an_rcode_or_other_opcode_or_no_question():
+    query = DNSRecord.question("web.stack.internal")
+    query.header.rcode = RCODE.NXDOMAIN  # a query's rcode means nothing; it must not come back
+    assert ZoneResolver(ZONE).resolve(DNSRecord.parse(query.pack()), None).header.rcode == RCODE.NOERROR
+    notify = DNSRecord.question("web.stack.internal")
+    notify.header.opcode = 4  # NOTIFY
+    assert ZoneResolver(ZONE).resolve(DNSRecord.parse(notify.pack()), None).header.rcode == RCODE.NOTIMP
+    empty = DNSRecord.parse(DNSRecord(DNSHeader(id=7)).pack())  # a header, no question
+    assert empty.header.q == 0
+    assert ZoneResolver(ZONE).resolve(empty, None).header.rcode == RCODE.FORMERR
+
+
+def test_dig_sees_no_ad_flag_from_the_running_server(dns_server):
+    """The same through the real server and dnspython: a query with AD set (dig +adflag) gets none back."""
+    query = dns.message.make_query("web.stack.internal", "A")
+    query.flags |= dns.flags.AD
+    answer = dns.query.udp(query, "127.0.0.1", port=dns_server, timeout=5)
+    assert not answer.flags & dns.flags.AD and answer.flags & dns.flags.AA
