@@ -6,7 +6,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-SETUP_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+SETUP_STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt tests/clients/requests-suite.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
 .PHONY: help setup system-deps test-deps up down restart reload ps logs urls test lint fmt lock clean clean-data loadtest loadtest-headless soak chaos compare scaling stores kubernetes swarm-up swarm-down \
@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(SETUP_STAMP): pyproject.toml constraints.txt
+$(SETUP_STAMP): pyproject.toml constraints.txt tests/clients/requests-suite.txt
 	@echo "[setup] creating $(VENV) and installing the pinned packages"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --disable-pip-version-check pip==26.3
@@ -23,6 +23,11 @@ $(SETUP_STAMP): pyproject.toml constraints.txt
 	@# httpbin.org's code, the reference tests/unit/test_httpbin_reference.py compares ours with, at the version
 	@# constraints.txt pins, without its declared dependencies (pyproject.toml's "reference" group says why).
 	@$(PY) -m pip install -q --disable-pip-version-check --no-deps -c constraints.txt httpbin
+	@# requests' own test suite, from its sdist (hash-pinned), which tests/e2e/test_native.py runs against our
+	@# httpbin through nginx: fetched here, never at test time.
+	@rm -rf $(VENV)/client-suites && $(PY) -m pip download -q --disable-pip-version-check --no-deps \
+	    --no-binary :all: --require-hashes -r tests/clients/requests-suite.txt -d $(VENV)/client-suites
+	@tar -xzf $(VENV)/client-suites/requests-*.tar.gz -C $(VENV)/client-suites
 	@rm -f $(VENV)/.installed-* && touch $@
 
 setup: $(SETUP_STAMP) system-deps  ## virtual environment, pinned packages, nginx (as root on Debian)
