@@ -37,6 +37,7 @@ from services.sockets.client import ask_time
 from services.web.openapi import OPENAPI as WEB_OPENAPI
 from tests.clients import requests_suite
 from tests.conftest import free_port
+from tests.e2e import readme_examples
 from tests.e2e.contract import RunningStack, StackContract, bystander, ps_output
 from tests.e2e.http_contract import HttpSemanticsContract, make_subject
 from tests.e2e.monitoring_contract import MonitoringContract
@@ -558,6 +559,19 @@ def test_requests_own_test_suite_passes_against_our_httpbin(native_stack, tmp_pa
           f"{len(requests_suite.NOT_RUN)} not run")
     assert failed == set(requests_suite.FAILS), (failed ^ set(requests_suite.FAILS), result.stdout[-3000:])
     assert len(passed) >= 300 and not set(outcomes) & set(requests_suite.NOT_RUN)
+
+
+def test_readmes_shell_examples_do_what_their_comments_say(native_stack):
+    """Every ```sh example of README, in order, in one shell, against this stack (tests/e2e/readme_examples.py):
+    each exits as it should and shows the statuses its comment claims; the few not run say why."""
+    everything = readme_examples.examples((ROOT / "README.md").read_text())
+    runnable = [example for example in everything if not readme_examples.skip_reason(example)]
+    env = {**native_stack.env, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"}  # README: activate first
+    outcomes = readme_examples.run(runnable, native_stack.site, env, ROOT)
+    broken = [(example.line, example.command[:120], wrong, output[-400:]) for example, output, status in outcomes
+              if (wrong := readme_examples.check(example, output, status))]
+    print(f"README: {len(everything)} shell examples, {len(runnable)} run, {len(broken)} broken")
+    assert len(runnable) >= 80 and not broken, broken
 
 
 def junit_outcomes(report: Path) -> dict[str, str]:
