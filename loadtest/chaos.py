@@ -33,6 +33,7 @@ from pathlib import Path
 from deploy import procs
 from deploy.stack import Compose, Native, choose_mode, driver
 from deploy.topology import HTTP_SERVICES, ROOT, Site
+from loadtest import reload_window
 from loadtest.__main__ import locust_env
 
 REPORTS = ROOT / "reports"
@@ -97,8 +98,17 @@ def _wait_replaced(stack: Native | Compose, old_pid: int, service: str) -> None:
         raise RuntimeError(f"{service} did not come back")
 
 
+# What the nginx-reload window did to plain keep-alive clients beside Locust's (loadtest/reload_window.py).
+PLAIN_CLIENTS: dict = {}
+
+
 def nginx_reload(stack: Native | Compose) -> None:
-    stack.reload()
+    """nginx reloaded twice, with plain keep-alive clients counted beside Locust's users.
+
+    One client never retries; the other resends once a GET left unanswered on a reused connection (as RFC 9112
+    9.3.1 allows). Both keep connections busy through the reloads (loadtest/reload_window.py)."""
+    PLAIN_CLIENTS.update(reload_window.measure(stack.site, connections=4, seconds=6, reloads=2,
+                                               path="/web/plaintext", reload=stack.reload))
     time.sleep(2)  # the old workers finish their requests and exit
 
 
@@ -276,7 +286,8 @@ def run(stack: Native | Compose, faults: list[str], users: int, settle: float, w
               "failures": total_failures, "client_retries": retries,
               "windows": [{"fault": w.fault, "seconds": round(w.ended - w.started, 1), "requests": w.requests,
                            "failures": w.failures} for w in windows],
-              "failure_messages": failures, "locust_stderr_tail": stderr[-2000:]}
+              "failure_messages": failures, "locust_stderr_tail": stderr[-2000:],
+              "plain_clients_at_reload": dict(PLAIN_CLIENTS)}
     (out / "chaos.json").write_text(json.dumps(report, indent=2))
     return report
 
@@ -290,6 +301,12 @@ def print_report(report: dict) -> None:
         print(f"  {count} x resent with the same Idempotency-Key (counted in requests above): {name}")
     for failure in report["failure_messages"]:
         print(f"  {failure['Occurrences']} x {failure['Method']} {failure['Name']}: {failure['Error'][:160]}")
+    plain = report.get("plain_clients_at_reload")
+    if plain:
+        print(f"  nginx-reload, beside Locust: a client that never retries lost {reload_window.lost(plain, 'plain')} "
+              f"of {plain['plain']['requests']} kept-alive GETs; one that retries an unanswered GET once lost "
+              f"{reload_window.lost(plain, 'retrying')} of {plain['retrying']['requests']} "
+              f"({plain['retrying']['retried']} retried)")
 
 
 def main(argv: list[str] | None = None) -> int:
