@@ -207,6 +207,7 @@ class StackContract:
         assert redirect.status_code == 400
         plain = requests.get(stack.url("/httpbin/get"), headers={"Host": "localhost:8080"}, timeout=10).json()
         assert plain["url"].startswith("http://localhost:8080/")  # a well-formed host[:port] goes through
+        assert plain["headers"]["Host"] == "localhost:8080"  # and is echoed as sent, port included (as httpbin.org)
 
     def test_malformed_http_gets_a_problem_or_a_close_from_nginx(self, stack):
         """Request-line and header abuse, sent raw: nginx answers each with a problem document (4xx, or the
