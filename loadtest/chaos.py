@@ -246,6 +246,7 @@ def _at(history: list[tuple[float, int, int]], when: float) -> tuple[int, int]:
 def run(stack: Native | Compose, faults: list[str], users: int, settle: float, warmup: float, out: Path) -> dict:
     """Apply `faults` one after another under the mix at `users`; requests and failures per fault."""
     site, mode = stack.site, "native" if isinstance(stack, Native) else "compose"
+    PLAIN_CLIENTS.clear()  # this run's nginx-reload window only (a process may run several)
     out.mkdir(parents=True, exist_ok=True)
     budget = int(warmup + len(faults) * (FAULT_TIMEOUT_S + settle) + 30)
     command = [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"), "--headless",

@@ -76,8 +76,8 @@ def client(site: Site, path: str, retrying: bool, until: float, tally: Tally, lo
         retried = False
         if failure == UNANSWERED and reused and retrying:
             conn.close()
-            conn = http.client.HTTPConnection(site.public_host, site.public_port, timeout=10)
-            failure, keep = _one_request(conn, path)
+            conn, reused = http.client.HTTPConnection(site.public_host, site.public_port, timeout=10), False
+            failure, keep = _one_request(conn, path)  # a second loss here is on a new connection: no excuse
             retried = True
         if failure == UNANSWERED and not reused:
             failure = "unanswered on a new connection"  # not the reload's race: nothing excuses it
@@ -102,9 +102,9 @@ def measure(site: Site, connections: int, seconds: float, reloads: int, path: st
     tallies = {"plain": Tally(), "retrying": Tally()}
     lock = threading.Lock()
     until = time.monotonic() + seconds
+    kinds = ["plain", "retrying"] * (connections // 2)  # half the connections each
     threads = [threading.Thread(target=client, args=(site, path, kind == "retrying", until, tallies[kind], lock),
-                                daemon=True)
-               for i in range(connections) for kind in [("plain", "retrying")[i % 2]]]
+                                daemon=True) for kind in kinds]
     for thread in threads:
         thread.start()
     for _ in range(reloads):

@@ -1,6 +1,6 @@
 """Each service's app on a real HTTP server in a thread of the test process, on 127.0.0.1 and a port of its own:
 its framework parses the bytes a test sends (headers with any octet, bodies of any kind), as in the stack, but
-no process, nginx or network namespace is needed. web runs on Werkzeug's server here (gunicorn forks)."""
+no process, nginx or network namespace is needed. (web's tests use Flask's test client: gunicorn forks.)"""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+# catalog's credentials in every in-process test (make_app's `tokens`): name -> token.
 CATALOG_TOKENS = {"catalog_operator": "operator-token", "catalog_web": "web-token"}
+CATALOG_OPERATOR = f"Bearer {CATALOG_TOKENS['catalog_operator']}"  # the Authorization that may write
 
 
 def _in_loop_thread(start: Callable[[], object], stop: Callable[[object], object]) -> Iterator[int]:
@@ -71,27 +73,6 @@ def catalog(directory: Path) -> Iterator[int]:
         await server.close_all_connections()
 
     yield from _in_loop_thread(start, stop)
-
-
-@contextmanager
-def web(directory: Path) -> Iterator[int]:
-    from werkzeug.serving import make_server
-
-    from services.web.app import create_app
-
-    app = create_app({"DATABASE": str(directory / "web.sqlite3")})
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.socket.getsockname()[1]
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
-        app.extensions["store"].database.close()
-
-
-SERVERS = {"web": web, "catalog": catalog, "httpbin": httpbin}
 
 
 @dataclass

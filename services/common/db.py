@@ -19,7 +19,6 @@ import fcntl
 import functools
 import hashlib
 import os
-import re
 import sqlite3
 import sys
 import threading
@@ -31,6 +30,7 @@ from typing import Any, TypeVar
 
 from services.common import credentials, schema, timing
 from services.common.http import Problem
+from services.common.semantics import LONE_SURROGATE
 
 T = TypeVar("T")
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -135,13 +135,10 @@ def storable(parameters: Sequence[Any]) -> None:
         if isinstance(value, str) and "\x00" in value:
             raise Problem(422, "Unstorable value", "text with a NUL character (U+0000) cannot be stored")
         # A header's undecodable bytes, which aiohttp keeps as surrogate escapes: no UTF-8 text holds them.
-        if isinstance(value, str) and not value.isascii() and _LONE_SURROGATE.search(value):
+        if isinstance(value, str) and not value.isascii() and LONE_SURROGATE.search(value):
             raise Problem(422, "Unstorable value", "text with a lone surrogate (U+D800..U+DFFF) cannot be stored")
         if isinstance(value, int) and not -(2**63) <= value < 2**63:
             raise Problem(422, "Unstorable value", "integers are stored in 64 bits")
-
-
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class Conn:

@@ -117,7 +117,7 @@ def _has_lone_surrogate(document: object) -> bool:
     while pending:
         value = pending.pop()
         if isinstance(value, str):
-            if _SURROGATE.search(value):
+            if LONE_SURROGATE.search(value):
                 return True
         elif isinstance(value, dict):
             pending.extend(value.keys())
@@ -127,7 +127,9 @@ def _has_lone_surrogate(document: object) -> bool:
     return False
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+# A code point no UTF-8 text holds: half of a UTF-16 pair, alone (a "\ud800" escape, or undecodable bytes that
+# aiohttp keeps as surrogate escapes).
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 # RFC 9110 12.4.2's qvalue: 0 to 1 with at most three decimals. Anything else ("nan", "inf", "2") weighs 0.
 _QVALUE = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")

@@ -99,12 +99,11 @@ def headers_of(request: web.Request) -> dict[str, str]:
 
 
 def cookies_of(request: web.Request) -> dict[str, str]:
-    """The cookies of every Cookie line (aiohttp's request.cookies reads the first line only)."""
-    if len(request.headers.getall("Cookie", ())) <= 1:
-        return dict(request.cookies)
-    # The parser request.cookies runs on the first line, run on all of them. (request.clone() with the joined
-    # lines would re-encode every header as UTF-8, which fails on the surrogate escapes of undecodable bytes.)
-    return {name: morsel.value for name, morsel in parse_cookie_header(field(request, "Cookie") or "")}
+    """The cookies of every Cookie line: the parser aiohttp's request.cookies runs on the first line only, run
+    on all of them (request.clone() with the joined lines would re-encode every header as UTF-8, which fails on
+    the surrogate escapes of undecodable bytes)."""
+    header = field(request, "Cookie")
+    return {name: morsel.value for name, morsel in parse_cookie_header(header)} if header else {}
 
 
 def args_of(request: web.Request) -> dict[str, str | list[str]]:
@@ -518,7 +517,6 @@ _ENTITY_TAG = re.compile(r'(W/)?"[\x21\x23-\x7e]*"')  # RFC 9110 8.8.3, ASCII on
 
 
 def _fresh_etag() -> str:
-
     return f'"{uuid.uuid4().hex}"'
 
 
@@ -534,13 +532,9 @@ async def etag(request: web.Request) -> web.Response:
     if not all(c == "!" or "#" <= c <= "~" for c in raw):  # RFC 9110 etagc: visible ASCII except DQUOTE
         raise http.Problem(400, "Invalid entity tag", "an entity tag is visible ASCII without double quotes")
     tag = f'"{raw}"'
-    if_none_match = field(request, "If-None-Match")
-    if_match = field(request, "If-Match")
-    tags = lambda header: [t.strip() for t in header.split(",")]  # noqa: E731
-    if semantics.if_none_match_hit(if_none_match, tag):
+    if semantics.if_none_match_hit(field(request, "If-None-Match"), tag):
         return web.Response(status=304, headers={"ETag": tag})
-    if if_match and not (if_match.strip() == "*" or tag in tags(if_match)):
-        raise http.Problem(412, "Precondition Failed", f"the ETag is {tag}")
+    semantics.check_if_match(field(request, "If-Match"), tag, required=False)  # 412 when it does not hold
     return reply(basics(request), headers={"ETag": tag})
 
 

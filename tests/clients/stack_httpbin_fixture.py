@@ -1,7 +1,7 @@
 """A pytest plugin with pytest-httpbin's fixtures (`httpbin`, `httpbin_secure`, `httpbin_ca_bundle`), pointing at
 the stack's own httpbin through nginx instead of a local copy of httpbin.org: a client's test suite written
 against pytest-httpbin runs unchanged against ours. The stack's addresses come from the environment the test
-that runs the suite sets (tests/e2e/test_client_suites.py): $STACK_SUITE_HTTPBIN_URL, $STACK_SUITE_HTTPBIN_TLS_URL
+that runs the suite sets (tests/e2e/test_native.py): $STACK_SUITE_HTTPBIN_URL, $STACK_SUITE_HTTPBIN_TLS_URL
 and $STACK_SUITE_CA (the stack's CA, which signs nginx's certificate)."""
 
 from __future__ import annotations

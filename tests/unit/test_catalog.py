@@ -6,11 +6,11 @@ import tempfile
 from tornado.testing import AsyncHTTPTestCase
 
 from services.catalog.app import make_app
-from tests import postgres_cluster
+from tests import inprocess, postgres_cluster
 from tests.unit.cases import CASES
 
-TOKENS = {"catalog_operator": "operator-token", "catalog_web": "web-token"}
-OPERATOR = {"Authorization": "Bearer operator-token"}
+TOKENS = inprocess.CATALOG_TOKENS
+OPERATOR = {"Authorization": inprocess.CATALOG_OPERATOR}
 
 
 class CatalogAppTest(AsyncHTTPTestCase):

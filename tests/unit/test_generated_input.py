@@ -127,7 +127,7 @@ RANGES = st.one_of(
 CREDENTIALS = st.one_of(
     st.binary(max_size=30).map(lambda b: "Basic " + base64.b64encode(b).decode()),
     OCTETS.map(lambda b: "Basic " + b.decode("latin-1")),
-    st.sampled_from(["Bearer operator-token", "Bearer web-token", "Bearer ", "bearer x", "Basic", "Digest"]),
+    st.sampled_from([inprocess.CATALOG_OPERATOR, "Bearer web-token", "Bearer ", "bearer x", "Basic", "Digest"]),
     st.tuples(TEXT, NUMBERS, OCTETS).map(lambda t: f'Digest username="{t[0]}", realm="httpbin", nonce="n", '
                                                    f'uri="/x", response="{t[2].decode("latin-1")}", nc={t[1]}, '
                                                    'qop=auth, cnonce="c"'),
@@ -232,7 +232,7 @@ def requests(draw: st.DrawFn, service: str, operation: Operation, session: str) 
     # CR and LF end a field line: a value cannot hold them (what arrives is a new line, i.e. another field).
     headers = [(name, re.sub(r"[\r\n]", "", draw(HEADER_VALUES[name]))) for name in names]
     if service == "catalog" and not any(n == "Authorization" for n, _ in headers) and draw(st.booleans()):
-        headers.append(("Authorization", "Bearer operator-token"))
+        headers.append(("Authorization", inprocess.CATALOG_OPERATOR))
     if service == "web" and draw(st.booleans()):
         headers.append(("Cookie", f"sid={session}"))
     body = b""

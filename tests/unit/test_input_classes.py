@@ -156,7 +156,7 @@ def test_web_cart_and_orders_refuse_a_coded_body_with_415(web):
     assert web.post("/web/orders", data=zlib.compress(b'{"lines": []}'), headers=coded).status_code == 415
 
 
-OPERATOR = b"Authorization: Bearer operator-token"
+OPERATOR = f"Authorization: {inprocess.CATALOG_OPERATOR}".encode()
 
 
 @pytest.mark.parametrize("method,path,media", [("POST", "/catalog/items", "application/json"),
