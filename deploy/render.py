@@ -39,9 +39,12 @@ from deploy.topology import (
     PROMETHEUS_PREFIX,
     ROOT,
     STREAM_SERVICES,
+    WEB_SERVERS,
+    WEB_UWSGI_PORT,
     ZONE,
     Service,
     Site,
+    WebServer,
 )
 
 NGINX_TEMPLATE = ROOT / "nginx" / "nginx.conf.template"
@@ -112,18 +115,24 @@ UPSTREAM_FAIL_TIMEOUT_S = 2
 UPSTREAM_IDLE_S = 2
 
 
-def _upstream(name: str, servers: list[str]) -> str:
+def _upstream(name: str, servers: list[str], keepalive: bool = True) -> str:
+    """An upstream with passive health checks and a pool of idle connections; none without `keepalive` (uWSGI:
+    the uwsgi protocol has no keep-alive, and its HTTP socket closes after each response)."""
     lines = "".join(f"        server {server} max_fails=1 fail_timeout={UPSTREAM_FAIL_TIMEOUT_S}s;\n"
                     for server in servers)
-    return (
-        f"    upstream {name} {{\n"
-        f"        zone upstream_{name} 64k;\n"
-        f"{lines}"
-        f"        keepalive 32;\n"
-        f"        keepalive_timeout {UPSTREAM_IDLE_S}s;\n"
-        f"        keepalive_requests 1000;\n"
-        f"    }}\n"
-    )
+    pool = (f"        keepalive 32;\n        keepalive_timeout {UPSTREAM_IDLE_S}s;\n        keepalive_requests 1000;\n"
+            if keepalive else "        # no keepalive: uWSGI serves one request per connection\n")
+    return f"    upstream {name} {{\n        zone upstream_{name} 64k;\n{lines}{pool}    }}\n"
+
+
+def _pass(upstream: str, servers: Mapping[str, WebServer]) -> str:
+    """The directive that hands a request to `upstream`: HTTP/1.1, or the uwsgi protocol's CGI variables."""
+    uwsgi = upstream in servers and servers[upstream].protocol == "uwsgi"
+    return f"uwsgi_pass {upstream};" if uwsgi else f"proxy_pass http://{upstream};"
+
+
+def _pooled(upstream: str, servers: Mapping[str, WebServer]) -> bool:
+    return upstream not in servers or servers[upstream].keepalive
 
 
 # Compose mounts nginx's certificate and key as secrets; Kubernetes from a kubernetes.io/tls Secret.
@@ -233,11 +242,16 @@ def _edge_errors(codes: list[int]) -> str:
 
 
 def nginx_conf(mode: str, site: Site | None = None, *, upstreams: Mapping[str, Sequence[str]] | None = None,
-               routes: Mapping[str, str] | None = None, overrides: Mapping[str, str] | None = None) -> str:
+               routes: Mapping[str, str] | None = None, overrides: Mapping[str, str] | None = None,
+               servers: Mapping[str, WebServer] | None = None) -> str:
     """The stack's nginx config for `mode`. `upstreams` (name -> host:port servers; native only) and `routes`
-    (location prefix -> upstream name) replace the services' own, and `overrides` any template value: how
-    make compare puts the stack's edge, unchanged otherwise, in front of one server under test."""
+    (location prefix -> upstream name) replace the services' own, `servers` says which upstreams run a
+    WSGI server of WEB_SERVERS (its protocol and keep-alive; default: web's, WEB_SERVER), and `overrides`
+    replace any template value: how make compare puts the stack's edge, unchanged otherwise, in front of one
+    server under test."""
     site = site or Site()
+    servers = {"web": WEB_SERVERS[site.web_server]} if servers is None else servers
+    uwsgi = {name for name, server in servers.items() if server.protocol == "uwsgi"}
     # The stack's own edge (not make compare's) also answers Prometheus's query API for the landing page.
     monitoring_api = routes is None and mode in MODES
     routes = routes if routes is not None else {s.prefix: s.name for s in HTTP_SERVICES if s.prefix}
@@ -262,7 +276,9 @@ def nginx_conf(mode: str, site: Site | None = None, *, upstreams: Mapping[str, S
         # One name, every replica: the DNS answers each replica's address and nginx balances over them.
         if upstreams:
             raise ValueError(f"{mode}'s upstreams are its services, found through its DNS")
-        upstream_blocks = "".join(_upstream(s.name, [f"{host.format(s.name)}:{s.port} resolve"]) for s in HTTP_SERVICES)
+        upstream_blocks = "".join(
+            _upstream(s.name, [f"{host.format(s.name)}:{WEB_UWSGI_PORT if s.name in uwsgi else s.port} resolve"],
+                      keepalive=_pooled(s.name, servers)) for s in HTTP_SERVICES)
         prometheus = f"{host.format(PROMETHEUS.name)}:{PROMETHEUS.port} resolve"  # none until MONITORING=1: a 502
         stream_upstreams = "".join(_stream_upstream(s, f"{host.format(s.name)}:{s.port} resolve")
                                    for s in STREAM_SERVICES)
@@ -290,8 +306,10 @@ def nginx_conf(mode: str, site: Site | None = None, *, upstreams: Mapping[str, S
     elif mode == "native":
         resolver = ""
         if upstreams is None:
-            upstreams = {s.name: list(site.instances(s).values()) for s in HTTP_SERVICES}
-        upstream_blocks = "".join(_upstream(name, list(addresses)) for name, addresses in upstreams.items())
+            upstreams = {s.name: [f"{address}:{WEB_UWSGI_PORT}" for address in site.instance_addresses(s)]
+                         if s.name in uwsgi else list(site.instances(s).values()) for s in HTTP_SERVICES}
+        upstream_blocks = "".join(_upstream(name, list(addresses), keepalive=_pooled(name, servers))
+                                  for name, addresses in upstreams.items())
         prometheus = f"{site.address(PROMETHEUS)}:{PROMETHEUS.port}"
         stream_upstreams = "".join(_stream_upstream(s, f"{site.address(s)}:{s.port}") for s in STREAM_SERVICES)
         stream_servers = "".join(
@@ -309,7 +327,7 @@ def nginx_conf(mode: str, site: Site | None = None, *, upstreams: Mapping[str, S
             "STATIC_ROOT": str(ROOT / "nginx" / "static"),
             # Upstream connections leave from nginx's own address, which the services trust for X-Forwarded-*
             # and X-Real-IP (services/common/proxy.py); anything else connecting to them comes from elsewhere.
-            "PROXY_BIND": f"    proxy_bind {site.address(NGINX)};\n",
+            "PROXY_BIND": f"    proxy_bind {site.address(NGINX)};\n    uwsgi_bind {site.address(NGINX)};\n",
             "SERVER_NAMES": " ".join(
                 dict.fromkeys(["localhost", "127.0.0.1", site.public_host, ZONE, f"nginx.{ZONE}"])
             ),
@@ -324,12 +342,12 @@ def nginx_conf(mode: str, site: Site | None = None, *, upstreams: Mapping[str, S
     # Prefix locations ending in "/" also redirect the bare prefix (/web -> /web/) with a 301.
     writes = f"            limit_req zone=writes burst={WRITE_BURST} nodelay;\n"
     locations = "".join(
-        f"\n        location {prefix} {{\n{writes}            proxy_pass http://{name};\n        }}\n"
+        f"\n        location {prefix} {{\n{writes}            {_pass(name, servers)}\n        }}\n"
         for prefix, name in routes.items()
     )
     locations += "".join(
         f"\n        location = {path} {{\n            limit_req zone={zone} burst={burst} nodelay;\n{writes}"
-        f"            proxy_pass http://{upstream};\n        }}\n"
+        f"            {_pass(upstream, servers)}\n        }}\n"
         for path, (upstream, zone, burst) in RATE_LIMITED.items() if upstream in routes.values()
     )
     if monitoring_api:
@@ -485,7 +503,8 @@ def supervisord_conf(site: Site, python: str = sys.executable) -> str:
                 # Not the instance count: a program whose entry changes restarts, and SCALE must only add or
                 # remove instances (web reads the count from $STACK_VAR/scale: services/web/gunicorn_conf.py).
                 *((by_name, f'STACK_INSTANCE="{name}"', store) if name in service_of else ()),
-                web_settings(os.environ) if name in service_of and service_of[name].name == "web" else None,
+                *((f'WEB_SERVER="{site.web_server}"', web_settings(os.environ))
+                  if name in service_of and service_of[name].name == "web" else ()),
             ])),
             "priority": str(priorities[name]),
             "autostart": "true",

@@ -42,6 +42,7 @@ from deploy.topology import (
     PROMETHEUS_PREFIX,
     ROOT,
     STREAM_SERVICES,
+    WEB_SERVERS,
     ZONE,
     Service,
     Site,
@@ -119,7 +120,8 @@ def print_urls(site: Site, mode: str) -> None:
     print(f"  over TLS      curl --cacert {site.tls.ca} --http2 {site.tls_base_url}/web/json   (HTTP/2; trust the CA "
           "in a browser: README)")
     for service in site.http_services:
-        print(f"  {service.name:<12}  {site.base_url}{service.prefix}json   ({service.framework}, {service.server};"
+        server = WEB_SERVERS[site.web_server].describe if service.name == "web" else service.server
+        print(f"  {service.name:<12}  {site.base_url}{service.prefix}json   ({service.framework}, {server};"
               f" {service.instances} instances)")
     for service in STREAM_SERVICES:
         address = f"{service.transport} {site.public_host}:{site.public_port_of(service)}"
@@ -139,6 +141,13 @@ def back_in_rotation() -> None:
     out of rotation when it refused a connection, for fail_timeout; stopping the next instance sooner would
     leave nginx with no live instance and a 502 for every request meanwhile."""
     time.sleep(UPSTREAM_FAIL_TIMEOUT_S + 0.5)
+
+
+def web_server_line(environ: Mapping[str, str], workers: int) -> str:
+    """What `make ps` says of a web instance, from its master's environment and its worker processes."""
+    server = WEB_SERVERS[environ.get("WEB_SERVER") or Site.web_server]
+    worker_class = environ.get("WEB_WORKER_CLASS") or server.worker_classes[0]
+    return f"{server.name} {worker_class} workers: {workers}"
 
 
 def one_at_a_time(instances: list[tuple[str, Callable[[], object], Callable[[], bool]]],
@@ -220,7 +229,9 @@ class Native:
                 self.ctl("reread", check=False)
                 self.ctl("update", "postgres", check=False)
                 self.migrate()
-            self.apply_changes(instances_changed=before != [path.read_text() for path in rendered])
+            after = [path.read_text() for path in rendered]
+            self.apply_changes(instances_changed=before != after,
+                               speaks_http_to_web="uwsgi_pass web;" in before[0] and "uwsgi_pass web;" not in after[0])
             self.ctl("start", "all", check=False)
         else:
             # Not SCALE, STORE or MONITORING: supervisord's programs inherit its environment, and a later
@@ -256,11 +267,13 @@ class Native:
             time.sleep(0.2)
         return True
 
-    def apply_changes(self, instances_changed: bool) -> None:
+    def apply_changes(self, instances_changed: bool, speaks_http_to_web: bool = False) -> None:
         """supervisor's `update`, one program at a time: a new or changed instance is started (a changed one
         stopped gracefully first) and healthy before the next one goes, so the service never stops answering.
         Then nginx and the DNS server take the new set of instances; only then do removed instances (a smaller
-        SCALE) stop, each finishing the requests it holds."""
+        SCALE) stop, each finishing the requests it holds. `speaks_http_to_web`: the new nginx config stops
+        speaking the uwsgi protocol to web, and is loaded before web's instances change (uWSGI answers HTTP too;
+        the other way round, uWSGI's instances start before nginx turns to their uwsgi socket)."""
         changes = self.ctl("reread", check=False).stdout.split("\n")
 
         def programs(state: str) -> list[str]:
@@ -271,6 +284,10 @@ class Native:
             self.ctl("update", name, check=False)
             if name in self.instances and not self.instance_healthy(name):
                 raise SystemExit(f"[stack] {name} did not become healthy; see `make logs`")
+        if instances_changed and speaks_http_to_web:
+            # A WEB_SERVER change that ends uwsgi_pass: nginx speaks HTTP to web first, which every web instance
+            # answers (uWSGI listens for HTTP too), so no instance is ever spoken to in a protocol it lacks.
+            self.reload()
         for name in programs("changed"):
             log(f"applying the new settings of {name}")
             self.ctl("update", name, check=False)
@@ -331,16 +348,16 @@ class Native:
         return 0
 
     def web_workers(self, name: str) -> str:
-        """A web instance's worker class and count as they run (gunicorn master's environment, its children)."""
+        """A web instance's server, worker class and worker count as they run (its master's environment, its
+        children): "uwsgi gevent workers: 2"."""
         pidfile = self.site.var / "run" / f"{name}.pid"
         try:
             master = int(pidfile.read_text())
             environ = dict(item.split("=", 1) for item in Path(f"/proc/{master}/environ").read_text().split("\0")
                            if "=" in item)
         except (OSError, ValueError):
-            return "gunicorn is not running"
-        workers = len(procs.descendants(master))
-        return f"gunicorn {environ.get('WEB_WORKER_CLASS', 'gevent')} workers: {workers}"
+            return f"{self.site.web_server} is not running"
+        return web_server_line(environ, len(procs.descendants(master)))
 
     def log_text(self, name: str) -> str:
         """What a program has logged so far: nginx is its access log, nginx-stream its stream log."""
@@ -605,12 +622,14 @@ class Compose:
         return code
 
     def web_workers(self, container: str) -> str:
-        """A web replica's worker class (its environment) and worker count (gunicorn's processes but its master)."""
+        """A web replica's server and worker class (its environment) and worker count (the server's processes
+        but its master; not Docker's init, nor multiprocessing's resource tracker)."""
         environ = dict(item.split("=", 1) for item in json.loads(docker_inspect(container, "{{json .Config.Env}}")
                                                                  or "[]"))
         top = subprocess.run(["docker", "top", container, "-o", "pid,args"], capture_output=True, text=True).stdout
-        gunicorns = [line for line in top.splitlines()[1:] if "gunicorn" in line and "docker-init" not in line]
-        return f"gunicorn {environ.get('WEB_WORKER_CLASS') or 'gevent'} workers: {max(len(gunicorns) - 1, 0)}"
+        servers = [line for line in top.splitlines()[1:]
+                   if "docker-init" not in line and "resource_tracker" not in line]
+        return web_server_line(environ, max(len(servers) - 1, 0))
 
     def containers(self, service: str) -> list[str]:
         """The ids of a service's running containers (its replicas) by their number (web-1, web-2, ...): the
@@ -669,13 +688,18 @@ class Compose:
         return self.run("logs", "--follow", "--tail", "50", check=False).returncode
 
 
+# The settings `make up` saves in $STACK_VAR for the commands after it (Site.from_env reads them back).
+SAVED_SETTINGS = ("scale", "store", "monitoring", "web_server")
+
+
 def remember_scale(site: Site) -> None:
-    """The running stack's scale, store and monitoring, for the commands that come after `up` (restart, ps,
-    logs) and run without SCALE, STORE or MONITORING."""
+    """The running stack's scale, store, monitoring and web server, for the commands that come after `up`
+    (restart, ps, logs) and run without SCALE, STORE, MONITORING or WEB_SERVER."""
     site.var.mkdir(parents=True, exist_ok=True)
-    (site.var / "scale").write_text(format_scale(site.scale) + "\n")
-    (site.var / "store").write_text(site.store + "\n")
-    (site.var / "monitoring").write_text(("1" if site.monitoring else "0") + "\n")
+    values = {"scale": format_scale(site.scale), "store": site.store, "monitoring": "1" if site.monitoring else "0",
+              "web_server": site.web_server}
+    for name in SAVED_SETTINGS:
+        (site.var / name).write_text(values[name] + "\n")
 
 
 def driver(mode: str, site: Site, environ: Mapping[str, str] | None = None) -> Native | Compose:
@@ -743,9 +767,8 @@ def main(argv: list[str] | None = None) -> int:
         for mode in modes:
             code |= driver(mode, site).down()
         state.unlink(missing_ok=True)
-        (site.var / "scale").unlink(missing_ok=True)
-        (site.var / "store").unlink(missing_ok=True)
-        (site.var / "monitoring").unlink(missing_ok=True)
+        for name in SAVED_SETTINGS:
+            (site.var / name).unlink(missing_ok=True)
         log("stopped")
         return code
 
@@ -756,6 +779,8 @@ def main(argv: list[str] | None = None) -> int:
             site = dataclasses.replace(site, store=Site.store)
         if not os.environ.get("MONITORING"):  # nor without MONITORING
             site = dataclasses.replace(site, monitoring=False)
+        if not os.environ.get("WEB_SERVER"):  # nor without WEB_SERVER
+            site = dataclasses.replace(site, web_server=Site.web_server)
         mode = args.mode or os.environ.get("MODE") or ("compose" if docker_answers() else "native")
         if state.exists() and state.read_text().strip() != mode:
             log(f"stopping the {state.read_text().strip()} stack first")

@@ -94,11 +94,38 @@ class Service:
         return f"STACK_{self.name.upper().replace('-', '_')}_PORT"
 
 
+@dataclass(frozen=True)
+class WebServer:
+    """One WSGI server web can run under (WEB_SERVER): the same Flask app, the same settings (WEB_WORKER_CLASS,
+    WEB_WORKERS, WEB_THREADS), `python -m services.web.serve` picks the server by this entry."""
+
+    name: str
+    program: str  # gunicorn | uwsgi | granian: what services/web/serve.py starts
+    protocol: str  # what nginx speaks to it: "http" (proxy_pass) or "uwsgi" (uwsgi_pass, the binary uwsgi protocol)
+    worker_classes: tuple[str, ...]  # the IO models it offers, its default first
+    describe: str
+    keepalive: bool = True  # more than one request per connection: nginx keeps a pool of idle ones to it
+
+
+WEB_SERVERS: dict[str, WebServer] = {s.name: s for s in (
+    WebServer("gunicorn", "gunicorn", "http", ("gevent", "sync", "gthread"), "gunicorn, pre-fork, HTTP/1.1 from nginx"),
+    WebServer("uwsgi", "uwsgi", "uwsgi", ("gevent", "sync", "gthread"),
+              "uWSGI, pre-fork, the uwsgi protocol from nginx (uwsgi_pass)", keepalive=False),
+    WebServer("uwsgi-http", "uwsgi", "http", ("gevent", "sync", "gthread"),
+              "uWSGI, pre-fork, HTTP from nginx on its http-socket", keepalive=False),
+    WebServer("granian", "granian", "http", ("gthread", "sync"),
+              "granian (Rust), workers x blocking threads, HTTP/1.1 from nginx"),
+)}
+# uWSGI listens twice on each web instance's address: HTTP on web's port (health checks, uwsgi-http, and nginx
+# while a rolling change of WEB_SERVER passes) and the uwsgi protocol on this one (uwsgi_pass).
+WEB_UWSGI_PORT = 8011
+
 # gunicorn as the compare harness and the tests run it: no control socket under $HOME (gunicorn >= 25.1).
 _GUNICORN = ("-m", "gunicorn", "--no-control-socket")
 HTTP_SERVICES: tuple[Service, ...] = (
-    Service("web", "Flask", "gunicorn, gevent workers", 8001, 11, "/web/", instances=HTTP_INSTANCES,
-            launch=("-m", "gunicorn", "-c", "services/web/gunicorn_conf.py", "services.web.wsgi:app")),
+    # services/web/serve.py starts the server WEB_SERVER names (WEB_SERVERS), gunicorn by default.
+    Service("web", "Flask", "gunicorn, gevent workers", 8001, 11, "/web/",
+            instances=HTTP_INSTANCES, launch=("-m", "services.web.serve")),
     Service("catalog", "Tornado", "Tornado HTTPServer, own IOLoop", 8002, 12, "/catalog/", instances=HTTP_INSTANCES,
             launch=("-m", "services.catalog"),
             alternatives={"gunicorn-tornado": (*_GUNICORN, "-k", "tornado", "services.catalog.app:make_app()")}),
@@ -207,7 +234,8 @@ class Site:
     STACK_TLS_PORT (nginx's HTTPS port, public), STACK_DNS_PORT (the DNS server's published port in Compose),
     STACK_VAR (native state: logs, pids),
     STACK_TIME_TCP_PORT, STACK_TIME_UDP_PORT, STACK_ECHO_PORT (nginx's stream ports, public), SCALE (instances
-    per HTTP service, parse_scale; without it, the scale the last `make up` saved in $STACK_VAR/scale), STORE
+    per HTTP service, parse_scale; without it, the scale the last `make up` saved in $STACK_VAR/scale),
+    WEB_SERVER (web's WSGI server, one of WEB_SERVERS; without it, the last `make up`'s, $STACK_VAR/web_server), STORE
     (sqlite or postgres; without it, the store the last `make up` saved in $STACK_VAR/store), MONITORING (1: with
     Prometheus and nginx's exporter; without it, what the last `make up` saved in $STACK_VAR/monitoring).
     """
@@ -223,6 +251,7 @@ class Site:
     scale: Mapping[str, int] = field(default_factory=dict, hash=False)  # HTTP service -> instances, if not default
     store: str = STORES[0]  # where the HTTP services keep their data: one of STORES
     monitoring: bool = False  # Prometheus and nginx's exporter run too (MONITORING=1)
+    web_server: str = "gunicorn"  # web's WSGI server: one of WEB_SERVERS (WEB_SERVER)
 
     @classmethod
     def from_env(cls, environ: os._Environ[str] | dict[str, str] = os.environ) -> Site:
@@ -238,6 +267,11 @@ class Site:
                       else saved_monitoring.read_text().strip() if saved_monitoring.exists() else "0")
         if monitoring not in ("0", "1", ""):
             raise ValueError(f"MONITORING={monitoring!r}: use 1 (on) or 0 (off)")
+        saved_server = var / "web_server"
+        web_server = (environ.get("WEB_SERVER") or (saved_server.read_text().strip() if saved_server.exists() else "")
+                      or cls.web_server)
+        if web_server not in WEB_SERVERS:
+            raise ValueError(f"WEB_SERVER={web_server!r}: use one of {', '.join(WEB_SERVERS)}")
         return cls(
             net=environ.get("STACK_NET", cls.net),
             public_host=environ.get("STACK_HOST", cls.public_host),
@@ -249,6 +283,7 @@ class Site:
             scale=parse_scale(spec),
             store=store,
             monitoring=monitoring == "1",
+            web_server=web_server,
         )
 
     def environment(self) -> dict[str, str]:

@@ -22,12 +22,13 @@ Bounded: loopback only, a fixed run time, each request with a 10 s timeout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from deploy.stack import choose_mode, driver
@@ -66,10 +67,11 @@ def _one_request(conn: http.client.HTTPConnection, path: str) -> tuple[str | Non
     return None, not response.will_close
 
 
-def client(site: Site, path: str, retrying: bool, until: float, tally: Tally, lock: threading.Lock) -> None:
+def client(site: Site, path: str, retrying: bool, until: list[float], tally: Tally, lock: threading.Lock) -> None:
+    """Send GETs until the monotonic time in until[0] (which the caller may move) passes, tallying each."""
     conn: http.client.HTTPConnection | None = None
     reused = False
-    while time.monotonic() < until:
+    while time.monotonic() < until[0]:
         if conn is None:
             conn, reused = http.client.HTTPConnection(site.public_host, site.public_port, timeout=10), False
         failure, keep = _one_request(conn, path)
@@ -95,26 +97,39 @@ def client(site: Site, path: str, retrying: bool, until: float, tally: Tally, lo
         conn.close()
 
 
+@contextlib.contextmanager
+def clients_running(site: Site, connections: int, path: str) -> Iterator[dict]:
+    """Both clients, half the connections each, sending GETs until the block ends; then the dict yielded holds
+    each client's tally ("plain", "retrying": requests, retried, failures by kind)."""
+    tallies = {"plain": Tally(), "retrying": Tally()}
+    report: dict = {}
+    lock = threading.Lock()
+    stop = [float("inf")]
+    kinds = ["plain", "retrying"] * max(1, connections // 2)
+    threads = [threading.Thread(target=client, args=(site, path, kind == "retrying", stop, tallies[kind], lock),
+                                daemon=True) for kind in kinds]
+    for thread in threads:
+        thread.start()
+    try:
+        yield report
+    finally:
+        stop[0] = time.monotonic()
+        for thread in threads:
+            thread.join(timeout=30)
+        report.update({kind: {"requests": t.requests, "retried": t.retried, "failures": dict(t.failures)}
+                       for kind, t in tallies.items()})
+
+
 def measure(site: Site, connections: int, seconds: float, reloads: int, path: str,
             reload: Callable[[], object] | None = None) -> dict:
     """Run both clients for `seconds`, reloading nginx `reloads` times (with `reload`, else this site's driver)."""
     reload = reload or driver(choose_mode(None, site), site).reload
-    tallies = {"plain": Tally(), "retrying": Tally()}
-    lock = threading.Lock()
-    until = time.monotonic() + seconds
-    kinds = ["plain", "retrying"] * (connections // 2)  # half the connections each
-    threads = [threading.Thread(target=client, args=(site, path, kind == "retrying", until, tallies[kind], lock),
-                                daemon=True) for kind in kinds]
-    for thread in threads:
-        thread.start()
-    for _ in range(reloads):
+    with clients_running(site, connections, path) as report:
+        for _ in range(reloads):
+            time.sleep(seconds / (reloads + 1))
+            reload()
         time.sleep(seconds / (reloads + 1))
-        reload()
-    for thread in threads:
-        thread.join(timeout=seconds + 30)
-    return {kind: {"requests": t.requests, "retried": t.retried, "failures": dict(t.failures)}
-            for kind, t in tallies.items()} | {"reloads": reloads, "seconds": seconds, "connections": connections,
-                                                "path": path}
+    return report | {"reloads": reloads, "seconds": seconds, "connections": connections, "path": path}
 
 
 def main() -> None:

@@ -92,14 +92,24 @@ class _Received:
         return io.BytesIO(self.data)
 
 
-def exchange(port: int, request: bytes, timeout: float = 10) -> Answer:
-    """Send one request's bytes (it should say Connection: close) on a fresh connection, read until the server
-    closes, and parse the answer with http.client's own response parser (chunked bodies included)."""
+def raw_exchange(port: int, request: bytes, timeout: float = 10) -> bytes:
+    """Send one request's bytes on a fresh connection and read until the server closes: every byte it sent."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(request)
         chunks = []
         while chunk := sock.recv(65536):
             chunks.append(chunk)
-    response = http.client.HTTPResponse(_Received(b"".join(chunks)), method=request.split(b" ", 1)[0].decode())
+    return b"".join(chunks)
+
+
+def exchange(port: int, request: bytes, timeout: float = 10) -> Answer:
+    """Send one request's bytes (it should say Connection: close) on a fresh connection, read until the server
+    closes, and parse the answer with http.client's own response parser (chunked bodies included)."""
+    return parse(raw_exchange(port, request, timeout), request.split(b" ", 1)[0].decode())
+
+
+def parse(received: bytes, method: str) -> Answer:
+    """A server's bytes parsed by http.client's own response parser (chunked bodies included)."""
+    response = http.client.HTTPResponse(_Received(received), method=method)
     response.begin()
     return Answer(response.status, response.headers, response.read())

@@ -13,12 +13,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.topology import HTTP_SERVICES, ROOT
+from deploy import topology
+from deploy.topology import HTTP_SERVICES, ROOT, WEB_SERVERS
 from tests.conftest import free_port
 
-# The registry's launch command of each HTTP service, and what a test adds to it (one gunicorn worker: the tests
-# of one process's behaviour).
-LAUNCH = {s.name: s for s in HTTP_SERVICES}
+# The registry's launch command of each HTTP service, web once per WSGI server (name -> (service, environment)),
+# and what a test adds to it (one worker: the tests of one process's behaviour).
+LAUNCH = {s.name: (s.name, {}) for s in HTTP_SERVICES} | {
+    f"web-{name}": ("web", {"WEB_SERVER": name}) for name in WEB_SERVERS if name not in ("gunicorn", "uwsgi-http")}
 OPTIONS = {"web": ("--workers", "1")}
 HOST = "127.0.0.1"
 
@@ -28,14 +30,23 @@ class ServiceProcess:
     service: str
     port: int
     process: subprocess.Popen
+    uwsgi_port: int | None = None  # web under uWSGI: its uwsgi-protocol socket
+    variant: str = ""  # the LAUNCH entry it runs
 
 
 @contextmanager
-def running(service: str, data: Path, environ: Mapping[str, str] | None = None) -> Iterator[ServiceProcess]:
-    """The service, healthy on HOST and a free port, its state in `data`; killed (its whole group) at the end."""
+def running(variant: str, data: Path, environ: Mapping[str, str] | None = None) -> Iterator[ServiceProcess]:
+    """The service (a LAUNCH variant), healthy on HOST and a free port, its state in `data`; killed (its whole
+    group) at the end."""
+    service, variant_env = LAUNCH[variant]
     port = free_port(HOST)
-    env = {**os.environ, "STACK_DATA": str(data), "PYTHONPATH": str(ROOT), **(environ or {})}
-    command = LAUNCH[service].command(f"{HOST}:{port}", *OPTIONS.get(service, ()))
+    env = {**os.environ, "STACK_DATA": str(data), "PYTHONPATH": str(ROOT), **variant_env, **(environ or {})}
+    options = list(OPTIONS.get(service, ()))
+    uwsgi_port = None
+    if WEB_SERVERS[env.get("WEB_SERVER") or "gunicorn"].program == "uwsgi" and service == "web":
+        uwsgi_port = free_port(HOST)
+        options += ["--uwsgi-bind", f"{HOST}:{uwsgi_port}"]
+    command = topology.service(service).command(f"{HOST}:{port}", *options)
     process = subprocess.Popen(command, cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -51,7 +62,7 @@ def running(service: str, data: Path, environ: Mapping[str, str] | None = None) 
                 pass
             assert time.monotonic() < deadline and process.poll() is None, f"{service} did not start"
             time.sleep(0.1)
-        yield ServiceProcess(service, port, process)
+        yield ServiceProcess(service, port, process, uwsgi_port, variant)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)

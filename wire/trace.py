@@ -41,7 +41,8 @@ import dns.query
 import dns.rcode
 
 from deploy.stack import choose_mode, driver
-from deploy.topology import HTTP_SERVICES, NGINX_PORT, ZONE, Service, Site
+from deploy.topology import HTTP_SERVICES, NGINX_PORT, WEB_SERVERS, WEB_UWSGI_PORT, ZONE, Service, Site
+from wire import uwsgi
 from wire.capture import ACK, FIN, SYN, Capture, CaptureUnavailable, Packet
 from wire.rawhttp import (
     ProtocolError,
@@ -221,7 +222,7 @@ def upstream_connections(packets: list[Packet], rid: str, mine: tuple[tuple[str,
         -> list[Connection]:
     """The other TCP connections that carried this request id: nginx's to the service (and, in Compose,
     Docker's proxy to nginx), in the order the request crossed them."""
-    servers = {NGINX_PORT, *(s.port for s in HTTP_SERVICES)}
+    servers = {NGINX_PORT, WEB_UWSGI_PORT, *(s.port for s in HTTP_SERVICES)}
     found: list[Connection] = []
     seen: set[frozenset] = {frozenset(mine)}
     for packet in packets:
@@ -237,6 +238,8 @@ def upstream_connections(packets: list[Packet], rid: str, mine: tuple[tuple[str,
 
 
 def label(server: tuple[str, int], mode: str) -> str:
+    if server[1] == WEB_UWSGI_PORT:
+        return "nginx → web's uWSGI, in the uwsgi protocol"
     for service in HTTP_SERVICES:
         if server[1] == service.port:
             return f"nginx → {service.name}"
@@ -398,11 +401,14 @@ def tell(plan: Plan, rid: str, story: Story, seen: Exchange, packets: list[Packe
                    f"{endpoint(connection.server)}, {verdict}")
         for packet in connection.packets:
             story.note(f"  {story.at(packet.time)}  {connection.describe(packet)}")
+        if connection.server[1] == WEB_UWSGI_PORT:
+            tell_uwsgi_packet(story, connection, seen)
     if captured and not others and not plan.direct and plan.service:
         story.note("(no upstream packet with this request id was captured)")
 
     if plan.service:
-        story.section(5, f"{plan.service.name}: {plan.service.framework} on {plan.service.server}")
+        server = WEB_SERVERS[plan.site.web_server].describe if plan.service.name == "web" else plan.service.server
+        story.section(5, f"{plan.service.name}: {plan.service.framework} on {server}")
         line = log_line(plan, plan.service.name, rid)
         story.note(f"access line: {line}" if line else f"no access line with {rid} within {LOG_WAIT_S:g} s")
     else:
@@ -436,6 +442,22 @@ def tell(plan: Plan, rid: str, story: Story, seen: Exchange, packets: list[Packe
     ended = closing[-1].time if closing else seen.closed
     print(f"\nFrom the DNS query to the last packet: {(ended - story.t0) * 1000:.3f} ms "
           f"(the trace itself took longer: it waits for the services' access lines).")
+
+
+def tell_uwsgi_packet(story: Story, connection: Connection, seen: Exchange) -> None:
+    """The uwsgi packet nginx sent in place of the HTTP request, decoded (wire/uwsgi.py)."""
+    sent = b"".join(p.payload for p in connection.packets if p.src == connection.client and p.payload)
+    try:
+        packet = uwsgi.decode(sent)
+    except uwsgi.PacketError as error:
+        story.note(f"the bytes nginx sent are no complete uwsgi packet: {error}")
+        return
+    story.note(f"what nginx sent instead of the {len(seen.request)}-byte HTTP request: one uwsgi packet of "
+               f"{packet.size} bytes (wire/uwsgi.py decodes it). The request line and headers arrive parsed, "
+               "under the names the WSGI environ uses, each with its length in front, so uWSGI reads sizes "
+               "instead of searching for CRLFs; and with no keep-alive in the protocol, a connection per request:")
+    for line in uwsgi.describe(packet):
+        story.note(f"  {line}")
 
 
 def tell_handshake(plan: Plan, story: Story, seen: Exchange, mine: Connection) -> None:

@@ -226,11 +226,12 @@ FORWARDED_HEADERS = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host",
 
 
 def connection_info(
-    service: str, peer: tuple[str, int] | None, requests_on_connection: int, http_version: str,
+    service: str, peer: tuple[str, int] | None, requests_on_connection: int | None, http_version: str,
     headers: Mapping[str, str],
 ) -> dict:
     """What the server saw of this TCP connection (GET <prefix>/conn): behind nginx the peer is nginx's pooled
-    upstream connection, and its request count grows as the pool reuses it."""
+    upstream connection, and its request count grows as the pool reuses it. None where the server does not tell
+    the app (web under granian: no socket, no peer port in its WSGI environ)."""
     return {
         "service": service,
         "peer": {"address": peer[0], "port": peer[1]} if peer else None,

@@ -86,7 +86,7 @@ def shared_paths(prefix: str, service: str) -> dict:
         f"{prefix}/conn": {"get": operation("What the server saw of this TCP connection", {
             "200": json_response("The connection", {
                 "type": "object", "required": ["service", "requests_on_this_connection", "pid", "http_version"],
-                "properties": {"requests_on_this_connection": {"type": "integer", "minimum": 1}}})},
+                "properties": {"requests_on_this_connection": {"type": ["integer", "null"], "minimum": 1}}})},
             tags=["connections"])},
         f"{prefix}/fanout": {"get": operation("Fetch httpbin's /delay/D N times concurrently", {
             "200": json_response("Per-fetch timings and the total", FETCHES)},

@@ -1,4 +1,5 @@
-"""gunicorn's logger with the stack's access line in place of its format-string path.
+"""gunicorn's logger with the stack's access line in place of its format-string path (services/web/middleware.py
+writes the same line under the other servers).
 
 gunicorn builds ~20 atoms (and a dict entry per request and response header) and logs them through the
 logging module for every request; that was a tenth of a hello-world request's time here. This logger writes
@@ -27,3 +28,4 @@ class AccessLineLogger(Logger):
         accesslog.write(environ.get("REMOTE_ADDR") or "-", environ["REQUEST_METHOD"], environ["RAW_URI"],
                         environ["SERVER_PROTOCOL"], status,
                         "-" if resp.sent is None else resp.sent, rid, request_time.total_seconds())
+

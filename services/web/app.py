@@ -38,6 +38,7 @@ WWW_AUTHENTICATE = f'Cookie realm="web", form-action="{PREFIX}/login", cookie-na
 # Requests served per client socket: gunicorn's async and threaded workers keep the socket across keep-alive
 # requests (the sync worker closes it after each response, so it always reports 1).
 _requests_per_socket: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+SERVER_PROGRAM = topology.WEB_SERVERS[os.environ.get("WEB_SERVER") or topology.Site.web_server].program
 
 
 def _json(body: object, status: int = 200, content_type: str = http.JSON) -> Response:
@@ -84,6 +85,20 @@ def read_body_within(sock: socket.socket, seconds: float) -> None:
     raise problem
 
 
+def read_body() -> None:
+    """Read the request body now, as read_body_within does under gunicorn: a read that fails (uWSGI's
+    socket-timeout, a client that went away, a body shorter than announced) is the client's 408 or 400."""
+    try:
+        request.get_data(cache=True)
+    except (ClientDisconnected, OSError) as error:
+        # Werkzeug wraps a failed read in ClientDisconnected; under uWSGI the cause is an OSError, "error waiting
+        # for wsgi.input data", once its socket-timeout passed with no byte of the body.
+        cause = error if isinstance(error, OSError) else error.__context__
+        if isinstance(cause, OSError) and not isinstance(cause, ConnectionError):
+            raise http.Problem(408, "Request Timeout", f"the body did not arrive: {cause}"[:200]) from None
+        raise http.Problem(400, "Invalid body", "the body ended before its announced length") from None
+
+
 def body() -> object:
     return semantics.json_body(request.content_type, request.get_data(cache=True),
                                content_encoding=request.headers.get("Content-Encoding"))
@@ -119,12 +134,35 @@ def stream(n: str) -> Response:
     return Response((http.stream_line(SERVICE, i) for i in range(count)), content_type=http.JSON)
 
 
+def _count_request_on_connection(environ: dict) -> None:
+    sock = environ.get("gunicorn.socket")
+    if sock is not None:
+        _requests_per_socket[sock] = _requests_per_socket.get(sock, 0) + 1
+
+
+def _tcp_peer(environ: dict) -> tuple[str, int] | None:
+    """The other end of this TCP connection. Under uWSGI that is read off the connection's descriptor: behind
+    uwsgi_pass, REMOTE_ADDR is the client nginx names in the packet, not nginx's connection."""
+    if SERVER_PROGRAM == "uwsgi":
+        import uwsgi  # only inside uWSGI's processes
+
+        with socket.socket(fileno=os.dup(uwsgi.connection_fd())) as sock:
+            address, port = sock.getpeername()[:2]
+        return address, port
+    port = environ.get("REMOTE_PORT")
+    return (environ.get("REMOTE_ADDR", ""), int(port)) if port else None
+
+
 def conn() -> Response:
-    sock = request.environ.get("gunicorn.socket")
-    count = _requests_per_socket.get(sock, 1) if sock is not None else 1
-    port = request.environ.get("REMOTE_PORT")
-    peer = (request.environ.get("REMOTE_ADDR", ""), int(port)) if port else None
-    return _json(http.connection_info(SERVICE, peer, count, request.environ.get("SERVER_PROTOCOL", ""),
+    environ = request.environ
+    sock = environ.get("gunicorn.socket")
+    if sock is not None:
+        count: int | None = _requests_per_socket.get(sock, 1)
+    elif SERVER_PROGRAM == "uwsgi":
+        count = 1  # uWSGI serves one request per connection
+    else:  # granian hands the app neither the connection nor the peer's port: it cannot be told
+        count = None
+    return _json(http.connection_info(SERVICE, _tcp_peer(environ), count, environ.get("SERVER_PROTOCOL", ""),
                                       request.headers))
 
 
@@ -381,15 +419,17 @@ def create_app(config: dict | None = None) -> Flask:
         metrics.IN_FLIGHT_COUNT.began()
         timing.start_request()
         g.request_id = http.request_id(request.headers.get(http.REQUEST_ID_HEADER))
+        _count_request_on_connection(request.environ)
         sock = request.environ.get("gunicorn.socket")
-        if sock is not None:
-            _requests_per_socket[sock] = _requests_per_socket.get(sock, 0) + 1
         if request.endpoint in JSON_RESOURCES:
             semantics.require_acceptable(request.headers.get("Accept"))
         if not semantics.METHODS.get(request.method, semantics.METHODS["POST"]).safe:
             refuse_cross_site(request.headers)
-        if sock is not None and (request.content_length or "HTTP_TRANSFER_ENCODING" in request.environ):
-            read_body_within(sock, CLIENT_TIMEOUT_S)
+        if request.content_length or "HTTP_TRANSFER_ENCODING" in request.environ:
+            if sock is not None:
+                read_body_within(sock, CLIENT_TIMEOUT_S)
+            else:  # uWSGI and granian bound a body's reads themselves (socket-timeout; granian reads it first)
+                read_body()
 
     @app.after_request
     def echo_request_id_and_timing(response: Response) -> Response:

@@ -1,15 +1,11 @@
 """gunicorn settings for the web service, each one explained (in the spirit of gunicorn's example_config.py).
 
-Worker class and sizing come from the environment so comparisons switch them without editing files:
-  WEB_WORKER_CLASS   sync | gthread | gevent (default) | ...      -> worker_class
-  WEB_WORKERS        default 2 x cores + 1, capped at 8, shared     -> workers
-                     by web's instances on this machine (at least 2 each)
-  WEB_THREADS        threads per gthread worker (default 1)        -> threads
-  WEB_WORKER_CONNECTIONS  max concurrent clients per gevent worker (default 1000)
+Worker class and sizing come from the environment so comparisons switch them without editing files; they are
+read by services/web/server_settings.py, which uWSGI and granian share (WEB_WORKER_CLASS -> worker_class,
+WEB_WORKERS -> workers, WEB_THREADS -> threads, WEB_WORKER_CONNECTIONS -> worker_connections).
   WEB_BIND           host:port to listen on (default: web's port in deploy/topology.py on $BIND_HOST or 127.0.0.1)
 """
 
-import multiprocessing
 import os
 import shutil
 import socket
@@ -21,12 +17,9 @@ from gunicorn import util
 from deploy import topology
 from services.common import http
 from services.common.proxy import TrustedProxy
+from services.web.server_settings import WebServerSettings
 
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "")
-    return int(value) if value.strip() else default
-
+_settings = WebServerSettings.from_env()
 
 # Where to listen. nginx reaches it by this address (native: the service's own loopback address, given by
 # --bind; Compose: the registry's port on BIND_HOST=0.0.0.0 inside the container, reachable only on the Compose
@@ -38,24 +31,21 @@ backlog = 2048
 
 # The IO model. gevent: one process runs many greenlets, switching on every socket wait, so one worker
 # serves up to worker_connections requests at once. sync: one request per process at a time.
-worker_class = os.environ.get("WEB_WORKER_CLASS", "gevent")
+worker_class = _settings.worker_class
 
 # Processes. The classic rule is 2 x cores + 1 for sync workers, per machine: the instances of web on this
 # machine share it (2 instances on 2 cores: 2 workers each, not 5: ten processes on two cores put web's p99.9
 # at 23-30 ms under `make soak`, four at 18-21 ms). Capped because each worker costs memory and, on a small
 # machine, more processes than cores only add context switches for event-loop workers.
-# How many: STACK_INSTANCES (Compose sets it), else the running native stack's scale ($STACK_VAR/scale, which
-# `make up` writes before it starts an instance: running instances keep their count until they restart).
-instances = _env_int("STACK_INSTANCES", 0) or (
-    topology.Site.from_env().scaled(topology.service("web")).instances if "STACK_VAR" in os.environ else 1)
-workers = _env_int("WEB_WORKERS", max(2, min(2 * multiprocessing.cpu_count() + 1, 8) // instances))
+# Running instances keep their count until they restart.
+workers = _settings.workers
 
 # Threads per worker, for the gthread class. Keep 1 for sync: gunicorn silently runs a "sync" worker with
 # threads > 1 as gthread, which would mislabel a comparison.
-threads = _env_int("WEB_THREADS", 1)
+threads = _settings.threads
 
 # Concurrent clients per gevent worker.
-worker_connections = _env_int("WEB_WORKER_CONNECTIONS", 1000)
+worker_connections = _settings.worker_connections
 
 # Seconds a worker may be silent before the master kills and replaces it. Longer than the longest /io wait
 # (services/common/http.py: IO_MAX_MS) so a legitimate slow request is never killed.

@@ -21,6 +21,7 @@ from deploy.topology import (
     ROOT,
     SERVICES,
     STREAM_SERVICES,
+    WEB_UWSGI_PORT,
     ZONE,
 )
 from deploy.topology import service as service_named
@@ -183,7 +184,8 @@ def test_each_dockerfile_exposes_its_topology_port_and_runs_its_topology_launch_
     from the registry (copied into the image) and listens on BIND_HOST=0.0.0.0."""
     text = (ROOT / "services" / service.name / "Dockerfile").read_text()
     exposed = text.split("\nEXPOSE ")[1].split("\n")[0].split()
-    assert {port.split("/")[0] for port in exposed} == {str(service.port)}
+    extra = {str(WEB_UWSGI_PORT)} if service.name == "web" else set()  # uWSGI's uwsgi-protocol socket
+    assert {port.split("/")[0] for port in exposed} == {str(service.port), *extra}
     cmd = json.loads(text.split("\nCMD ")[1].split("\n")[0])
     assert cmd[0] == "python" and service.command("HOST:PORT", python="python")[:-2] == cmd
     assert "BIND_HOST=0.0.0.0" in text and "COPY deploy/__init__.py deploy/topology.py" in text

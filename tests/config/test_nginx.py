@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import inspect
 import json
 import os
@@ -33,7 +34,7 @@ from deploy.render import (
     zone,
 )
 from deploy.stack import base_images, docker_answers
-from deploy.topology import DNS, HTTP_SERVICES, PROMETHEUS, ROOT, STREAM_SERVICES, ZONE, Site
+from deploy.topology import DNS, HTTP_SERVICES, PROMETHEUS, ROOT, STREAM_SERVICES, WEB_UWSGI_PORT, ZONE, Site
 from services.common.http import CLIENT_TIMEOUT_S, IO_MAX_MS, MAX_REQUEST_BODY_BYTES
 from services.sockets.echo import EchoServer
 
@@ -454,3 +455,62 @@ def test_the_landing_pages_service_list_is_the_registrys():
     listed = re.findall(r'\{name: "([^"]+)", prefix: "([^"]+)", framework: "([^"]+)", server: "([^"]+)"\}', page)
     assert listed == [(s.name, s.prefix, s.framework, s.server) for s in HTTP_SERVICES]
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)
+
+
+@pytest.mark.parametrize("render_mode", ["native", "compose"])
+def test_web_under_uwsgi_is_reached_with_uwsgi_pass_and_the_same_forwarded_headers(render_mode, tmp_path):
+    """WEB_SERVER=uwsgi: web's locations speak the uwsgi protocol to its uwsgi socket, with no pool (the
+    protocol has none), and the CGI variables nginx sets say what proxy_set_header says to HTTP servers."""
+    site = dataclasses.replace(SITE, web_server="uwsgi")
+    path = tmp_path / "nginx.conf"
+    path.write_text(nginx_conf(render_mode, site))
+    (http_block,) = [d["block"] for d in crossplane.parse(str(path), single=True, comments=False)["config"][0]["parsed"]
+                     if d["directive"] == "http"]
+    upstreams = {d["args"][0]: d["block"] for d in find(http_block, "upstream")}
+    web = upstreams["web"]
+    assert not find(web, "keepalive")
+    ports = {d["args"][0].rsplit(":", 1)[1] for d in find(web, "server")}
+    assert ports == {str(WEB_UWSGI_PORT)}
+    assert find(upstreams["catalog"], "keepalive")  # the others keep their pools
+    (site_server,) = [s["block"] for s in find(http_block, "server")
+                      if not is_default_server(s["block"]) and find(s["block"], "location")
+                      and any(d["args"] == ["/web/"] for d in find(s["block"], "location"))]
+    passes = {tuple(d["args"]): [(e["directive"], e["args"]) for e in d["block"]
+                                 if e["directive"] in ("uwsgi_pass", "proxy_pass")]
+              for d in find(site_server, "location")}
+    web_locations = {args: found for args, found in passes.items() if "/web/" in " ".join(args)}
+    assert web_locations and all(found == [("uwsgi_pass", ["web"])] for found in web_locations.values())
+    assert passes[("/catalog/",)] == [("proxy_pass", ["http://catalog"])]
+    params = {d["args"][0]: d["args"][1:] for d in find(http_block, "uwsgi_param")}
+    headers = {d["args"][0]: d["args"][1] for d in find(http_block, "proxy_set_header")}
+    for header in ("Host", "X-Forwarded-For", "X-Real-IP", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Request-ID"):
+        assert params["HTTP_" + header.upper().replace("-", "_")] == [headers[header]], header
+    for variable in ("REQUEST_METHOD", "REQUEST_URI", "PATH_INFO", "QUERY_STRING", "CONTENT_LENGTH", "CONTENT_TYPE",
+                     "SERVER_PROTOCOL", "REMOTE_ADDR", "SERVER_NAME", "SERVER_PORT"):
+        assert variable in params, variable  # what uWSGI builds the WSGI environ from
+    assert params["HTTPS"] == ["$https", "if_not_empty"]
+    assert one(http_block, "uwsgi_next_upstream") == one(http_block, "proxy_next_upstream")
+    assert one(http_block, "uwsgi_read_timeout") == one(http_block, "proxy_read_timeout")
+
+
+def test_native_config_with_uwsgi_passes_nginx_t(tmp_path):
+    site = Site(net="127.0.31", public_host="127.0.31.1", public_port=18080, var=tmp_path, web_server="uwsgi")
+    for sub in ("run", "log", "nginx"):
+        (tmp_path / sub).mkdir()
+    conf = tmp_path / "nginx.conf"
+    write_modules_conf(tmp_path / "run" / "modules.conf")
+    tls.ensure(site)
+    conf.write_text(nginx_conf("native", site))
+    result = subprocess.run([NGINX, "-t", "-c", str(conf), "-e", str(tmp_path / "log" / "error.log")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "uwsgi_pass web;" in conf.read_text(), result.stderr
+
+
+def test_web_server_reaches_webs_program_entry_and_is_checked(monkeypatch):
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read_string(supervisord_conf(dataclasses.replace(SITE, web_server="granian")))
+    assert 'WEB_SERVER="granian"' in conf["program:web-1"]["environment"]
+    assert "WEB_SERVER" not in conf["program:catalog-1"]["environment"]
+    monkeypatch.setenv("WEB_SERVER", "apache")
+    with pytest.raises(ValueError, match="WEB_SERVER='apache'"):
+        Site.from_env()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -24,11 +25,26 @@ CLIENT_TIMEOUT = 2
 CUT_WITHIN = CLIENT_TIMEOUT * 2 + 6
 
 
+# granian parses HTTP in Rust (hyper) and answers what it cannot parse itself, before the app, with a bodiless
+# 400 and Connection: close; there is no hook to make that a problem document. Every other server's answer is one.
+BARE_PARSE_ERRORS = {"web-granian"}
+# A stalled body: web (gunicorn, uWSGI: the app reads it, services/web/uwsgi.ini) and httpbin answer 408 and
+# close; Tornado (catalog) closes. granian 2.8.9 bounds no read of a body: the client keeps its thread until it
+# goes (behind nginx it never gets there: nginx reads the whole body first, within 60 s).
+STALLED_BODY = {"catalog": "closes", "web-granian": "waits"}
+
+
 @pytest.fixture(scope="module", params=sorted(service_process.LAUNCH))
 def instance(request, tmp_path_factory):
     data = tmp_path_factory.mktemp(request.param)
     with service_process.running(request.param, data, {CLIENT_TIMEOUT_ENV: str(CLIENT_TIMEOUT)}) as started:
         yield started
+
+
+def assert_bare_4xx_then_close(reply: bytes) -> dict:
+    head = reply.partition(b"\r\n\r\n")[0].decode("latin-1").lower()
+    assert re.match(r"http/1\.1 4\d\d ", head) and "connection: close" in head and "content-length: 0" in head, head
+    return {"status": int(head.split(" ")[1])}
 
 
 @contextmanager
@@ -103,7 +119,9 @@ def test_malformed_requests_get_a_problem_or_a_close_on_the_services_own_port(in
         for name, raw in malformed(path).items():
             reply, _ = exchange(instance, raw)  # returns only once the service closed the connection
             if reply:  # nothing at all is the other allowed answer: the server gave up on unframeable bytes
-                answered[name] = assert_problem_then_close(reply)
+                answered[name] = (assert_bare_4xx_then_close(reply) if instance.variant in BARE_PARSE_ERRORS
+                                  and not reply.lower().count(b"application/problem+json")
+                                  else assert_problem_then_close(reply))
     assert seen and set(seen) == {200}
     # Each server answers (not only closes) what it can frame: a bad line or header, CL with TE, bad chunking.
     assert {"not HTTP", "space in a header name", "CL and TE", "bad chunk size"} <= set(answered), answered
@@ -118,12 +136,18 @@ def test_a_stalled_request_head_is_cut_after_the_client_timeout(instance):
 
 
 def test_a_stalled_body_is_cut_after_the_client_timeout(instance):
-    """Half a body, then silence: web and httpbin answer 408 and close; Tornado (catalog) closes."""
+    """Half a body, then silence: STALLED_BODY says what each server does."""
     path = {"web": "/web/signup", "catalog": "/catalog/items", "httpbin": "/httpbin/post"}[instance.service]
     head = f"POST {path} HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    behaviour = STALLED_BODY.get(instance.variant, "answers")
+    if behaviour == "waits":
+        with bystander(instance) as seen, pytest.raises(TimeoutError):
+            exchange(instance, head.encode() + b'{"half": ')  # still open after CUT_WITHIN
+        assert seen and set(seen) == {200}
+        return
     with bystander(instance) as seen:
         reply, took = exchange(instance, head.encode() + b'{"half": ')
-    if instance.service == "catalog":
+    if behaviour == "closes":
         assert reply == b""
     else:
         assert assert_problem_then_close(reply, range(408, 409))["title"] == "Request Timeout"
@@ -134,7 +158,11 @@ def test_a_stalled_body_is_cut_after_the_client_timeout(instance):
 def test_an_idle_connection_is_closed_after_the_client_timeout(instance):
     connection = http.client.HTTPConnection(service_process.HOST, instance.port, timeout=CUT_WITHIN)
     connection.request("GET", f"/{instance.service}/json")
-    connection.getresponse().read()
+    response = connection.getresponse()
+    response.read()
+    if response.getheader("Connection") == "close":  # uWSGI: one request per connection, said and done
+        assert instance.variant == "web-uwsgi" and connection.sock is None
+        return
     started = time.monotonic()
     assert connection.sock.recv(1) == b""  # the service closed it
     assert CLIENT_TIMEOUT - 0.5 <= time.monotonic() - started < CUT_WITHIN
