@@ -14,6 +14,7 @@ from loadtest.compare.matrix import (
     TARGET_NGINX_OF_DIRECT,
     TARGET_OF_BARE,
     TARGET_OF_METRICS_OFF,
+    UWSGI_PASS_VS_HTTP,
 )
 from loadtest.reporting import fmt as _fmt
 from loadtest.reporting import pct as _pct
@@ -32,6 +33,11 @@ def summarize(cell: dict) -> dict:
     runs = cell["runs"]
     summary = {field: median_of(runs, field) for field in
                ("rps", "p50_ms", "p99_ms", "driver_cpu", "server_cpu", "nginx_cpu", "server_rss_mb")}
+    # CPU cost per request: the server's CPU-seconds ÷ the requests it answered, per run, in µs. Throughput
+    # ranks servers only while the driver leaves them the cores; this ranks them when it does not.
+    summary["server_us_per_request"] = median_of(
+        [{"us": run["server_cpu"] / run["rps"] * 1e6} for run in runs if run.get("rps") and run.get("server_cpu")],
+        "us")
     summary["failures"] = sum(run["failures"] for run in runs)
     summary["wrk_rps"] = cell["wrk"]["rps"] if cell.get("wrk") else None
     summary["saturated"] = bool(summary["driver_cpu"] and summary["driver_cpu"] >= SATURATED)
@@ -52,10 +58,10 @@ def _verdict(wrk: float | None, locust: float | None, target: float) -> str:
     return "–" if value is None else ("✓" if value >= target else "✗")
 
 
-def _ratio_table(cells: dict, labels: dict, pairs: dict[str, str], target: float, title: str,
+def _ratio_table(cells: dict, labels: dict, pairs: dict[str, str], target_of: dict[str, float], title: str,
                  missing: str) -> list[str]:
     """`title`, then a table of each configuration ÷ its reference on plaintext and json, direct, where both
-    ran (else one row saying `missing`)."""
+    ran (else one row saying `missing`); target_of: each configuration's target."""
     rows = []
     for ours, reference in pairs.items():
         for workload in ("plaintext", "json"):
@@ -64,9 +70,46 @@ def _ratio_table(cells: dict, labels: dict, pairs: dict[str, str], target: float
                 continue
             locust, wrk = _ratio(mine["rps"], ref["rps"]), _ratio(mine["wrk_rps"], ref["wrk_rps"])
             rows.append(f"| {labels[ours]} ÷ {labels[reference]} | {workload} | {_pct(locust)} | {_pct(wrk)} | "
-                        f"{_verdict(wrk, locust, target)} |")
-    return [title, "", "| service | workload | Locust | wrk | target |", "|---|---|---|---|---|",
-            *(rows or [f"| ({missing}) | | | | |"])]
+                        f"{_pct(target_of[ours])} | {_verdict(wrk, locust, target_of[ours])} |")
+    return [title, "", "| service | workload | Locust | wrk | target | |", "|---|---|---|---|---|---|",
+            *(rows or [f"| ({missing}) | | | | | |"])]
+
+
+def _best_rps(cell: dict) -> float | None:
+    """The cell's throughput: wrk's when it ran (the driver that measures the server, not itself), else Locust's."""
+    return cell["wrk_rps"] if cell["wrk_rps"] is not None else cell["rps"]
+
+
+def verdicts(cells: dict, labels: dict) -> list[str]:
+    """Per workload, the fastest web configuration (any WSGI server, IO model) direct, by how much it beats the
+    runner-up, its CPU per request and memory; then nginx's uwsgi_pass against HTTP to the same uWSGI."""
+    lines = ["Which WSGI server wins, per workload (web's own app, direct; wrk's req/s where it ran).", "",
+             "| workload | winner | req/s | runner-up | by | CPU µs/req (winner / runner-up) | RSS MB |",
+             "|---|---|---|---|---|---|---|"]
+    workloads = dict.fromkeys(workload for (_, workload, _) in cells)
+    for workload in workloads:
+        ranked = sorted(((_best_rps(cell), name) for (name, w, route), cell in cells.items()
+                         if w == workload and route == "direct" and BY_NAME.get(name) and BY_NAME[name].family == "web"
+                         and _best_rps(cell)), reverse=True)
+        if len(ranked) < 2:
+            continue
+        (rps, winner), (second_rps, second) = ranked[0], ranked[1]
+        first, runner = cells[(winner, workload, "direct")], cells[(second, workload, "direct")]
+        lines.append(f"| {workload} | {labels[winner]} | {_fmt(rps)} | {labels[second]} | "
+                     f"{_pct(rps / second_rps - 1)} | {_fmt(first['server_us_per_request'])} / "
+                     f"{_fmt(runner['server_us_per_request'])} | {_fmt(first['server_rss_mb'])} |")
+    binary, http = UWSGI_PASS_VS_HTTP
+    pair = [cells.get((name, workload, "nginx")) for name in (binary, http) for workload in ("json",)]
+    if all(pair):
+        via_uwsgi, via_http = pair
+        lines += ["", "nginx to the same uWSGI (gevent x2), json, through nginx: the uwsgi protocol against HTTP.",
+                  "", "| nginx speaks | req/s (Locust) | req/s (wrk) | nginx CPU | server CPU µs/req |",
+                  "|---|---|---|---|---|",
+                  *(f"| {name} | {_fmt(cell['rps'])} | {_fmt(cell['wrk_rps'])} | {_fmt(cell['nginx_cpu'], 2)} | "
+                    f"{_fmt(cell['server_us_per_request'])} |"
+                    for name, cell in (("uwsgi_pass", via_uwsgi), ("proxy_pass (HTTP socket)", via_http))),
+                  "", f"uwsgi_pass ÷ proxy_pass: {_pct(_ratio(_best_rps(via_uwsgi), _best_rps(via_http)))}."]
+    return lines
 
 
 def targets(results: dict) -> str:
@@ -76,12 +119,12 @@ def targets(results: dict) -> str:
     cells = {key: summarize(cell) for key, cell in raw.items()}
     labels = {c["config"]: c["label"] for c in results["cells"]}  # in run order
     lines = ["## Against the targets", ""]
-    lines += _ratio_table(cells, labels, BARE_OF, TARGET_OF_BARE,
-                          f"Our code's overhead: each service ÷ its bare framework app, same server settings, direct "
-                          f"(target ≥ {TARGET_OF_BARE:.0%}).",
+    lines += _ratio_table(cells, labels, BARE_OF, {ours: TARGET_OF_BARE[BY_NAME[ours].family] for ours in BARE_OF},
+                          "Our code's overhead: each service ÷ its bare framework app, same server and settings, "
+                          "direct (web once per WSGI server).",
                           "no service and its bare app both ran: `make compare` without QUICK has them")
     lines += [""] + _ratio_table(
-        cells, labels, METRICS_OFF_OF, TARGET_OF_METRICS_OFF,
+        cells, labels, METRICS_OFF_OF, dict.fromkeys(METRICS_OFF_OF, TARGET_OF_METRICS_OFF),
         f"What the metrics cost: each service ÷ itself with STACK_METRICS=0, direct (target ≥ "
         f"{TARGET_OF_METRICS_OFF:.0%}: at most {1 - TARGET_OF_METRICS_OFF:.0%} of throughput).",
         "no service ran both ways: CONFIGS=web-gevent,web-gevent-nometrics,... has them")
@@ -112,7 +155,7 @@ def targets(results: dict) -> str:
         lines.append(f"| {label} | {_fmt(raw[(name, 'io', 'direct')]['ceiling_rps'])} | "
                      f"{_pct(io['ceiling_fraction'])} | {_pct(io['wrk_ceiling_fraction'])} | "
                      f"{_verdict(io['wrk_ceiling_fraction'], io['ceiling_fraction'], TARGET_IO_OF_CEILING[model])} |")
-    lines.append("")
+    lines += ["", *verdicts(cells, labels), ""]
     return "\n".join(lines)
 
 
@@ -125,7 +168,7 @@ def tables(results: dict) -> str:
         users = cells[0]["users"]
         lines += [f"### {workload} ({users} users)", ""]
         header = ["configuration", "route", "Locust req/s", "wrk req/s", "p50 ms", "p99 ms", "failures",
-                  "server CPU", "nginx CPU", "driver CPU", "RSS MB"]
+                  "server CPU", "CPU µs/req", "nginx CPU", "driver CPU", "RSS MB"]
         if workload == "io":
             header[4:4] = ["ceiling req/s", "of ceiling (Locust / wrk)"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -133,7 +176,8 @@ def tables(results: dict) -> str:
             s = summarize(cell)
             row = [cell["label"], cell["route"], _fmt(s["rps"]) + (" ⚠" if s["saturated"] else ""),
                    _fmt(s["wrk_rps"]), _fmt(s["p50_ms"], 1), _fmt(s["p99_ms"], 1), str(s["failures"]),
-                   _fmt(s["server_cpu"], 2), _fmt(s["nginx_cpu"], 2), _fmt(s["driver_cpu"], 2),
+                   _fmt(s["server_cpu"], 2), _fmt(s["server_us_per_request"]), _fmt(s["nginx_cpu"], 2),
+                   _fmt(s["driver_cpu"], 2),
                    _fmt(s["server_rss_mb"])]
             if workload == "io":
                 fractions = f"{_pct(s['ceiling_fraction'])} / {_pct(s['wrk_ceiling_fraction'])}"
@@ -188,6 +232,24 @@ def charts(results: dict, out: Path) -> list[Path]:
     res.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     written.append(out / "latency-cpu-rss.png")
+    fig.savefig(written[-1], dpi=90)
+    plt.close(fig)
+
+    # CPU per request, direct: the server's CPU-seconds per answered request, one bar group per workload.
+    fig, ax = plt.subplots(figsize=(12, 4))
+    configs = list(dict.fromkeys(c["config"] for c in direct))
+    width = 0.8 / max(len(workloads), 1)
+    for i, workload in enumerate(workloads):
+        values = [next((summarize(c)["server_us_per_request"] or 0 for c in direct
+                        if c["config"] == name and c["workload"] == workload), 0) for name in configs]
+        ax.bar([x + (i - (len(workloads) - 1) / 2) * width for x in range(len(configs))], values, width=width,
+               label=workload)
+    ax.set_xticks(range(len(configs)), configs, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("server CPU µs per request")
+    ax.set_title("CPU cost per request, direct (lower is better)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    written.append(out / "cpu-per-request.png")
     fig.savefig(written[-1], dpi=90)
     plt.close(fig)
     return written

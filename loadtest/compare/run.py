@@ -144,7 +144,8 @@ def main(quick: bool = False, only_configs: Sequence[str] = (), only_workloads: 
             group = list(group)
             data = Path(tempfile.mkdtemp(prefix="compare-"))
             server = servers.start(config, data)
-            nginx = servers.start_nginx(config.name, server.port, config.prefix, data) if any(
+            nginx = servers.start_nginx(config.name, server.upstream_port, config.prefix, data,
+                                        servers.web_server_of(config)) if any(
                 c.route == "nginx" for c in group) else None
             try:
                 for cell in group:

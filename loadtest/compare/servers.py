@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 
 from deploy import render, tls
-from deploy.topology import HTTP_SERVICES, ROOT, STREAM_SERVICES, Site, service
+from deploy.topology import HTTP_SERVICES, ROOT, STREAM_SERVICES, WEB_SERVERS, Site, WebServer, service
 from loadtest.compare.matrix import CORES, Config
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -30,16 +30,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def command_for(config: Config, port: int) -> tuple[list[str], dict[str, str]]:
-    """The command line and environment that serve `config` on 127.0.0.1:port."""
+BARE_FLASK_APP = "loadtest.bare.flask_app:app"
+
+
+def command_for(config: Config, port: int, uwsgi_port: int | None = None) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment that serve `config` on 127.0.0.1:port (and, for web under uWSGI, the
+    uwsgi protocol on uwsgi_port)."""
     bind = f"127.0.0.1:{port}"
     web = service("web")
     env = {"WEB_BIND": bind, **config.env}
-    # The bare Flask app under web's own gunicorn settings: web's launch command with the other app.
-    bare_flask = [app if app != "services.web.wsgi:app" else "loadtest.bare.flask_app:app" for app in web.launch]
+    # web's launcher starts whichever WSGI server config.env's WEB_SERVER names; the bare Flask app runs under
+    # the same launcher, so under the same server settings.
+    web_options = ["--uwsgi-bind", f"127.0.0.1:{uwsgi_port}"] if uwsgi_port else []
     commands = {
-        "gunicorn-web": web.command(bind),
-        "gunicorn-bare-flask": [sys.executable, *bare_flask, "--bind", bind],
+        "web": web.command(bind, *web_options),
+        "bare-flask": web.command(bind, *web_options, "--app", BARE_FLASK_APP),
         "tornado": service("catalog").command(bind, "--processes", str(CORES)),
         "gunicorn-tornado": service("catalog").command(bind, "-w", str(CORES), *GUNICORN_OPTIONS,
                                                        server="gunicorn-tornado"),
@@ -52,15 +57,22 @@ def command_for(config: Config, port: int) -> tuple[list[str], dict[str, str]]:
     return commands[config.kind], env
 
 
+def web_server_of(config: Config) -> WebServer | None:
+    """The WSGI server a web or bare-Flask configuration runs under (None for the others)."""
+    return WEB_SERVERS[config.env.get("WEB_SERVER", "gunicorn")] if config.kind in ("web", "bare-flask") else None
+
+
 # The static reference's two answers: files the stack's own `location /` serves (sendfile, open_file_cache).
 STATIC_ANSWERS = {"plaintext": "Hello, World!", "json": '{"message":"Hello, World!"}'}
 
 
-def nginx_conf(listen: int, upstream: int | None, prefix: str, workdir: Path) -> str:
+def nginx_conf(listen: int, upstream: int | None, prefix: str, workdir: Path,
+               server: WebServer | None = None) -> str:
     """The stack's own edge (deploy/render.py, the native template) listening on 127.0.0.1:listen, with one
     route: `prefix` to the server under test on 127.0.0.1:upstream, or, when upstream is None, static files
     under `prefix` (the reference: what nginx does without a service behind it). Its logs, temp files and
-    socket-service listeners (on free ports) live in workdir."""
+    socket-service listeners (on free ports) live in workdir. `server`: the WSGI server behind it, whose
+    protocol (uwsgi_pass or HTTP) and keep-alive nginx uses, as the stack's edge does for web."""
     family = next((s for s in HTTP_SERVICES if s.route_prefix == prefix), None)
     name = family.name if family else "server_under_test"  # the bare apps have no service's name
     by_port: dict[int, int] = {}  # time-tcp and time-udp share a port number, so they share a free one
@@ -80,7 +92,7 @@ def nginx_conf(listen: int, upstream: int | None, prefix: str, workdir: Path) ->
             (static / prefix.strip("/") / endpoint).write_text(body)
         return render.nginx_conf("native", site, upstreams={}, routes={}, overrides={"STATIC_ROOT": str(static)})
     return render.nginx_conf("native", site, upstreams={name: [f"127.0.0.1:{upstream}"]},
-                             routes={f"{prefix}/": name})
+                             routes={f"{prefix}/": name}, servers={name: server} if server else {})
 
 
 @dataclass
@@ -92,6 +104,7 @@ class Running:
     port: int
     root_pid: int = 0
     log: Path | None = None
+    upstream_port: int = 0  # where nginx reaches it: port, or web's uwsgi-protocol port under uwsgi_pass
     _cpu_mark: float = field(default=0.0)
 
     def alive(self) -> bool:
@@ -103,6 +116,7 @@ class Running:
     def __post_init__(self) -> None:
         if self.process is not None:
             self.root_pid = self.process.pid
+        self.upstream_port = self.upstream_port or self.port
 
     def tree(self) -> list[psutil.Process]:
         try:
@@ -189,14 +203,17 @@ def start(config: Config, data_dir: Path) -> Running:
     port = free_port()
     if config.kind == "nginx-static":
         return start_nginx(config.name, None, config.prefix, data_dir)
-    command, env = command_for(config, port)
+    server = web_server_of(config)
+    uwsgi_port = free_port() if server and server.program == "uwsgi" else None
+    command, env = command_for(config, port, uwsgi_port)
     log = data_dir / f"{config.name}.log"  # the server's own output: access logs, and why it died if it did
     with log.open("ab") as sink:
         process = subprocess.Popen(
             command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "PYTHONPATH": str(ROOT), "STACK_DATA": str(data_dir), **env},
         )
-    running = Running(config.name, process, port, log=log)
+    upstream = uwsgi_port if server and server.protocol == "uwsgi" else port
+    running = Running(config.name, process, port, log=log, upstream_port=upstream)
     try:
         wait_until_serving(port, f"{config.prefix}/json", process)
     except RuntimeError as error:
@@ -205,10 +222,11 @@ def start(config: Config, data_dir: Path) -> Running:
     return running
 
 
-def start_nginx(name: str, upstream: int | None, prefix: str, data_dir: Path) -> Running:
+def start_nginx(name: str, upstream: int | None, prefix: str, data_dir: Path,
+                server: WebServer | None = None) -> Running:
     workdir = Path(tempfile.mkdtemp(prefix="nginx-", dir=data_dir))
     port = free_port()
-    (workdir / "nginx.conf").write_text(nginx_conf(port, upstream, prefix, workdir))
+    (workdir / "nginx.conf").write_text(nginx_conf(port, upstream, prefix, workdir, server))
     process = subprocess.Popen([NGINX, "-c", str(workdir / "nginx.conf"), "-e", str(workdir / "error.log"),
                                 "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
