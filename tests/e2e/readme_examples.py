@@ -36,6 +36,7 @@ SKIPPED: dict[str, str] = {
     "python -m iolab": "the IO lab (tests/unit/test_iolab.py)",
     "make restart": "restarts instances; the chaos and restart tests run it under load",
     "WEB_WORKERS=3 make up": "restarts the stack with another setting (tests/e2e: web under another worker class)",
+    "WEB_SERVER=": "restarts web under another server (tests/e2e/test_wsgi_servers.py runs each)",
     "make chaos": "the chaos run (minutes); its faults are tested one by one in tests/e2e",
     "make down": "stops the stack the other examples need",
     "make stores": "a benchmark over both stores",
