@@ -228,8 +228,10 @@ def usable_nginx_image() -> str | None:
         return None
 
 
-def test_native_config_passes_nginx_t(tmp_path):
-    site = Site(net="127.0.31", public_host="127.0.31.1", public_port=18080, var=tmp_path)
+@pytest.mark.parametrize("web_server", ["gunicorn", "uwsgi"])
+def test_native_config_passes_nginx_t(tmp_path, web_server):
+    """nginx -t accepts the native config, with web reached by proxy_pass (gunicorn) or uwsgi_pass (uWSGI)."""
+    site = Site(net="127.0.31", public_host="127.0.31.1", public_port=18080, var=tmp_path, web_server=web_server)
     for sub in ("run", "log", "nginx"):
         (tmp_path / sub).mkdir()
     conf = tmp_path / "nginx.conf"
@@ -240,6 +242,7 @@ def test_native_config_passes_nginx_t(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr
+    assert ("uwsgi_pass web;" in conf.read_text()) == (web_server == "uwsgi")
 
 
 def test_compose_config_passes_nginx_t(tmp_path):
@@ -491,19 +494,6 @@ def test_web_under_uwsgi_is_reached_with_uwsgi_pass_and_the_same_forwarded_heade
     assert params["HTTPS"] == ["$https", "if_not_empty"]
     assert one(http_block, "uwsgi_next_upstream") == one(http_block, "proxy_next_upstream")
     assert one(http_block, "uwsgi_read_timeout") == one(http_block, "proxy_read_timeout")
-
-
-def test_native_config_with_uwsgi_passes_nginx_t(tmp_path):
-    site = Site(net="127.0.31", public_host="127.0.31.1", public_port=18080, var=tmp_path, web_server="uwsgi")
-    for sub in ("run", "log", "nginx"):
-        (tmp_path / sub).mkdir()
-    conf = tmp_path / "nginx.conf"
-    write_modules_conf(tmp_path / "run" / "modules.conf")
-    tls.ensure(site)
-    conf.write_text(nginx_conf("native", site))
-    result = subprocess.run([NGINX, "-t", "-c", str(conf), "-e", str(tmp_path / "log" / "error.log")],
-                            capture_output=True, text=True)
-    assert result.returncode == 0 and "uwsgi_pass web;" in conf.read_text(), result.stderr
 
 
 def test_web_server_reaches_webs_program_entry_and_is_checked(monkeypatch):
