@@ -17,7 +17,7 @@ from gunicorn import util
 from deploy import topology
 from services.common import http
 from services.common.proxy import TrustedProxy
-from services.web.server_settings import WebServerSettings
+from services.web.server_settings import LISTEN_BACKLOG, WebServerSettings
 
 _settings = WebServerSettings.from_env()
 
@@ -26,8 +26,8 @@ _settings = WebServerSettings.from_env()
 # network). WEB_BIND overrides it (the compare harness).
 bind = os.environ.get("WEB_BIND") or topology.service("web").default_bind()
 
-# Pending connections the kernel queues before accept(); beyond it clients see SYN retries.
-backlog = 2048
+# Pending connections the kernel queues before accept() (server_settings.py).
+backlog = LISTEN_BACKLOG
 
 # The IO model. gevent: one process runs many greenlets, switching on every socket wait, so one worker
 # serves up to worker_connections requests at once. sync: one request per process at a time.

@@ -30,13 +30,12 @@ from pathlib import Path
 from deploy import topology
 from services.common import http
 from services.web.middleware import header_shaped
-from services.web.server_settings import WebServerSettings
+from services.web.server_settings import LISTEN_BACKLOG, WebServerSettings
 
 HERE = Path(__file__).resolve().parent
 APP = "services.web.wsgi:app"
 GRANIAN_MAX_HEAD_MS = 60_000
 UWSGI_RESIGNAL_S = 2  # a stop's SIGHUP reaches every worker again this often until uWSGI exits (run_uwsgi)
-UWSGI_BACKLOG = 2048  # pending connections the kernel queues before accept(), as gunicorn's backlog
 
 
 def gunicorn_argv(args: argparse.Namespace, settings: WebServerSettings) -> list[str]:
@@ -88,7 +87,7 @@ def listening(bind: str) -> socket.socket:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host.strip("[]"), int(port)))
-    sock.listen(UWSGI_BACKLOG)
+    sock.listen(LISTEN_BACKLOG)
     sock.set_inheritable(True)
     return sock
 
@@ -156,7 +155,7 @@ def granian_argv(args: argparse.Namespace, settings: WebServerSettings) -> list[
     threads = settings.threads if settings.worker_class == "gthread" else 1
     argv = [sys.executable, "-m", "granian", "--interface", "wsgi", "--host", host, "--port", port,
             "--workers", str(args.workers or settings.workers), "--blocking-threads", str(threads),
-            "--http", "1", "--no-ws", "--backlog", "2048",
+            "--http", "1", "--no-ws", "--backlog", str(LISTEN_BACKLOG),
             # A request head must arrive within the stack's client timeout (milliseconds here; granian allows
             # at most 60 s, below the stack's default 75 s).
             "--http1-header-read-timeout", str(min(int(http.client_timeout_s() * 1000), GRANIAN_MAX_HEAD_MS)),

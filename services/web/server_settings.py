@@ -18,6 +18,9 @@ from dataclasses import dataclass
 
 from deploy import topology
 
+# Pending connections the kernel queues before accept(), under every server; beyond it clients see SYN retries.
+LISTEN_BACKLOG = 2048
+
 # granian's threads run the app's blocking calls (its WSGI has no event loop for the app): with one, a worker
 # holds one request at a time; eight per worker is what its documentation's examples use for I/O-bound apps.
 GRANIAN_THREADS = 8
