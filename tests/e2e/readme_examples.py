@@ -1,5 +1,6 @@
-"""README's shell examples, run as a reader would: every ```sh block of the tour, in order, in one bash session
-(variables like $B, $ID, $JAR carry from block to block), against a running stack, with each command's output
+"""The documentation's shell examples, run as a reader would: every ```sh block of README.md and then of each
+docs/ page in the site's navigation order (`documents()`), in order, in one bash session (variables like $B, $ID,
+$JAR carry from block to block, and from page to page), against a running stack, with each command's output
 checked against what its comment claims. The stack is a test's own (its addresses and ports), so each command is
 first moved onto it: 127.0.0.1:8080 becomes the stack's public address, 127.0.10.x its net, var/ its state.
 
@@ -17,6 +18,8 @@ import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from deploy.topology import Site
 
@@ -66,9 +69,30 @@ EXPECTED_EXIT: dict[str, int] = {
 
 @dataclass
 class Example:
-    line: int  # README line of its first line
+    line: int  # the line of its first line in its document
     command: str
     claim: str  # its trailing comment, if any
+    document: str = "README.md"
+
+
+def _nav_pages(entries: list) -> list[str]:
+    pages = []
+    for entry in entries:
+        value = next(iter(entry.values())) if isinstance(entry, dict) else entry
+        pages.extend(_nav_pages(value) if isinstance(value, list) else [value])
+    return pages
+
+
+def documents(root: Path) -> list[Path]:
+    """README.md, then every docs/ page in the order mkdocs.yml's nav lists them (a reader's order)."""
+    nav = yaml.safe_load((root / "mkdocs.yml").read_text())["nav"]
+    return [root / "README.md"] + [root / "docs" / page for page in _nav_pages(nav)
+                                   if (root / "docs" / page).exists()]
+
+
+def all_examples(root: Path) -> list[Example]:
+    return [example for document in documents(root)
+            for example in examples(document.read_text(), str(document.relative_to(root)))]
 
 
 def shell_blocks(readme: str) -> list[tuple[int, list[str]]]:
@@ -93,7 +117,7 @@ def _complete(text: str) -> bool:
     return subprocess.run(["bash", "-n", "-c", text], capture_output=True).returncode == 0
 
 
-def examples(readme: str) -> list[Example]:
+def examples(readme: str, document: str = "README.md") -> list[Example]:
     found = []
     for start, lines in shell_blocks(readme):
         pending: list[str] = []
@@ -107,7 +131,7 @@ def examples(readme: str) -> list[Example]:
             text = "\n".join(pending)
             if _complete(text):
                 comment = re.search(r"\s{2,}#\s?(.*)$", pending[-1])
-                found.append(Example(first, text, comment.group(1) if comment else ""))
+                found.append(Example(first, text, comment.group(1) if comment else "", document))
                 pending = []
     return found
 

@@ -561,16 +561,17 @@ def test_requests_own_test_suite_passes_against_our_httpbin(native_stack, tmp_pa
     assert len(passed) >= 300 and not set(outcomes) & set(requests_suite.NOT_RUN)
 
 
-def test_readmes_shell_examples_do_what_their_comments_say(native_stack):
-    """Every ```sh example of README, in order, in one shell, against this stack (tests/e2e/readme_examples.py):
-    each exits as it should and shows the statuses its comment claims; the few not run say why."""
-    everything = readme_examples.examples((ROOT / "README.md").read_text())
+def test_the_docs_shell_examples_do_what_their_comments_say(native_stack):
+    """Every ```sh example of README and the docs pages, in reading order, in one shell, against this stack
+    (tests/e2e/readme_examples.py): each exits as it should and shows the statuses its comment claims; the few
+    not run say why."""
+    everything = readme_examples.all_examples(ROOT)
     runnable = [example for example in everything if not readme_examples.skip_reason(example)]
     env = {**native_stack.env, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"}  # README: activate first
     outcomes = readme_examples.run(runnable, native_stack.site, env, ROOT)
-    broken = [(example.line, example.command[:120], wrong, output[-400:]) for example, output, status in outcomes
-              if (wrong := readme_examples.check(example, output, status))]
-    print(f"README: {len(everything)} shell examples, {len(runnable)} run, {len(broken)} broken")
+    broken = [(f"{example.document}:{example.line}", example.command[:120], wrong, output[-400:])
+              for example, output, status in outcomes if (wrong := readme_examples.check(example, output, status))]
+    print(f"README and docs/: {len(everything)} shell examples, {len(runnable)} run, {len(broken)} broken")
     assert len(runnable) >= 80 and not broken, broken
 
 
