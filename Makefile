@@ -56,8 +56,8 @@ logs:  ## follow every service's log
 urls:  ## print the stack's URLs
 	@$(PY) -m deploy urls
 
-trace: setup  ## follow one request through every hop: make trace URL=/catalog/json [TLS=1] (as root: with its packets)
-	@$(PY) -m wire.trace $(if $(TLS),--tls) $(URL)
+trace: setup  ## follow one request through every hop: make trace URL=/catalog/json [TLS=1] [FORMAT=svg|html] (as root: with its packets)
+	@$(PY) -m wire.trace $(if $(TLS),--tls) $(if $(FORMAT),--format $(FORMAT)) $(if $(OUT),--out $(OUT)) $(URL)
 
 trace-dns: setup  ## DNS over UDP, truncated (TC), then over TCP
 	@$(PY) -m wire.dns_truncation

@@ -1,7 +1,8 @@
 """`make trace URL=…`: one request followed through every hop of the stack, as a timed story.
 
-    python -m wire.trace [URL] [--tls] [--keep-alive] [-X METHOD] [-d BODY]
+    python -m wire.trace [URL] [--tls] [--keep-alive] [-X METHOD] [-d BODY] [--format svg|html] [--out PATH]
     make trace URL=/catalog/json             (a path: through nginx, by the name stack.internal)
+    make trace URL=/catalog/json FORMAT=html (the same story, and a sequence diagram of it: reports/trace-*.html)
     make trace URL=/catalog/json TLS=1       (the same over HTTPS: the TLS handshake between TCP and HTTP)
     make trace URL=http://web.stack.internal:8001/web/json   (native mode: straight to one service)
 
@@ -18,6 +19,8 @@ The seed's list of what happens after you type a URL, each step seen rather than
   7. The close: FIN and ACK in order, which side closed first, and the TIME_WAIT it keeps (`ss`).
 Packets are captured with an AF_PACKET socket (root or CAP_NET_RAW). Whatever cannot be seen here — no
 capture permission, no `ss`, a log line not yet written — is said so, and the story goes on without it.
+With --format, the same request is also drawn as a sequence diagram (wire/sequence.py): a lane per party, an
+arrow per captured packet with its bytes and time, and each hop's own time from Server-Timing.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import ssl
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import dns.exception
@@ -41,9 +45,9 @@ import dns.query
 import dns.rcode
 
 from deploy.stack import choose_mode, driver
-from deploy.topology import HTTP_SERVICES, NGINX_PORT, WEB_SERVERS, WEB_UWSGI_PORT, ZONE, Service, Site
-from wire import uwsgi
-from wire.capture import ACK, FIN, SYN, Capture, CaptureUnavailable, Packet
+from deploy.topology import HTTP_SERVICES, NGINX_PORT, ROOT, WEB_SERVERS, WEB_UWSGI_PORT, ZONE, Service, Site
+from wire import sequence, uwsgi
+from wire.capture import ACK, FIN, RST, SYN, Capture, CaptureUnavailable, Packet
 from wire.rawhttp import (
     ProtocolError,
     Response,
@@ -100,9 +104,26 @@ def plan_of(url: str, method: str | None, body: str | None, site: Site, mode: st
                 mode, site, secure)
 
 
+@dataclass
+class Lookup:
+    """The DNS question and answer as the client timed them."""
+
+    server: tuple[str, int]
+    sent: float
+    received: float
+    question: str
+    query_bytes: int
+    answer: str
+    answer_bytes: int
+
+
 class Story:
+    """The trace told as text, step by step; it keeps what the picture needs (the DNS lookup, the log lines)."""
+
     def __init__(self, t0: float) -> None:
         self.t0 = t0
+        self.lookup: Lookup | None = None
+        self.lines: dict[str, str] = {}  # program -> its access line for this request
 
     def at(self, when: float) -> str:
         return f"+{(when - self.t0) * 1000:8.3f} ms"
@@ -179,6 +200,8 @@ def ask_dns(plan: Plan, story: Story) -> str | None:
     shown = ", ".join(f"A {address} TTL {ttl} s" for address, ttl in answers) or "no address"
     story.note(f"{story.at(received)}  answer  UDP ← {endpoint(server)}  {shown}; {rcode}, {flags}, "
                f"{len(reply.to_wire())} bytes, {(received - sent) * 1000:.2f} ms round trip")
+    story.lookup = Lookup(server, sent, received, f"{plan.name}. IN A", len(query.to_wire()), f"{shown}; {rcode}",
+                          len(reply.to_wire()))
     return answers[0][0] if answers else None
 
 
@@ -392,6 +415,7 @@ def tell(plan: Plan, rid: str, story: Story, seen: Exchange, packets: list[Packe
         line = log_line(plan, "nginx", f"rid={rid}")
         story.note(f"access line: {line}" if line else f"no access line with rid={rid} within {LOG_WAIT_S:g} s")
         if line:
+            story.lines["nginx"] = line
             story.note(explain_nginx_line(line))
     others = upstream_connections(packets, rid, (seen.local, seen.peer))
     for connection in others:
@@ -411,6 +435,8 @@ def tell(plan: Plan, rid: str, story: Story, seen: Exchange, packets: list[Packe
         story.section(5, f"{plan.service.name}: {plan.service.framework} on {server}")
         line = log_line(plan, plan.service.name, rid)
         story.note(f"access line: {line}" if line else f"no access line with {rid} within {LOG_WAIT_S:g} s")
+        if line:
+            story.lines[plan.service.name] = line
     else:
         story.section(5, "no service: nginx answered this path itself")
 
@@ -481,7 +507,128 @@ def tell_handshake(plan: Plan, story: Story, seen: Exchange, mine: Connection) -
                "speaks HTTP/1.1 so that its bytes can be shown")
 
 
-def trace(plan: Plan, keep_alive: bool) -> int:
+HTTP_START = re.compile(rb"^(?:[A-Z]+ \S+ HTTP/1\.[01]|HTTP/1\.[01] \d{3}[^\r\n]*)")
+
+
+def packet_label(packet: Packet, connection: Connection, seen: Exchange) -> tuple[str, str]:
+    """What one packet is, in a few words, and its kind (the diagram's colour)."""
+    if packet.has(FIN) or packet.has(RST):
+        return packet.flag_names, "close"
+    if not packet.payload:
+        return packet.flag_names, "control"
+    mine = connection.client == seen.local
+    if mine and seen.tls:
+        during = packet.time <= seen.tls.finished
+        return ("TLS handshake records" if during else "TLS application data (HTTP inside)"), "tls"
+    if connection.server[1] == WEB_UWSGI_PORT and packet.src == connection.client:
+        return "uwsgi packet (CGI variables)", "data"
+    start = HTTP_START.match(packet.payload)
+    if start:
+        return start.group(0).decode("latin-1")[:48], "data"
+    return f"{packet.flag_names}: more of the message", "data"
+
+
+def server_timing(response: Response) -> dict[str, float]:
+    """Server-Timing's entries (name -> seconds), from every such header of the response."""
+    entries: dict[str, float] = {}
+    for name, value in response.headers:
+        if name.lower() == "server-timing":
+            for entry in value.split(","):
+                match = re.match(r"\s*([\w-]+).*?;\s*dur=([\d.]+)", entry)
+                if match:
+                    entries[match.group(1)] = float(match.group(2)) / 1000
+    return entries
+
+
+def diagram_of(plan: Plan, rid: str, story: Story, seen: Exchange, packets: list[Packet]) -> sequence.Diagram:
+    """The request as a sequence diagram: every packet of every connection that carried it, DNS included."""
+    mine = Connection(seen.local, seen.peer, packets)
+    others = upstream_connections(packets, rid, (seen.local, seen.peer))
+    proxied_by_docker = any(c.server[1] == NGINX_PORT for c in others)
+    service_lane = None
+    lanes = [sequence.Lane("client", "client (this trace)", endpoint(seen.local))]
+    if story.lookup:
+        lanes.append(sequence.Lane("dns", "DNS (the stack's own)", endpoint(story.lookup.server)))
+    if proxied_by_docker:
+        lanes.append(sequence.Lane("docker", "Docker's port proxy", endpoint(seen.peer)))
+    if not plan.direct:
+        nginx_at = next((endpoint(c.server) for c in others if c.server[1] == NGINX_PORT), endpoint(seen.peer))
+        lanes.append(sequence.Lane("nginx", "nginx", nginx_at))
+    if plan.service:
+        service_lane = plan.service.name
+        server = WEB_SERVERS[plan.site.web_server].describe if plan.service.name == "web" else plan.service.server
+        lanes.append(sequence.Lane(service_lane, f"{plan.service.name}: {plan.service.framework}", server))
+    first_hop = "docker" if proxied_by_docker else (service_lane if plan.direct else "nginx")
+    diagram = sequence.Diagram(f"{plan.method} {plan.url} — request id {rid}", story.t0, lanes)
+
+    lookup = story.lookup
+    dns_packets = [p for p in packets if p.transport == "udp" and lookup and lookup.server in (p.src, p.dst)]
+    for packet in dns_packets:
+        asked = packet.dst == lookup.server
+        diagram.messages.append(sequence.Message(
+            packet.time, "client" if asked else "dns", "dns" if asked else "client",
+            f"DNS {'query ' + lookup.question if asked else 'answer ' + lookup.answer}"[:60], len(packet.payload),
+            f"UDP {endpoint(packet.src)} → {endpoint(packet.dst)}, {len(packet.payload)} bytes", "dns",
+            endpoint(packet.src), endpoint(packet.dst)))
+    if lookup and not dns_packets:  # no capture: the client's own clock
+        diagram.messages += [
+            sequence.Message(lookup.sent, "client", "dns", f"DNS query {lookup.question}", lookup.query_bytes,
+                             "UDP, timed by the client", "dns", "client", endpoint(lookup.server)),
+            sequence.Message(lookup.received, "dns", "client", f"DNS answer {lookup.answer}"[:60],
+                             lookup.answer_bytes, "UDP, timed by the client", "dns", endpoint(lookup.server), "client")]
+
+    hops = [(mine, "client", first_hop)]
+    for connection in others:
+        hops.append((connection, "docker", "nginx") if connection.server[1] == NGINX_PORT
+                    else (connection, "nginx", service_lane or "nginx"))
+    for connection, client_lane, server_lane in hops:
+        for packet in connection.packets:
+            forward = packet.src == connection.client
+            what, kind = packet_label(packet, connection, seen)
+            diagram.messages.append(sequence.Message(
+                packet.time, client_lane if forward else server_lane, server_lane if forward else client_lane,
+                what, len(packet.payload), connection.describe(packet), kind, endpoint(packet.src),
+                endpoint(packet.dst)))
+    if not mine.packets:  # no capture: what the client's sockets saw
+        peer = endpoint(seen.peer)
+        diagram.messages += [
+            sequence.Message(seen.connect_started, "client", first_hop, "connect(): SYN →", 0,
+                             f"connect() returned after {(seen.connected - seen.connect_started) * 1000:.3f} ms",
+                             "control", endpoint(seen.local), peer),
+            sequence.Message(seen.written, "client", first_hop, f"{plan.method} {plan.path}"[:48], len(seen.request),
+                             "the request, written by sendall()", "data", endpoint(seen.local), peer),
+            sequence.Message(seen.first_byte_at or seen.closed, first_hop, "client",
+                             f"HTTP/1.1 {seen.response.status} {seen.response.reason}", len(seen.response.raw),
+                             seen.response.framing, "data", peer, endpoint(seen.local)),
+            sequence.Message(seen.closed, "client", first_hop, "close()", 0, "this side's close() returned",
+                             "close", endpoint(seen.local), peer)]
+    diagram.messages.sort(key=lambda message: message.time)
+
+    timing = server_timing(seen.response)
+    # nginx's clock for a request starts at its first bytes, after any TLS handshake
+    arrived = next((m.time for m in diagram.messages if m.target == "nginx" and m.size and
+                    (m.kind == "data" or m.label.startswith("TLS application"))), None)
+    if arrived is not None and "edge" in timing:
+        diagram.spans.append(sequence.Span("nginx", arrived, timing["edge"], "nginx (edge)"))
+    reached = next((m.time for m in diagram.messages if m.target == service_lane and m.kind == "data"), None)
+    if service_lane and reached is not None:
+        if "app" in timing:
+            diagram.spans.append(sequence.Span(service_lane, reached, timing["app"], "app"))
+        if "db" in timing:
+            diagram.spans.append(sequence.Span(service_lane, reached, timing["db"], "db, inside the app"))
+    diagram.notes = [f"{program}: {line}" for program, line in story.lines.items()]
+    diagram.notes.append(f"response framing: {seen.response.framing}")
+    return diagram
+
+
+def write_picture(diagram: sequence.Diagram, form: str, out: Path | None, rid: str) -> Path:
+    path = out or ROOT / "reports" / f"{rid}.{form}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(sequence.render(diagram, form))
+    return path
+
+
+def trace(plan: Plan, keep_alive: bool, form: str | None = None, out: Path | None = None) -> int:
     rid = f"trace-{secrets.token_hex(8)}"
     print(f"Tracing {plan.method} {plan.url}   ({plan.mode} stack, request id {rid})")
     try:
@@ -498,7 +645,11 @@ def trace(plan: Plan, keep_alive: bool) -> int:
             capture.wait_for(lambda packets: close_complete(packets, seen.local, seen.peer), timeout=2)
     if seen is None:
         return 1
-    tell(plan, rid, story, seen, capture.snapshot() if capture else [], captured=capture is not None)
+    packets = capture.snapshot() if capture else []
+    tell(plan, rid, story, seen, packets, captured=capture is not None)
+    if form:
+        path = write_picture(diagram_of(plan, rid, story, seen, packets), form, out, rid)
+        print(f"\nThe picture: {path} ({form}: a lane per party, an arrow per packet, time running down)")
     return 0
 
 
@@ -516,10 +667,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-alive", action="store_true", help="no Connection: close; the client closes first")
     parser.add_argument("-X", "--method")
     parser.add_argument("-d", "--data", help="a JSON request body")
+    parser.add_argument("--format", choices=("text", "svg", "html"), default="text",
+                        help="also draw the request as a sequence diagram (text: the story alone)")
+    parser.add_argument("--out", type=Path, help="where the picture goes (default: reports/<request id>.<format>)")
     args = parser.parse_args(argv)
     site = Site.from_env()
     plan = plan_of(args.url, args.method, args.data, site, choose_mode(None, site), args.tls)
-    return trace(plan, args.keep_alive)
+    return trace(plan, args.keep_alive, None if args.format == "text" else args.format, args.out)
 
 
 if __name__ == "__main__":

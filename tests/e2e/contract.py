@@ -549,9 +549,10 @@ class StackContract:
         assert "ss: TIME-WAIT" in result.stdout  # ... and holds the TIME_WAIT
 
     @pytest.mark.skipif(os.geteuid() != 0, reason="capturing packets needs root (CI runs as root)")
-    def test_trace_follows_one_request_through_every_hop(self, stack):
-        result = subprocess.run([sys.executable, "-m", "wire.trace", "/catalog/json"], cwd=ROOT, env=stack.env,
-                                capture_output=True, text=True, timeout=60)
+    def test_trace_follows_one_request_through_every_hop(self, stack, tmp_path):
+        picture = tmp_path / "trace.html"
+        result = subprocess.run([sys.executable, "-m", "wire.trace", "/catalog/json", "--format", "html", "--out",
+                                 str(picture)], cwd=ROOT, env=stack.env, capture_output=True, text=True, timeout=60)
         out = result.stdout
         assert result.returncode == 0 and "Traceback" not in result.stderr, out + result.stderr
         rid = re.search(r"request id (trace-[0-9a-f]+)", out).group(1)
@@ -565,6 +566,18 @@ class StackContract:
         assert "← HTTP/1.1 200 OK" in out and "framing: Content-Length: 27" in out  # 6. the response
         assert re.search(r"FIN-ACK", out) and "nginx sent the first FIN" in out  # 7. the close
         assert "ss: TIME-WAIT" in out
+        # The picture: every packet the story printed (and every other one of those connections), drawn once as an
+        # arrow and listed once in the table, plus the DNS datagrams; lanes for the client, DNS, nginx, the service.
+        page = picture.read_text()
+        told = set(re.findall(r"\+ *([\d.]+ ms) +(\d[\d.]*:\d+) → (\d[\d.]*:\d+) +[A-Z-]+ +seq=", out))
+        listed = re.findall(r'<tr class="packet"><td>\+([\d.]+ ms)</td><td>([^<]+)</td><td>([^<]+)</td>', page)
+        assert len(told) >= 10 and told <= set(listed), told - set(listed)
+        assert page.count('<g class="packet"') == len(listed)
+        # the rest: the same connections' packets the story leaves out (bare ACKs), and DNS over UDP
+        pairs = {frozenset((src, dst)) for _, src, dst in told}
+        assert all(frozenset((src, dst)) in pairs or ":5353" in src + dst for _, src, dst in set(listed) - told)
+        assert re.search(r'data-lane="catalog"', page) and 'data-lane="nginx"' in page and 'data-lane="dns"' in page
+        assert f"rid={rid}" in page  # nginx's access line under the drawing
 
     # ------------------------------------------------------------------ TLS and HTTP/2 at nginx
 

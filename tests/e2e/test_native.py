@@ -304,26 +304,44 @@ class TestNativeStack(StackContract, HttpSemanticsContract, MonitoringContract):
             assert f"ss: TIME-WAIT {stack.site.address(service)}:{service.port} <-> " in result.stdout
 
     @pytest.mark.skipif(os.geteuid() != 0, reason="capturing packets needs root (CI runs as root)")
-    def test_trace_straight_to_a_service_skips_nginx(self, stack):
+    def test_trace_straight_to_a_service_skips_nginx(self, stack, tmp_path):
         web = next(s for s in HTTP_SERVICES if s.name == "web")
         url = f"http://web.{ZONE}:{web.port}/web/json"
-        result = subprocess.run([sys.executable, "-m", "wire.trace", url], cwd=ROOT, env=stack.env,
-                                capture_output=True, text=True, timeout=60)
+        picture = tmp_path / "direct.svg"
+        result = subprocess.run([sys.executable, "-m", "wire.trace", url, "--format", "svg", "--out", str(picture)],
+                                cwd=ROOT, env=stack.env, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stdout + result.stderr
         assert f"A {stack.site.address(web)} TTL 5 s" in result.stdout  # the service's own address, from DNS
         assert "nginx: not on this path" in result.stdout
         assert re.search(r"SYN-ACK +seq=", result.stdout) and "the server sent the first FIN" in result.stdout
+        # The picture: no nginx lane; every packet between the client and web, and the DNS datagrams.
+        lanes = re.findall(r'data-lane="([^"]+)"', picture.read_text())
+        assert lanes == ["client", "dns", "web"], lanes
+        drawn = re.findall(r'<g class="packet" data-time="[\d.]+" data-src="([^"]+)" data-dst="([^"]+)"',
+                           picture.read_text())
+        service = f"{stack.site.address(web)}:{web.port}"
+        with_web = [pair for pair in drawn if service in pair]
+        assert len(with_web) >= 9 and all(":5353" in "".join(pair) for pair in set(drawn) - set(with_web)), drawn
 
     @pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is not installed")
-    def test_trace_without_capture_permission_says_so_and_goes_on(self, stack):
+    def test_trace_without_capture_permission_says_so_and_goes_on(self, stack, tmp_path):
         without_capture = ["setpriv", "--bounding-set=-net_raw"]  # even root cannot open a packet socket then
-        result = subprocess.run([*without_capture, sys.executable, "-m", "wire.trace", "/httpbin/json"], cwd=ROOT,
-                                env=stack.env, capture_output=True, text=True, timeout=60)
+        picture = tmp_path / "uncaptured.svg"
+        result = subprocess.run([*without_capture, sys.executable, "-m", "wire.trace", "/httpbin/json", "--format",
+                                 "svg", "--out", str(picture)], cwd=ROOT, env=stack.env, capture_output=True, text=True,
+                                timeout=60)
         assert result.returncode == 0 and "Traceback" not in result.stderr, result.stdout + result.stderr
         assert "Packets: not visible (capturing packets needs root or CAP_NET_RAW" in result.stdout
         assert "(packets not captured)" in result.stdout
         assert "← HTTP/1.1 200 OK" in result.stdout and "nginx closed first" in result.stdout
         assert re.search(r"access line: .* rid=trace-\w+ rt=", result.stdout)  # the logs still tell their part
+        # the picture draws what the client's sockets saw instead: the DNS question and answer, connect, the
+        # request, the response, close
+        labels = re.findall(r'<g class="packet".*?fill="#[0-9a-f]+">([^<]+)</text></g>', picture.read_text(),
+                            re.DOTALL)
+        assert [label.split(" (")[0].split(" ")[:2] for label in labels] == [
+            ["DNS", "query"], ["DNS", "answer"], ["connect():", "SYN"], ["GET", "/httpbin/json"], ["HTTP/1.1", "200"],
+            ["close()"]], labels
 
     def test_a_second_up_with_a_changed_worker_class_applies_it_one_instance_at_a_time(self, stack):
         """`make up` with WEB_WORKER_CLASS=sync on a running stack used to restart web and silently keep gevent;
