@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
@@ -167,6 +168,28 @@ class MonitoringContract:
             sent = re.search(r"\(sent (page-[0-9a-f]{32})\)", said).group(1)
             assert f"request id {sent} " in said  # nginx and the service kept the page's id
             assert eventually(lambda: sent in stack.logs("nginx"), timeout=10)
+
+            # A request id the reader chose, and the waterfall as drawn: each bar where a person sees it.
+            chosen = "my-trace-" + uuid.uuid4().hex[:8]
+            browser.find_element(By.ID, "follow-rid").send_keys(chosen)
+            browser.find_element(By.ID, "follow-send").click()
+            wait.until(lambda b: f"request id {chosen} (sent {chosen})" in b.find_element(By.ID, "follow-id").text)
+            bars = {row.find_elements(By.TAG_NAME, "td")[1].text: row.find_element(By.CSS_SELECTOR, ".bar").rect
+                    for row in browser.find_elements(By.CSS_SELECTOR, "#follow tr.hop")}
+
+            def inside(inner: str, outer: str) -> bool:  # on screen, within a pixel
+                a, b = bars[inner], bars[outer]
+                return a["x"] >= b["x"] - 1 and a["x"] + a["width"] <= b["x"] + b["width"] + 1
+
+            waiting, edge = bars["request sent → first byte"], bars["edge: request in → response head out"]
+            assert waiting["width"] > 1 and edge["width"] > 1, bars
+            assert inside("edge: request in → response head out", "request sent → first byte"), bars
+            assert inside("waiting for the service's head", "edge: request in → response head out"), bars
+            assert inside("the app's own time", "waiting for the service's head"), bars
+            assert inside("the database, inside the app's time", "the app's own time"), bars
+            after = bars["first byte → last byte"]
+            assert abs(after["x"] - (waiting["x"] + waiting["width"])) <= 1, bars  # the body follows the first byte
+            assert eventually(lambda: f"rid={chosen} " in stack.logs("nginx"), timeout=10)
 
     def test_the_landing_page_comes_over_http2_in_chromium(self, stack):
         """The HTTPS port in a browser. The stack's CA is in no browser's store here, so Chromium is told to accept
