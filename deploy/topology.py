@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -170,6 +171,14 @@ def postgres_url(host: str, port: int, database: str = POSTGRES_DATABASE) -> str
 
 
 SERVICES: tuple[Service, ...] = (*HTTP_SERVICES, *STREAM_SERVICES, DNS)
+
+
+def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
+    """A port nothing is bound to on `host` right now (the kernel's pick), for a stack, benchmark or test started
+    beside the default one. Another process may take it before it is used: callers bind it soon."""
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
 def service(name: str) -> Service:

@@ -12,13 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.topology import Site
-
-
-def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+from deploy.topology import Site, free_port
 
 
 def free_tcp_udp_port(host: str = "127.0.0.1") -> int:

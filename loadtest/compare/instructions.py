@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from deploy.topology import ROOT
+from deploy.topology import ROOT, free_port
 from loadtest.compare import wrk
 
 VARIANTS = ("bare", "bare+log", "httpbin", "httpbin+log")
@@ -49,12 +49,6 @@ app = bare_app() if variant.startswith("bare") else create_app(database)
 log = {"access_log_class": AccessLogger} if variant.endswith("+log") else {"access_log": None}
 web.run_app(app, host="127.0.0.1", port=port, keepalive_timeout=75, print=None, **log)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def send(port: int, path: str, count: int, connections: int = 1) -> None:

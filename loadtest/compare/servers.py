@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,18 +15,23 @@ from pathlib import Path
 import psutil
 
 from deploy import render, tls
-from deploy.topology import HTTP_SERVICES, ROOT, STREAM_SERVICES, WEB_SERVERS, Site, WebServer, service
+from deploy.topology import (
+    HTTP_SERVICES,
+    ROOT,
+    STREAM_SERVICES,
+    WEB_SERVERS,
+    Site,
+    WebServer,
+    free_port,
+    service,
+)
 from loadtest.compare.matrix import CORES, Config
+from services.common.http import CLIENT_TIMEOUT_S
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-# Above nginx's upstream keepalive_timeout (60 s), like web's own config; quiet, so logs don't cost throughput.
-GUNICORN_OPTIONS = ("--keep-alive", "75", "--log-level", "warning")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+# Above nginx's upstream keepalive_timeout (render.UPSTREAM_IDLE_S), as in web's own config; quiet, so logs don't
+# cost throughput.
+GUNICORN_OPTIONS = ("--keep-alive", str(CLIENT_TIMEOUT_S), "--log-level", "warning")
 
 
 BARE_FLASK_APP = "loadtest.bare.flask_app:app"

@@ -38,8 +38,9 @@ MAX_ID = 2**53 - 1  # the largest id anything here hands out or takes: exact in 
 MAX_REQUEST_BODY_BYTES = 1024 * 1024
 
 # Seconds a service waits on a silent client: an idle keep-alive connection, an unfinished request head, each
-# wait for more of a body (then 408 and close). Longer than nginx's upstream keepalive_timeout (4 s), so nginx
-# always closes an idle pooled connection first and never sends a request on one a service is closing.
+# wait for more of a body (then 408 and close). Longer than nginx's upstream keepalive_timeout
+# (deploy/render.py's UPSTREAM_IDLE_S), so nginx always closes an idle pooled connection first and never sends a
+# request on one a service is closing.
 CLIENT_TIMEOUT_S = 75
 CLIENT_TIMEOUT_ENV = "STACK_CLIENT_TIMEOUT_S"  # shortens it: the slow-client tests of each service's own port
 

@@ -14,7 +14,6 @@ SQLite needs none of this: each service makes its tables in its own file when it
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 
@@ -34,10 +33,6 @@ def statements(service: topology.Service) -> tuple[str, ...]:
     return schema.TABLES[service.name]
 
 
-def schema_digest(service: topology.Service) -> str:
-    """What a run records for the service, and what the service checks before it serves (db.Postgres)."""
-    words = db.DDL_WORDS["postgres"]
-    return hashlib.sha256("\n".join(s.format(**words) for s in statements(service)).encode()).hexdigest()
 
 
 def ensure_database(url: str) -> None:
@@ -67,7 +62,7 @@ async def migrate_service(url: str, service: topology.Service) -> str:
                 await conn.execute("CREATE EXTENSION IF NOT EXISTS citext SCHEMA public")
                 await conn.execute(RECORD)
                 await database.apply_schema(ddl)
-                digest = schema_digest(service)
+                digest = schema.digest(service.name)
                 await conn.execute("INSERT INTO public.stack_migrations (service, schema_sha256) VALUES (?, ?) "
                                    "ON CONFLICT DO NOTHING", (service.name, digest))
             finally:
