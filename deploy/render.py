@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.topology import (
@@ -241,6 +242,132 @@ def _edge_errors(codes: list[int]) -> str:
             "        }\n")
 
 
+@dataclass
+class EdgeValues:
+    """What differs between the modes' nginx configs: how upstreams are found, where files and logs go."""
+
+    resolver: str
+    upstream_blocks: str
+    prometheus: str  # Prometheus's server line, proxied for the landing page
+    stream_upstreams: str
+    stream_servers: str
+    values: dict[str, str]
+
+
+def _orchestrated_edge(mode: str, servers: Mapping[str, WebServer], uwsgi: set[str],
+                       upstreams: Mapping[str, Sequence[str]] | None) -> EdgeValues:
+    """Compose's and Kubernetes's: every upstream a name in the platform's DNS, re-resolved while running."""
+    # Upstreams named in the stack's zone and re-resolved while running (`resolve`, nginx >= 1.27.3): a
+    # recreated container with a new address is reached without a reload.
+    # Compose: nginx asks the stack's DNS server, which answers each name with what Docker's DNS says of the
+    # Compose service (every replica) minus the addresses the Compose driver withholds: replicas it is about
+    # to stop leave nginx's peers while they still serve (Docker's DNS drops a container only as its address
+    # disappears, and a connect to a vanished address hangs until its timeout). nginx looks the server's own
+    # name up once, as it starts (docker-compose.yml gives the server that name as a network alias); `make up`
+    # reloads nginx when it recreated the server elsewhere.
+    # Every 10 s, not 2: each change of the answer starts a new peer list, and a request whose attempt was
+    # failing while it changed is not retried on the other replica (nginx: a request keeps its peer list's
+    # generation). A killed container vanishes from Docker's answer for a moment as it restarts in place;
+    # polled every 2 s that moment was seen often enough to cost requests a 504.
+    # Kubernetes: the same, through the cluster's DNS, each HTTP service a headless Service (every pod's
+    # address, as Docker's DNS answers every replica's).
+    dns, host = ((f"{DNS.name}.{ZONE}:{DNS.port}", f"{{}}.{ZONE}") if mode == "compose"
+                 else (KUBERNETES_DNS, f"{{}}.{KUBERNETES_NAMESPACE}.svc.cluster.local"))
+    resolver = f"    resolver {dns} valid={COMPOSE_RESOLVE_S}s ipv6=off;\n    resolver_timeout 2s;\n"
+    # One name, every replica: the DNS answers each replica's address and nginx balances over them.
+    if upstreams:
+        raise ValueError(f"{mode}'s upstreams are its services, found through its DNS")
+    upstream_blocks = "".join(
+        _upstream(s.name, [f"{host.format(s.name)}:{WEB_UWSGI_PORT if s.name in uwsgi else s.port} resolve"],
+                  keepalive=_pooled(s.name, servers)) for s in HTTP_SERVICES)
+    prometheus = f"{host.format(PROMETHEUS.name)}:{PROMETHEUS.port} resolve"  # none until MONITORING=1: a 502
+    stream_upstreams = "".join(_stream_upstream(s, f"{host.format(s.name)}:{s.port} resolve")
+                               for s in STREAM_SERVICES)
+    stream_servers = "".join(_stream_server(s, str(s.public_port)) for s in STREAM_SERVICES)
+    values = {
+        "LOAD_MODULES": f"include {COMPOSE_MODULES_CONF};",
+        "USER": "",  # the image runs nginx as a non-root user
+        "LISTEN": str(NGINX_PORT),
+        "PID_FILE": "/tmp/nginx.pid",
+        "ERROR_LOG": "stderr",
+        "ACCESS_LOG": "/dev/stdout",
+        "STREAM_ACCESS_LOG": "/dev/stdout",
+        "TEMP_DIR": "/tmp",  # a tmpfs in Compose (the root filesystem is read-only)
+        "STATIC_ROOT": "/srv/stack/static",
+        "PROXY_BIND": "",  # the services know nginx by name (services/common/proxy.py)
+        "SERVER_NAMES": f"localhost 127.0.0.1 nginx {ZONE} nginx.{ZONE}",
+        "STATUS_LISTEN": str(NGINX_STATUS_PORT),
+        # The exporter's address is not known in advance: the private ranges container networks use.
+        "STATUS_ALLOW": "".join(f"            allow {net};\n" for net in (
+            "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")),
+        # Both images carry nginx >= 1.27.3 (`resolve` above needs it).
+        **tls_values(str(NGINX_TLS_PORT), *(COMPOSE_TLS if mode == "compose" else KUBERNETES_TLS),
+                     version=HTTP2_DIRECTIVE_SINCE),
+    }
+    return EdgeValues(resolver, upstream_blocks, prometheus, stream_upstreams, stream_servers, values)
+
+
+def _native_edge(site: Site, servers: Mapping[str, WebServer], uwsgi: set[str],
+                 upstreams: Mapping[str, Sequence[str]] | None) -> EdgeValues:
+    """Local processes: every instance on its own loopback address, files under the site's var/."""
+    resolver = ""
+    if upstreams is None:
+        upstreams = {s.name: [f"{address}:{WEB_UWSGI_PORT}" for address in site.instance_addresses(s)]
+                     if s.name in uwsgi else list(site.instances(s).values()) for s in HTTP_SERVICES}
+    upstream_blocks = "".join(_upstream(name, list(addresses), keepalive=_pooled(name, servers))
+                              for name, addresses in upstreams.items())
+    prometheus = f"{site.address(PROMETHEUS)}:{PROMETHEUS.port}"
+    stream_upstreams = "".join(_stream_upstream(s, f"{site.address(s)}:{s.port}") for s in STREAM_SERVICES)
+    stream_servers = "".join(
+        _stream_server(s, f"{site.public_host}:{site.public_port_of(s)}") for s in STREAM_SERVICES
+    )
+    values = {
+        "LOAD_MODULES": f"include {site.var / 'run' / 'modules.conf'};",  # render_native writes it
+        "USER": user_directive(),
+        "LISTEN": f"{site.public_host}:{site.public_port}",
+        "PID_FILE": str(site.var / "run" / "nginx.pid"),
+        "ERROR_LOG": str(site.var / "log" / "nginx-error.log"),
+        "ACCESS_LOG": str(site.var / "log" / "nginx-access.log"),
+        "STREAM_ACCESS_LOG": str(site.var / "log" / "nginx-stream.log"),
+        "TEMP_DIR": str(site.var / "nginx"),
+        "STATIC_ROOT": str(ROOT / "nginx" / "static"),
+        # Upstream connections leave from nginx's own address, which the services trust for X-Forwarded-*
+        # and X-Real-IP (services/common/proxy.py); anything else connecting to them comes from elsewhere.
+        "PROXY_BIND": f"    proxy_bind {site.address(NGINX)};\n    uwsgi_bind {site.address(NGINX)};\n",
+        "SERVER_NAMES": " ".join(
+            dict.fromkeys(["localhost", "127.0.0.1", site.public_host, ZONE, f"nginx.{ZONE}"])
+        ),
+        **tls_values(f"{site.public_host}:{site.tls_port}", str(site.tls.certificate), str(site.tls.key),
+                     nginx_version()),
+        "STATUS_LISTEN": f"{site.address(NGINX)}:{NGINX_STATUS_PORT}",
+        # The exporter connects from 127.0.0.1 whatever its own address (the kernel picks the source): loopback.
+        "STATUS_ALLOW": "            allow 127.0.0.0/8;\n",
+    }
+    return EdgeValues(resolver, upstream_blocks, prometheus, stream_upstreams, stream_servers, values)
+
+
+def _locations(routes: Mapping[str, str], servers: Mapping[str, WebServer], monitoring_api: bool) -> str:
+    """Every proxied location: one per route prefix, the rate-limited exact paths, and Prometheus's query API."""
+    # Prefix locations ending in "/" also redirect the bare prefix (/web -> /web/) with a 301.
+    writes = f"            limit_req zone=writes burst={WRITE_BURST} nodelay;\n"
+    locations = "".join(
+        f"\n        location {prefix} {{\n{writes}            {_pass(name, servers)}\n        }}\n"
+        for prefix, name in routes.items()
+    )
+    locations += "".join(
+        f"\n        location = {path} {{\n            limit_req zone={zone} burst={burst} nodelay;\n{writes}"
+        f"            {_pass(upstream, servers)}\n        }}\n"
+        for path, (upstream, zone, burst) in RATE_LIMITED.items() if upstream in routes.values()
+    )
+    if monitoring_api:
+        # Read-only: GET (and HEAD) of the query API, nothing of Prometheus's UI or admin; limited like /cpu.
+        locations += (f"\n        location {PROMETHEUS_API} {{\n"
+                      "            limit_except GET {\n                deny all;\n            }\n"
+                      f"            limit_req zone=expensive burst={EXPENSIVE_BURST} nodelay;\n"
+                      f"            proxy_pass http://{PROMETHEUS.name};\n        }}\n")
+    return locations
+
+
 def nginx_conf(mode: str, site: Site | None = None, *, upstreams: Mapping[str, Sequence[str]] | None = None,
                routes: Mapping[str, str] | None = None, overrides: Mapping[str, str] | None = None,
                servers: Mapping[str, WebServer] | None = None) -> str:
@@ -256,119 +383,27 @@ def nginx_conf(mode: str, site: Site | None = None, *, upstreams: Mapping[str, S
     monitoring_api = routes is None and mode in MODES
     routes = routes if routes is not None else {s.prefix: s.name for s in HTTP_SERVICES if s.prefix}
     if mode in ("compose", "kubernetes"):
-        # Upstreams named in the stack's zone and re-resolved while running (`resolve`, nginx >= 1.27.3): a
-        # recreated container with a new address is reached without a reload.
-        # Compose: nginx asks the stack's DNS server, which answers each name with what Docker's DNS says of the
-        # Compose service (every replica) minus the addresses the Compose driver withholds: replicas it is about
-        # to stop leave nginx's peers while they still serve (Docker's DNS drops a container only as its address
-        # disappears, and a connect to a vanished address hangs until its timeout). nginx looks the server's own
-        # name up once, as it starts (docker-compose.yml gives the server that name as a network alias); `make up`
-        # reloads nginx when it recreated the server elsewhere.
-        # Every 10 s, not 2: each change of the answer starts a new peer list, and a request whose attempt was
-        # failing while it changed is not retried on the other replica (nginx: a request keeps its peer list's
-        # generation). A killed container vanishes from Docker's answer for a moment as it restarts in place;
-        # polled every 2 s that moment was seen often enough to cost requests a 504.
-        # Kubernetes: the same, through the cluster's DNS, each HTTP service a headless Service (every pod's
-        # address, as Docker's DNS answers every replica's).
-        dns, host = ((f"{DNS.name}.{ZONE}:{DNS.port}", f"{{}}.{ZONE}") if mode == "compose"
-                     else (KUBERNETES_DNS, f"{{}}.{KUBERNETES_NAMESPACE}.svc.cluster.local"))
-        resolver = f"    resolver {dns} valid={COMPOSE_RESOLVE_S}s ipv6=off;\n    resolver_timeout 2s;\n"
-        # One name, every replica: the DNS answers each replica's address and nginx balances over them.
-        if upstreams:
-            raise ValueError(f"{mode}'s upstreams are its services, found through its DNS")
-        upstream_blocks = "".join(
-            _upstream(s.name, [f"{host.format(s.name)}:{WEB_UWSGI_PORT if s.name in uwsgi else s.port} resolve"],
-                      keepalive=_pooled(s.name, servers)) for s in HTTP_SERVICES)
-        prometheus = f"{host.format(PROMETHEUS.name)}:{PROMETHEUS.port} resolve"  # none until MONITORING=1: a 502
-        stream_upstreams = "".join(_stream_upstream(s, f"{host.format(s.name)}:{s.port} resolve")
-                                   for s in STREAM_SERVICES)
-        stream_servers = "".join(_stream_server(s, str(s.public_port)) for s in STREAM_SERVICES)
-        values = {
-            "LOAD_MODULES": f"include {COMPOSE_MODULES_CONF};",
-            "USER": "",  # the image runs nginx as a non-root user
-            "LISTEN": str(NGINX_PORT),
-            "PID_FILE": "/tmp/nginx.pid",
-            "ERROR_LOG": "stderr",
-            "ACCESS_LOG": "/dev/stdout",
-            "STREAM_ACCESS_LOG": "/dev/stdout",
-            "TEMP_DIR": "/tmp",  # a tmpfs in Compose (the root filesystem is read-only)
-            "STATIC_ROOT": "/srv/stack/static",
-            "PROXY_BIND": "",  # the services know nginx by name (services/common/proxy.py)
-            "SERVER_NAMES": f"localhost 127.0.0.1 nginx {ZONE} nginx.{ZONE}",
-            "STATUS_LISTEN": str(NGINX_STATUS_PORT),
-            # The exporter's address is not known in advance: the private ranges container networks use.
-            "STATUS_ALLOW": "".join(f"            allow {net};\n" for net in (
-                "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")),
-            # Both images carry nginx >= 1.27.3 (`resolve` above needs it).
-            **tls_values(str(NGINX_TLS_PORT), *(COMPOSE_TLS if mode == "compose" else KUBERNETES_TLS),
-                         version=HTTP2_DIRECTIVE_SINCE),
-        }
+        edge = _orchestrated_edge(mode, servers, uwsgi, upstreams)
     elif mode == "native":
-        resolver = ""
-        if upstreams is None:
-            upstreams = {s.name: [f"{address}:{WEB_UWSGI_PORT}" for address in site.instance_addresses(s)]
-                         if s.name in uwsgi else list(site.instances(s).values()) for s in HTTP_SERVICES}
-        upstream_blocks = "".join(_upstream(name, list(addresses), keepalive=_pooled(name, servers))
-                                  for name, addresses in upstreams.items())
-        prometheus = f"{site.address(PROMETHEUS)}:{PROMETHEUS.port}"
-        stream_upstreams = "".join(_stream_upstream(s, f"{site.address(s)}:{s.port}") for s in STREAM_SERVICES)
-        stream_servers = "".join(
-            _stream_server(s, f"{site.public_host}:{site.public_port_of(s)}") for s in STREAM_SERVICES
-        )
-        values = {
-            "LOAD_MODULES": f"include {site.var / 'run' / 'modules.conf'};",  # render_native writes it
-            "USER": user_directive(),
-            "LISTEN": f"{site.public_host}:{site.public_port}",
-            "PID_FILE": str(site.var / "run" / "nginx.pid"),
-            "ERROR_LOG": str(site.var / "log" / "nginx-error.log"),
-            "ACCESS_LOG": str(site.var / "log" / "nginx-access.log"),
-            "STREAM_ACCESS_LOG": str(site.var / "log" / "nginx-stream.log"),
-            "TEMP_DIR": str(site.var / "nginx"),
-            "STATIC_ROOT": str(ROOT / "nginx" / "static"),
-            # Upstream connections leave from nginx's own address, which the services trust for X-Forwarded-*
-            # and X-Real-IP (services/common/proxy.py); anything else connecting to them comes from elsewhere.
-            "PROXY_BIND": f"    proxy_bind {site.address(NGINX)};\n    uwsgi_bind {site.address(NGINX)};\n",
-            "SERVER_NAMES": " ".join(
-                dict.fromkeys(["localhost", "127.0.0.1", site.public_host, ZONE, f"nginx.{ZONE}"])
-            ),
-            **tls_values(f"{site.public_host}:{site.tls_port}", str(site.tls.certificate), str(site.tls.key),
-                         nginx_version()),
-            "STATUS_LISTEN": f"{site.address(NGINX)}:{NGINX_STATUS_PORT}",
-            # The exporter connects from 127.0.0.1 whatever its own address (the kernel picks the source): loopback.
-            "STATUS_ALLOW": "            allow 127.0.0.0/8;\n",
-        }
+        edge = _native_edge(site, servers, uwsgi, upstreams)
     else:
         raise ValueError(f"unknown mode {mode!r}; expected one of {RENDER_TARGETS}")
-    # Prefix locations ending in "/" also redirect the bare prefix (/web -> /web/) with a 301.
-    writes = f"            limit_req zone=writes burst={WRITE_BURST} nodelay;\n"
-    locations = "".join(
-        f"\n        location {prefix} {{\n{writes}            {_pass(name, servers)}\n        }}\n"
-        for prefix, name in routes.items()
-    )
-    locations += "".join(
-        f"\n        location = {path} {{\n            limit_req zone={zone} burst={burst} nodelay;\n{writes}"
-        f"            {_pass(upstream, servers)}\n        }}\n"
-        for path, (upstream, zone, burst) in RATE_LIMITED.items() if upstream in routes.values()
-    )
-    if monitoring_api:
-        upstream_blocks += _upstream(PROMETHEUS.name, [prometheus])
-        # Read-only: GET (and HEAD) of the query API, nothing of Prometheus's UI or admin; limited like /cpu.
-        locations += (f"\n        location {PROMETHEUS_API} {{\n"
-                      "            limit_except GET {\n                deny all;\n            }\n"
-                      f"            limit_req zone=expensive burst={EXPENSIVE_BURST} nodelay;\n"
-                      f"            proxy_pass http://{PROMETHEUS.name};\n        }}\n")
+    values = edge.values
+    upstream_blocks = edge.upstream_blocks + (_upstream(PROMETHEUS.name, [edge.prometheus]) if monitoring_api else "")
+    locations = _locations(routes, servers, monitoring_api)
     values.update(WEBSOCKET_PATHS=", ".join(WEBSOCKET_PATHS),
                   WEBSOCKET_MAP="".join(f'        "~*^websocket:{re.escape(path)}$" "websocket";\n'
                                         for path in WEBSOCKET_PATHS))
     values.update(EXPENSIVE_RATE=EXPENSIVE_RATE, WRITE_RATE=WRITE_RATE, LIMITS=LIMITS,
                   CONNECTIONS_PER_CLIENT=str(CONNECTIONS_PER_CLIENT))
     values.update(EDGE_HEADERS=edge_headers(8), LOCATION_EDGE_HEADERS=edge_headers(12), STATUS_PATH=NGINX_STATUS_PATH)
-    values.update(RESOLVER=resolver, UPSTREAMS=upstream_blocks, LOCATIONS=locations, PROBLEM_TITLES=_problem_titles(),
+    values.update(RESOLVER=edge.resolver, UPSTREAMS=upstream_blocks, LOCATIONS=locations,
+                  PROBLEM_TITLES=_problem_titles(),
                   EDGE_ERRORS=_edge_errors(list(EDGE_ERRORS)),
                   # The catch-all servers answer only what they cannot parse; 404 there means "no answer".
                   DEFAULT_SERVERS=_default_server(values["LISTEN"], "", values["ACCESS_LOG"]) + "\n"
                   + _default_server(values["TLS_LISTEN"], values["HTTP2"], values["ACCESS_LOG"]),
-                  STREAM_UPSTREAMS=stream_upstreams, STREAM_SERVERS=stream_servers)
+                  STREAM_UPSTREAMS=edge.stream_upstreams, STREAM_SERVERS=edge.stream_servers)
     values.update(overrides or {})
     return _fill(NGINX_TEMPLATE.read_text(), values)
 
