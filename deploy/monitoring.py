@@ -24,7 +24,7 @@ import argparse
 import json
 from pathlib import Path
 
-from deploy.topology import (
+from stack.topology import (
     HTTP_SERVICES,
     NGINX,
     NGINX_EXPORTER,

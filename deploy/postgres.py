@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from deploy.topology import POSTGRES_ROLE
+from stack.topology import POSTGRES_ROLE
 
 SYSTEM_USER = "postgres"  # Debian's package makes it; the cluster runs as it when we are root
 

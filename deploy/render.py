@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.topology import (
+from stack.topology import (
     DNS,
     HTTP_SERVICES,
     MONITORING_SERVICES,

@@ -25,7 +25,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from deploy import postgres, procs, tls, topology
+from deploy import postgres, procs, tls
 from deploy.render import (
     MODES,
     NGINX_RESOLVES_WITHIN_S,
@@ -34,7 +34,9 @@ from deploy.render import (
     UPSTREAM_FAIL_TIMEOUT_S,
     render_native,
 )
-from deploy.topology import (
+from stack import credentials, topology
+from stack.healthcheck import check
+from stack.topology import (
     DNS,
     HTTP_SERVICES,
     NGINX,
@@ -48,8 +50,6 @@ from deploy.topology import (
     Site,
     format_scale,
 )
-from services.common import credentials
-from services.common.healthcheck import check
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 POSTGRES_OVERLAY = ROOT / "deploy" / "compose.postgres.yml"  # STORE=postgres: added to COMPOSE_FILE

@@ -32,8 +32,8 @@ from typing import Any
 from deploy import tls
 from deploy.render import NGINX_RESOLVES_WITHIN_S
 from deploy.stack import COMPOSE_FILE, Compose, base_images, compose_command
-from deploy.topology import HTTP_SERVICES, ROOT, Site
-from services.common import credentials
+from stack import credentials
+from stack.topology import HTTP_SERVICES, ROOT, Site
 
 NETWORK = "stack"
 STOP_DELAY_S = NGINX_RESOLVES_WITHIN_S  # until nginx has asked again

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from deploy.topology import ZONE, Site, TlsFiles
+from stack.topology import ZONE, Site, TlsFiles
 
 CA_DAYS = 10 * 365
 # Browsers refuse server certificates valid for longer than 398 days (CA/Browser Forum), local CAs included.

@@ -22,12 +22,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from deploy.topology import ROOT
 from iolab import report
 from iolab.protocol import raise_fd_limit
 from iolab.servers import BY_NAME, LAB_SERVERS, LabServer
 from loadtest.compare.servers import Running
 from loadtest.reporting import finish, machine, progress, report_dir
+from stack.topology import ROOT
 
 IDLE_HEAVY, ACTIVE, SIZES = "idle-heavy", "active", "sizes"
 ACTIVE_SHARE = 0.01  # the idle-heavy mix: 1% of the connections send, the rest only stay open

@@ -30,9 +30,9 @@ import psutil
 from rich.console import Console
 
 from deploy import procs
-from deploy.topology import DNS, HTTP_SERVICES, ROOT, STREAM_SERVICES, Service, Site
 from iolab.protocol import raise_fd_limit
 from loadtest.compare.servers import free_port
+from stack.topology import DNS, HTTP_SERVICES, ROOT, STREAM_SERVICES, Service, Site
 
 # The calls a process blocks in: readiness waits, io_uring, and the other ways to sleep (a thread on a lock or
 # the GIL: futex; a process waiting for signals: rt_sigsuspend/rt_sigtimedwait; a timer: clock_nanosleep).

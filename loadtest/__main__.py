@@ -5,7 +5,7 @@
     python -m loadtest compare [--quick]                     worker classes and frameworks side by side
     python -m loadtest soak [--minutes 10 --users 100]       the mix for a while: failures, p99, RSS growth
 
-The stack's address comes from deploy/topology.py (STACK_HOST, STACK_PORT). In Compose mode the UI runs as
+The stack's address comes from stack/topology.py (STACK_HOST, STACK_PORT). In Compose mode the UI runs as
 the `load` profile's containers (a master and N workers) instead.
 """
 
@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 from deploy.stack import COMPOSE_FILE, Compose, choose_mode, compose_command, driver
-from deploy.topology import HTTP_SERVICES, LOCUST_UI_PORT, ROOT, Site
+from stack.topology import HTTP_SERVICES, LOCUST_UI_PORT, ROOT, Site
 
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
 UI_HOST, UI_PORT = "127.0.0.1", LOCUST_UI_PORT

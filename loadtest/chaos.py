@@ -32,9 +32,9 @@ from pathlib import Path
 
 from deploy import procs
 from deploy.stack import Compose, Native, choose_mode, driver
-from deploy.topology import HTTP_SERVICES, ROOT, Site
 from loadtest import reload_window
 from loadtest.__main__ import locust_env
+from stack.topology import HTTP_SERVICES, ROOT, Site
 
 REPORTS = ROOT / "reports"
 MIX = ("CatalogBrowser", "Shopper", "HttpbinCaller")

@@ -24,12 +24,12 @@ from pathlib import Path
 import gevent
 from locust import FastHttpUser, between, events, tag, task
 
-from deploy.topology import service
+from stack.topology import service
 
 log = logging.getLogger("loadtest")
 JSON = {"Content-Type": "application/json"}
 WEB, CATALOG, HTTPBIN = (service(name).route_prefix for name in ("web", "catalog", "httpbin"))
-# Creating catalog items takes the operator's credential (services/common/credentials.py; `make up` makes it).
+# Creating catalog items takes the operator's credential (stack/credentials.py; `make up` makes it).
 _OPERATOR_TOKEN = Path(os.environ.get("STACK_SECRETS", "var/secrets"), "catalog_operator")
 OPERATOR = {"Authorization": f"Bearer {_OPERATOR_TOKEN.read_text().strip()}"} if _OPERATOR_TOKEN.exists() else {}
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from deploy.stack import choose_mode, driver
-from deploy.topology import Site
+from stack.topology import Site
 
 UNANSWERED = "unanswered on a reused connection"  # the request was sent; no byte came back, the peer closed
 

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402,F401 - re-exported for the harness
 from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 
-from deploy.topology import ROOT  # noqa: E402
+from stack.topology import ROOT  # noqa: E402
 
 REPORTS = ROOT / "reports"
 CORES = os.cpu_count() or 1

@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from deploy import postgres
-from deploy.topology import HTTP_SERVICES, ROOT, Site, format_scale
 from loadtest.compare.servers import Running, free_port
 from loadtest.compare.wrk import CONNECTIONS, WRK, parse_wrk
 from loadtest.reporting import finish, fmt, machine, markdown_table, plt, report_dir
+from stack.topology import HTTP_SERVICES, ROOT, Site, format_scale
 
 NET = "127.0.43"
 T = TypeVar("T")

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import requests
 
-from deploy.topology import STORES, Site
 from loadtest.compare.servers import free_port
 from loadtest.compare.wrk import CONNECTIONS, WRK
 from loadtest.reporting import fmt, machine, markdown_table, report_dir
 from loadtest.scaling import WARMUP_S, on_fresh_stacks, program_tree, wrk
-from services.common import credentials
+from stack import credentials
+from stack.topology import STORES, Site
 
 NET = "127.0.44"
 # Each request PUTs one of 64 keys with a body that alternates: every one is a real update, in a bounded table.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.topology import Site, free_port
+from stack.topology import Site, free_port
 
 
 def free_tcp_udp_port(host: str = "127.0.0.1") -> int:

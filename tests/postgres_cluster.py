@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from deploy import postgres
-from deploy.topology import POSTGRES_ROLE
+from stack.topology import POSTGRES_ROLE
 
 HOST = "127.0.0.1"
 TEMPLATE = "stack_template"

@@ -13,8 +13,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy import topology
-from deploy.topology import HTTP_SERVICES, ROOT, WEB_SERVERS
+from stack import topology
+from stack.topology import HTTP_SERVICES, ROOT, WEB_SERVERS
 from tests.conftest import free_port
 
 # The registry's launch command of each HTTP service, web once per WSGI server (name -> (service, environment)),

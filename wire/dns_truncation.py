@@ -23,7 +23,7 @@ import dns.query
 import dns.rdatatype
 
 from deploy.stack import choose_mode
-from deploy.topology import ZONE, Site
+from stack.topology import ZONE, Site
 
 
 def describe(reply: dns.message.Message) -> str:

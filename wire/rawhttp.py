@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import h11
 
-from deploy.topology import Site
+from stack.topology import Site
 
 USER_AGENT = "stack-rawhttp/1"
 CRLF = b"\r\n"

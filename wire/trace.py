@@ -45,7 +45,7 @@ import dns.query
 import dns.rcode
 
 from deploy.stack import choose_mode, driver
-from deploy.topology import HTTP_SERVICES, NGINX_PORT, ROOT, WEB_SERVERS, WEB_UWSGI_PORT, ZONE, Service, Site
+from stack.topology import HTTP_SERVICES, NGINX_PORT, ROOT, WEB_SERVERS, WEB_UWSGI_PORT, ZONE, Service, Site
 from wire import sequence, uwsgi
 from wire.capture import ACK, FIN, RST, SYN, Capture, CaptureUnavailable, Packet
 from wire.rawhttp import (

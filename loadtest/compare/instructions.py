@@ -30,8 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from deploy.topology import ROOT, free_port
 from loadtest.compare import wrk
+from stack.topology import ROOT, free_port
 
 VARIANTS = ("bare", "bare+log", "httpbin", "httpbin+log")
 # As many connections as `make compare`'s wrk: the event loop then handles several requests per wakeup, and its

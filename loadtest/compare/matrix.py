@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from deploy.topology import service
+from stack.topology import service
 
 CORES = os.cpu_count() or 1
 IO_MS = 50
@@ -53,7 +53,7 @@ BARE_ENDPOINTS = ("plaintext", "json")
 
 def _web(name: str, server: str, worker_class: str, workers: int, threads: int = 1, bare: bool = False,
          endpoints: tuple[str, ...] = ("plaintext", "json", "io", "cpu")) -> Config:
-    """web (or the bare Flask app) under `server` (deploy/topology.py: WEB_SERVERS) and an IO model. Its label
+    """web (or the bare Flask app) under `server` (stack/topology.py: WEB_SERVERS) and an IO model. Its label
     names the server, the model and processes x threads; slots are the waits it can hold at once (None: an
     event loop)."""
     program = {"gunicorn": "gunicorn", "uwsgi": "uWSGI", "uwsgi-http": "uWSGI", "granian": "granian"}[server]

@@ -22,13 +22,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
-from deploy.topology import ROOT, Site
 from loadtest.compare import drivers, report, servers
 from loadtest.compare.matrix import Cell, expand, io_ceiling
 from loadtest.compare.wrk import CONNECTIONS as WRK_CONNECTIONS
 from loadtest.compare.wrk import WRK
 from loadtest.reporting import finish, machine, report_dir
 from loadtest.reporting import progress as progress_bar
+from stack.topology import ROOT, Site
 
 
 @dataclass(frozen=True)

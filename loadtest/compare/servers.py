@@ -15,7 +15,9 @@ from pathlib import Path
 import psutil
 
 from deploy import render, tls
-from deploy.topology import (
+from loadtest.compare.matrix import CORES, Config
+from services.common.http import CLIENT_TIMEOUT_S
+from stack.topology import (
     HTTP_SERVICES,
     ROOT,
     STREAM_SERVICES,
@@ -25,8 +27,6 @@ from deploy.topology import (
     free_port,
     service,
 )
-from loadtest.compare.matrix import CORES, Config
-from services.common.http import CLIENT_TIMEOUT_S
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 # Above nginx's upstream keepalive_timeout (render.UPSTREAM_IDLE_S), as in web's own config; quiet, so logs don't

@@ -13,9 +13,9 @@ import tornado.iostream
 import tornado.netutil
 import tornado.process
 
-from deploy import topology
 from services.catalog.app import DRAIN, make_app
 from services.common import drain, http, metrics
+from stack import topology
 
 # What Tornado writes, then closes, for bytes it cannot parse as a request (http1connection.py: _read_message).
 TORNADOS_BARE_400 = b"HTTP/1.1 400 Bad Request\r\n\r\n"

@@ -16,12 +16,12 @@ import tornado.web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from tornado.iostream import StreamClosedError
 
-from deploy import topology
 from services.catalog.openapi import OPENAPI
 from services.catalog.store import SERVICE, Items, validate
-from services.common import accesslog, credentials, drain, http, metrics, proxy, semantics, stack_dns, timing
+from services.common import accesslog, drain, http, metrics, proxy, semantics, stack_dns, timing
 from services.common.idempotency import HEADER as IDEMPOTENCY_KEY
 from services.common.idempotency import Record, StoredResponse, fingerprint, run_once
+from stack import credentials, topology
 
 PREFIX = topology.service("catalog").route_prefix
 DRAIN = drain.Drain()  # this process's requests in flight, for a graceful stop (services/common/drain.py)
@@ -222,7 +222,7 @@ WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 class ItemsBase(BaseHandler):
-    """Reads are open to anyone; a change needs a credential (services/common/credentials.py): the operator's
+    """Reads are open to anyone; a change needs a credential (stack/credentials.py): the operator's
     for anything, web's only for an item's stock (what placing an order does)."""
 
     principal: str | None = None

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from deploy.topology import service
 from services.common import openapi as oa
 from services.common.http import MAX_ID
 from services.common.semantics import MERGE_PATCH_JSON
+from stack.topology import service
 
 ITEM_FIELDS = {
     "name": {"type": "string", "minLength": 1, "maxLength": 200},

@@ -28,9 +28,10 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from services.common import credentials, schema, timing
+from services.common import schema, timing
 from services.common.http import Problem
 from services.common.semantics import LONE_SURROGATE
+from stack import credentials
 
 T = TypeVar("T")
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -420,7 +421,7 @@ def is_postgres(location: str | Path) -> bool:
 
 def location(service: str, environ: dict[str, str] | os._Environ[str] = os.environ) -> str:
     """Where a service's data lives: $DATABASE_URL when STORE=postgres, else its SQLite file."""
-    from deploy.topology import STORES
+    from stack.topology import STORES
 
     store = environ.get("STORE", STORES[0])
     if store not in STORES:

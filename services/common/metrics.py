@@ -36,7 +36,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from deploy import topology
+from stack import topology
 
 PATH = "/metrics"
 CONTENT_TYPE = CONTENT_TYPE_LATEST

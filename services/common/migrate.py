@@ -17,8 +17,8 @@ import argparse
 import os
 import sys
 
-from deploy import topology
 from services.common import db, schema
+from stack import topology
 
 RECORD = """CREATE TABLE IF NOT EXISTS public.stack_migrations (
     service TEXT NOT NULL,

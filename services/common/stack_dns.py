@@ -18,7 +18,7 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
-from deploy import topology
+from stack import topology
 
 # Native defaults, from the registry: the name the stack's DNS answers for, and the service's port.
 CATALOG_URL = os.environ.get("STACK_CATALOG_URL") or topology.service("catalog").internal_url()

@@ -10,8 +10,8 @@ import time
 
 from dnslib.server import DNSLogger, DNSServer
 
-from deploy import topology
 from services.dns.server import SizeLimitedHandler, Withheld, Zone, ZoneResolver
+from stack import topology
 
 
 def main() -> None:

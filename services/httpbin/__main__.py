@@ -9,9 +9,9 @@ import os
 
 from aiohttp import web
 
-from deploy import topology
 from services.common import drain, http
 from services.httpbin.app import DRAIN, AccessLogger, answer_unparsable_requests_with_problems, create_app
+from stack import topology
 
 
 async def serve(host: str, port: int) -> None:

@@ -24,8 +24,8 @@ import brotli
 from aiohttp import web
 from aiohttp._cookie_helpers import parse_cookie_header  # what request.cookies calls (aiohttp is pinned)
 
-from deploy import topology
 from services.common import http, proxy, semantics
+from stack import topology
 
 PREFIX = topology.service("httpbin").route_prefix
 # The id of the request being handled, set by app.guarded before any handler runs. A context variable rather

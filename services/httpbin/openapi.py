@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from deploy.topology import service
 from services.common import openapi as oa
 from services.httpbin.endpoints import MAX_REDIRECTS
+from stack.topology import service
 
 ANY = {"description": "Any content"}
 BASICS = {"type": "object", "required": ["args", "headers", "origin", "url"], "properties": {

@@ -4,7 +4,7 @@
     python -m services.sockets.client echo [HOST:PORT] [MESSAGE] [--size N]
     python -m services.sockets.client compare [--host HOST] [--port PORT]
 
-Without HOST:PORT it talks to nginx's stream proxy on the stack's public address (deploy/topology.py).
+Without HOST:PORT it talks to nginx's stream proxy on the stack's public address (stack/topology.py).
 Every step prints the system call it made and what came back, so you can see the transport at work.
 """
 
@@ -21,8 +21,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from deploy.topology import STREAM_SERVICES, Site
 from services.sockets import protocol
+from stack.topology import STREAM_SERVICES, Site
 
 BY_NAME = {s.name: s for s in STREAM_SERVICES}
 

@@ -9,7 +9,7 @@ import signal
 from collections.abc import Callable
 from typing import Protocol
 
-from deploy.topology import SERVICES
+from stack.topology import SERVICES
 
 # How often each server's loop looks up from its wait to notice a stop request (and the echo server, idlers).
 POLL_S = 0.2

@@ -18,13 +18,13 @@ import gevent
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from deploy import topology
 from services.common import http, metrics, semantics, timing
 from services.web import accounts, cart, orders_views, upstream
 from services.web.accounts import WWW_AUTHENTICATE, refuse_cross_site
 from services.web.openapi import OPENAPI
 from services.web.store import SERVICE, Store
 from services.web.views import PREFIX, as_json, read_body, read_body_within
+from stack import topology
 
 CLIENT_TIMEOUT_S = http.client_timeout_s()
 # Requests served per client socket: gunicorn's async and threaded workers keep the socket across keep-alive

@@ -3,7 +3,7 @@
 Worker class and sizing come from the environment so comparisons switch them without editing files; they are
 read by services/web/server_settings.py, which uWSGI and granian share (WEB_WORKER_CLASS -> worker_class,
 WEB_WORKERS -> workers, WEB_THREADS -> threads, WEB_WORKER_CONNECTIONS -> worker_connections).
-  WEB_BIND           host:port to listen on (default: web's port in deploy/topology.py on $BIND_HOST or 127.0.0.1)
+  WEB_BIND           host:port to listen on (default: web's port in stack/topology.py on $BIND_HOST or 127.0.0.1)
 """
 
 import os
@@ -14,10 +14,10 @@ from typing import Any
 
 from gunicorn import util
 
-from deploy import topology
 from services.common import http
 from services.common.proxy import TrustedProxy
 from services.web.server_settings import LISTEN_BACKLOG, WebServerSettings
+from stack import topology
 
 _settings = WebServerSettings.from_env()
 

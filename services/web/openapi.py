@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from deploy.topology import service
 from services.common import openapi as oa
 from services.common.http import MAX_ID
+from stack.topology import service
 
 PREFIX = service("web").route_prefix  # every path below begins with it
 

@@ -11,10 +11,10 @@ import json
 
 import gevent
 
-from deploy import topology
 from services.common.http import MAX_ID, Problem
 from services.common.semantics import MERGE_PATCH_JSON
 from services.web import upstream
+from stack import topology
 
 MAX_LINES = 20
 MAX_QUANTITY = 1000

@@ -1,5 +1,5 @@
 """web's launcher: `python -m services.web.serve --bind HOST:PORT [--workers N] [--pid FILE] [--app M:CALLABLE]`
-starts the Flask app under the WSGI server WEB_SERVER names (deploy/topology.py: WEB_SERVERS; gunicorn by
+starts the Flask app under the WSGI server WEB_SERVER names (stack/topology.py: WEB_SERVERS; gunicorn by
 default), with the sizing and IO model of services/web/server_settings.py.
 
 - gunicorn: its own config file, gunicorn_conf.py.
@@ -27,10 +27,10 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from deploy import topology
 from services.common import http
 from services.web.middleware import header_shaped
 from services.web.server_settings import LISTEN_BACKLOG, WebServerSettings
+from stack import topology
 
 HERE = Path(__file__).resolve().parent
 APP = "services.web.wsgi:app"

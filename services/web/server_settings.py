@@ -1,7 +1,7 @@
 """web's server settings, whichever WSGI server runs it: read from the environment once, by gunicorn_conf.py,
 services/web/serve.py (uWSGI, granian) and wsgi.py, so the three servers size and choose their IO model alike.
 
-  WEB_SERVER         gunicorn (default) | uwsgi | uwsgi-http | granian (deploy/topology.py: WEB_SERVERS)
+  WEB_SERVER         gunicorn (default) | uwsgi | uwsgi-http | granian (stack/topology.py: WEB_SERVERS)
   WEB_WORKER_CLASS   gevent | sync | gthread: the IO model (default: the server's first, gevent where it has it)
   WEB_WORKERS        processes; default 2 x cores + 1, capped at 8, shared by web's instances on this machine
                      (at least 2 each)
@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from deploy import topology
+from stack import topology
 
 # Pending connections the kernel queues before accept(), under every server; beyond it clients see SYN retries.
 LISTEN_BACKLOG = 2048

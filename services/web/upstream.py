@@ -9,8 +9,9 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from services.common import credentials, stack_dns
+from services.common import stack_dns
 from services.common.stack_dns import CATALOG_URL, HTTPBIN_URL
+from stack import credentials
 
 __all__ = ["CATALOG_URL", "HTTPBIN_URL", "UpstreamError", "request"]
 TIMEOUT = (2.0, 15.0)  # connect, read

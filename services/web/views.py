@@ -10,10 +10,10 @@ from flask import Response, current_app, request
 from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import ClientDisconnected
 
-from deploy import topology
 from services.common import http, semantics
 from services.common.idempotency import StoredResponse
 from services.web.store import Store
+from stack import topology
 
 PREFIX = topology.service("web").route_prefix
 

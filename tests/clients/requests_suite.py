@@ -8,7 +8,7 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-from deploy.topology import ROOT
+from stack.topology import ROOT
 
 SUITE_GLOB = ".venv/client-suites/requests-*"
 

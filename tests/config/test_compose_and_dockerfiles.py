@@ -12,7 +12,8 @@ import pytest
 
 from deploy.render import STOP_GRACE_SECONDS
 from deploy.stack import COMPOSE_FILE, compose_command
-from deploy.topology import (
+from services.web import gunicorn_conf
+from stack.topology import (
     DNS,
     HTTP_SERVICES,
     LOCUST_UI_PORT,
@@ -24,8 +25,7 @@ from deploy.topology import (
     WEB_UWSGI_PORT,
     ZONE,
 )
-from deploy.topology import service as service_named
-from services.web import gunicorn_conf
+from stack.topology import service as service_named
 
 DOCKERFILES = [*sorted(ROOT.glob("services/*/Dockerfile")), ROOT / "nginx" / "Dockerfile",
                ROOT / "loadtest" / "Dockerfile", ROOT / "deploy" / "prometheus" / "Dockerfile"]
@@ -50,7 +50,7 @@ def test_compose_file_is_valid():
 
 def test_the_postgres_overlay_points_every_http_service_and_the_migration_at_the_registrys_postgres():
     from deploy.stack import POSTGRES_OVERLAY
-    from deploy.topology import HTTP_SERVICES, POSTGRES, postgres_url
+    from stack.topology import HTTP_SERVICES, POSTGRES, postgres_url
 
     services = compose_config(overlays=(POSTGRES_OVERLAY,))["services"]
     url = postgres_url(POSTGRES.name, POSTGRES.port)  # Compose's DNS name for it is the service's name
@@ -100,7 +100,7 @@ def test_every_container_is_hardened():
 
 
 def test_http_services_run_their_topology_instances_and_stop_gracefully():
-    """Replicas as many as deploy/topology.py says; a stop is a drain that Docker does not cut short."""
+    """Replicas as many as stack/topology.py says; a stop is a drain that Docker does not cut short."""
     services = compose_config()["services"]
     for service in HTTP_SERVICES:
         assert services[service.name]["deploy"]["replicas"] == service.instances >= 2, service.name
@@ -143,7 +143,7 @@ def test_published_ports_are_loopback_only_and_match_the_topology():
 
 def test_every_port_docker_compose_yml_writes_is_the_registrys():
     """Ports must stay literal in YAML (healthchecks, published targets, commands): each one a service writes
-    is its own registry port, or one it calls (nginx's, Locust's UI) — a port changed in deploy/topology.py
+    is its own registry port, or one it calls (nginx's, Locust's UI) — a port changed in stack/topology.py
     and not here fails."""
     import re
 
@@ -188,7 +188,7 @@ def test_each_dockerfile_exposes_its_topology_port_and_runs_its_topology_launch_
     assert {port.split("/")[0] for port in exposed} == {str(service.port), *extra}
     cmd = json.loads(text.split("\nCMD ")[1].split("\n")[0])
     assert cmd[0] == "python" and service.command("HOST:PORT", python="python")[:-2] == cmd
-    assert "BIND_HOST=0.0.0.0" in text and "COPY deploy/__init__.py deploy/topology.py" in text
+    assert "BIND_HOST=0.0.0.0" in text and "COPY stack/ stack/" in text
     assert f":{service.port}" not in text.replace(f"EXPOSE {service.port}", "")  # no second copy of the port
 
 
@@ -198,7 +198,7 @@ def test_each_socket_service_runs_its_topology_module_and_probe(service):
     compose = compose_config()["services"][service.name]
     assert compose["command"] == ["python", "-m", service.module]
     assert compose["build"]["dockerfile"] == "services/sockets/Dockerfile"
-    assert compose["healthcheck"]["test"] == ["CMD", "python", "-m", "services.common.healthcheck",
+    assert compose["healthcheck"]["test"] == ["CMD", "python", "-m", "stack.healthcheck",
                                               service.probe_url("127.0.0.1", service.port)]
     exposed = (ROOT / "services" / "sockets" / "Dockerfile").read_text().split("\nEXPOSE ")[1].split("\n")[0]
     assert f"{service.port}/{service.transport}" in exposed.split()
@@ -209,7 +209,7 @@ def test_the_monitoring_profile_runs_what_deploy_monitoring_renders():
     loopback only by its port variable, and neither starts without the profile."""
     from deploy import monitoring
     from deploy.stack import MONITORING_PROFILE
-    from deploy.topology import NGINX_EXPORTER, PROMETHEUS
+    from stack.topology import NGINX_EXPORTER, PROMETHEUS
 
     assert {PROMETHEUS.name, NGINX_EXPORTER.name}.isdisjoint(compose_config()["services"])
     services = compose_config(MONITORING_PROFILE)["services"]
@@ -243,7 +243,7 @@ def test_nginx_gets_the_certificate_and_key_deploy_tls_makes_where_its_config_re
     """docker-compose.yml's TLS secrets are the files deploy/tls.py writes under STACK_VAR, mounted at the paths
     the rendered config names (render.COMPOSE_TLS: /run/secrets/<secret>)."""
     from deploy.render import COMPOSE_TLS
-    from deploy.topology import Site
+    from stack.topology import Site
 
     config = compose_config()
     files = Site(var=ROOT / "var").tls  # STACK_VAR unset: ./var beside docker-compose.yml

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from deploy.render import KUBERNETES_NAMESPACE, KUBERNETES_TLS, STOP_GRACE_SECONDS, nginx_conf
-from deploy.topology import DNS, HTTP_SERVICES, MAX_INSTANCES, NGINX_PORT, NGINX_TLS_PORT, ROOT, STREAM_SERVICES
+from stack.topology import DNS, HTTP_SERVICES, MAX_INSTANCES, NGINX_PORT, NGINX_TLS_PORT, ROOT, STREAM_SERVICES
 
 KUSTOMIZE_TREE = ROOT / "deploy" / "kubernetes"
 OVERLAYS = ("dev", "production")

@@ -34,9 +34,9 @@ from deploy.render import (
     zone,
 )
 from deploy.stack import base_images, docker_answers
-from deploy.topology import DNS, HTTP_SERVICES, PROMETHEUS, ROOT, STREAM_SERVICES, WEB_UWSGI_PORT, ZONE, Site
 from services.common.http import CLIENT_TIMEOUT_S, IO_MAX_MS, MAX_REQUEST_BODY_BYTES
 from services.sockets.echo import EchoServer
+from stack.topology import DNS, HTTP_SERVICES, PROMETHEUS, ROOT, STREAM_SERVICES, WEB_UWSGI_PORT, ZONE, Site
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 SITE = Site(net="127.0.31", public_host="127.0.31.1", public_port=18080, var=Path("/tmp/stack-config-test"))

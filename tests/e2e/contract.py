@@ -30,11 +30,11 @@ import pytest
 import requests
 
 from deploy.stack import Compose, Native, driver
-from deploy.topology import HTTP_SERVICES, ROOT, STREAM_SERVICES, ZONE, Site
 from loadtest import chaos, reload_window
-from services.common import credentials
 from services.sockets import protocol
 from services.sockets.client import ask_time, echo_roundtrip
+from stack import credentials
+from stack.topology import HTTP_SERVICES, ROOT, STREAM_SERVICES, ZONE, Site
 from tests.conftest import alongside
 
 HEX32 = re.compile(r"[0-9a-f]{32}")

@@ -16,7 +16,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from deploy.monitoring import SCRAPE_INTERVAL_S, rules
 from deploy.render import PROMETHEUS_API
-from deploy.topology import HTTP_SERVICES, PROMETHEUS_PREFIX
+from stack.topology import HTTP_SERVICES, PROMETHEUS_PREFIX
 from tests.e2e.browser import chromium
 
 SCRAPED_WITHIN_S = 30

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from deploy.topology import Site
+from stack.topology import Site
 
 # The commands not run against the test's stack, by what they start with or say, and why.
 SKIPPED: dict[str, str] = {

@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from deploy.topology import ROOT, WEB_SERVERS, service
+from stack.topology import ROOT, WEB_SERVERS, service
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.e2e

@@ -26,7 +26,7 @@ import requests
 
 from deploy.render import COMPOSE_RESOLVE_S, NGINX_RESOLVES_WITHIN_S
 from deploy.stack import COMPOSE_FILE, MONITORING_PROFILE, Compose, compose_command
-from deploy.topology import DNS, HTTP_SERVICES, MONITORING_SERVICES, NGINX_EXPORTER, ROOT, SERVICES, ZONE
+from stack.topology import DNS, HTTP_SERVICES, MONITORING_SERVICES, NGINX_EXPORTER, ROOT, SERVICES, ZONE
 from tests.conftest import require_docker_engine, site_on_free_ports
 from tests.e2e.contract import RunningStack, StackContract, bystander, ps_output
 from tests.e2e.http_contract import HttpSemanticsContract

@@ -28,13 +28,13 @@ from schemathesis import checks
 
 from deploy import postgres, procs
 from deploy.stack import Native
-from deploy.topology import HTTP_SERVICES, ROOT, SERVICES, STREAM_SERVICES, ZONE, Site
 from iolab import stack as iolab_stack
 from services.catalog.openapi import OPENAPI as CATALOG_OPENAPI
 from services.httpbin.openapi import OPENAPI as HTTPBIN_OPENAPI
 from services.sockets import protocol
 from services.sockets.client import ask_time
 from services.web.openapi import OPENAPI as WEB_OPENAPI
+from stack.topology import HTTP_SERVICES, ROOT, SERVICES, STREAM_SERVICES, ZONE, Site
 from tests.clients import requests_suite
 from tests.conftest import free_port
 from tests.e2e import readme_examples
@@ -125,7 +125,7 @@ class TestEveryServiceContractOnPostgres(HttpSemanticsContract):
     def test_the_data_lives_in_postgres_run_by_its_own_user_and_no_sqlite_file_is_made(self, stack):
         import psycopg
 
-        from services.common import credentials
+        from stack import credentials
 
         subject = make_subject("catalog", stack)
         path, _ = self.create(subject)

@@ -22,9 +22,9 @@ import requests
 
 from deploy import swarm, tls
 from deploy.stack import COMPOSE_FILE, compose_command
-from deploy.topology import HTTP_SERVICES, ROOT, STREAM_SERVICES, ZONE, service
 from loadtest.chaos import every_instance_answers
-from services.common import credentials
+from stack import credentials
+from stack.topology import HTTP_SERVICES, ROOT, STREAM_SERVICES, ZONE, service
 from tests.conftest import alongside, require_docker_engine, site_on_free_ports
 
 pytestmark = [pytest.mark.e2e, pytest.mark.compose]

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from deploy.topology import NGINX, ROOT, WEB_SERVERS
 from loadtest import chaos, reload_window
 from services.web.serve import children_of
+from stack.topology import NGINX, ROOT, WEB_SERVERS
 from tests.e2e.contract import RunningStack, StackContract, bystander
 from tests.e2e.http_contract import HttpSemanticsContract, make_subject
 from tests.e2e.test_native import start_native_stack

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import textwrap
 
-from deploy.topology import ROOT
+from stack.topology import ROOT
 
 LINE = 'accesslog.write("127.0.0.1", "GET", "/x", "HTTP/1.1", 200, 5, "{rid}", 0.001)'
 

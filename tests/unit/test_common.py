@@ -321,7 +321,7 @@ def test_postgres_queries_park_only_their_own_request_under_asyncio_and_under_ge
     import subprocess
     import sys
 
-    from deploy.topology import ROOT
+    from stack.topology import ROOT
     from tests import postgres_cluster
 
     url = postgres_cluster.fresh_database()

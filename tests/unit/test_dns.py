@@ -18,9 +18,9 @@ import pytest
 from dnslib import QTYPE, RCODE, DNSHeader, DNSRecord
 
 from deploy.render import zone
-from deploy.topology import HTTP_SERVICES, ROOT, Site
 from services.common.stack_dns import NameNotFound, StackResolver
 from services.dns.server import UDP_LIMIT_EDNS, Withheld, Zone, ZoneResolver, addresses_of, write_withheld
+from stack.topology import HTTP_SERVICES, ROOT, Site
 from tests.conftest import free_tcp_udp_port
 
 ZONE = Zone("stack.internal", {"": "127.0.0.1", "web": "127.0.10.11", "local": "localhost"}, ttl=5)
@@ -299,7 +299,7 @@ def test_dig_retries_over_tcp_by_itself(dns_server):
 
 
 def test_the_healthcheck_asks_for_the_type_it_names_and_wants_an_authoritative_answer(dns_server):
-    from services.common.healthcheck import check
+    from stack.healthcheck import check
 
     base = f"dns://127.0.0.1:{dns_server}"
     assert check(f"{base}/stack.internal?type=SOA", 2)  # the server's own probe: its zone alone answers it

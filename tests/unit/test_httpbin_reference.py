@@ -18,10 +18,10 @@ import brotli
 import pytest
 from httpbin import app as reference_app
 
-from deploy.topology import ROOT
 from services.httpbin.app import answer_unparsable_requests_with_problems, create_app
 from services.httpbin.endpoints import PREFIX
 from services.httpbin.parity import DELIBERATE
+from stack.topology import ROOT
 from tests.unit.test_httpbin_more import digest_header
 
 BOUNDARY = "stackboundary7MA4YWxk"

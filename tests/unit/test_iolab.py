@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from deploy.topology import ROOT
 from iolab import protocol, run, waitcost
 from iolab.servers import BY_NAME, LAB_SERVERS, LabServer, io_uring_unavailable
+from stack.topology import ROOT
 
 BIG = b"y" * (200 * 1024) + b"\n"  # bigger than any socket buffer or read: partial reads and writes happen
 # Only the single-threaded blocking server lets one client stop everyone: that is its lesson.

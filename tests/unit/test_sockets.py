@@ -17,12 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from deploy.topology import ROOT
 from services.sockets import protocol
 from services.sockets.client import ask_time, compare, echo_roundtrip, free_local_port
 from services.sockets.echo import EchoServer
 from services.sockets.time_tcp import TimeTCPServer
 from services.sockets.time_udp import TimeUDPServer
+from stack.topology import ROOT
 from tests.conftest import free_tcp_udp_port
 
 

@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from deploy import tls
-from deploy.topology import Site
+from stack.topology import Site
 
 
 def load(path) -> x509.Certificate:

@@ -1,4 +1,4 @@
-"""deploy/topology.py's scale: SCALE parsed, remembered, and every rendered config following it."""
+"""stack/topology.py's scale: SCALE parsed, remembered, and every rendered config following it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import configparser
 import pytest
 
 from deploy.render import nginx_conf, supervisord_conf, zone
-from deploy.topology import HTTP_SERVICES, MAX_INSTANCES, Site, format_scale, parse_scale, service
+from stack.topology import HTTP_SERVICES, MAX_INSTANCES, Site, format_scale, parse_scale, service
 
 
 def test_scale_is_name_equals_count_separated_by_spaces_or_commas():
@@ -83,7 +83,7 @@ def test_prometheus_scrapes_every_instance_of_the_scale_and_runs_only_with_monit
     """Native: each instance's own address, at whatever SCALE says; Compose: Docker's DNS for each service's name
     (every replica). supervisor gets Prometheus and the exporter only with MONITORING=1, after nginx."""
     from deploy import monitoring
-    from deploy.topology import NGINX_EXPORTER, PROMETHEUS, PROMETHEUS_PREFIX
+    from stack.topology import NGINX_EXPORTER, PROMETHEUS, PROMETHEUS_PREFIX
 
     site = Site(net="127.0.31", var=tmp_path, scale={"web": 3}, monitoring=True)
     jobs = {job["job_name"]: job for job in monitoring.config("native", site)["scrape_configs"]}

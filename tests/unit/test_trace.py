@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from deploy.topology import ROOT, Site
+from stack.topology import ROOT, Site
 from tests.conftest import free_port
 from wire import sequence
 from wire.capture import ACK, FIN, PSH, SYN, Packet

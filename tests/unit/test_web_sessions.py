@@ -181,7 +181,7 @@ def test_under_gevent_scrypt_and_sqlite_run_off_the_hub(tmp_path):
     import subprocess
     import sys
 
-    from deploy.topology import ROOT
+    from stack.topology import ROOT
 
     program = f"""
 from gevent import monkey
@@ -219,7 +219,7 @@ def test_under_gevent_many_concurrent_writes_never_wait_for_a_pool_thread_their_
     import subprocess
     import sys
 
-    from deploy.topology import ROOT
+    from stack.topology import ROOT
 
     program = f"""
 from gevent import monkey

@@ -1,8 +1,8 @@
 """Container healthchecks in Python (slim images have no curl):
 
-    python -m services.common.healthcheck http://127.0.0.1:8001/web/healthz
-    python -m services.common.healthcheck "dns://127.0.0.1:5353/stack.internal?type=SOA"
-    python -m services.common.healthcheck time+tcp://127.0.0.1:8013    (also time+udp://, echo://)
+    python -m stack.healthcheck http://127.0.0.1:8001/web/healthz
+    python -m stack.healthcheck "dns://127.0.0.1:5353/stack.internal?type=SOA"
+    python -m stack.healthcheck time+tcp://127.0.0.1:8013    (also time+udp://, echo://)
 
 Exit 0 when the endpoint answers (HTTP 200; an authoritative DNS answer with a record of the type asked, A by
 default; the time, or the echo of what was sent), 1 otherwise. The DNS server's own probe asks for the zone's

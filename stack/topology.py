@@ -37,7 +37,7 @@ class Service:
     transport: str = "tcp"  # "tcp" or "udp": what nginx's stream proxy and the health probe speak
     module: str | None = None  # `python -m <module> --bind HOST:PORT` launches it (the socket services)
     public_port: int | None = None  # where nginx's stream {} proxy publishes it on the public host
-    probe: str | None = None  # health probe scheme for services.common.healthcheck: time+tcp, time+udp, echo
+    probe: str | None = None  # health probe scheme for stack.healthcheck: time+tcp, time+udp, echo
     instances: int = 1  # processes (native) or replicas (Compose) behind the one name
     # The Python argv that starts one instance, before `--bind HOST:PORT`; a module service's is `-m <module>`.
     launch: tuple[str, ...] = ()
@@ -86,7 +86,7 @@ class Service:
         return f"{environ.get('BIND_HOST', '127.0.0.1')}:{self.port}"
 
     def probe_url(self, host: str, port: int) -> str:
-        """What `python -m services.common.healthcheck` checks for a socket service at host:port."""
+        """What `python -m stack.healthcheck` checks for a socket service at host:port."""
         return f"{self.probe}://{host}:{port}"
 
     @property
@@ -335,7 +335,7 @@ class Site:
 
     @property
     def secrets(self) -> Path:
-        """Where the stack's credentials live (services/common/credentials.py); Compose mounts them as secrets."""
+        """Where the stack's credentials live (stack/credentials.py); Compose mounts them as secrets."""
         return self.var / "secrets"
 
     @property
