@@ -6,7 +6,6 @@ import asyncio
 import contextvars
 import functools
 import html
-import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,7 +20,9 @@ from services.common import accesslog, db, drain, http, metrics, semantics, timi
 from services.common.documents import Documents
 from services.common.idempotency import StoredResponse
 from services.httpbin import digest, endpoints, live
+from services.httpbin.endpoints import SETTINGS
 from services.httpbin.openapi import OPENAPI
+from stack.settings import HttpbinSettings
 
 SERVICE = "httpbin"
 PREFIX = endpoints.PREFIX
@@ -117,8 +118,6 @@ async def fanout(request: web.Request) -> web.Response:
 DOCUMENTS = web.AppKey("documents", Documents)
 BIN_NAME = r"[A-Za-z0-9._-]{1,64}"
 # Anyone may store bins: they are bounded. A bin not changed for a week goes; at 10,000 bins a new one is a 507.
-BIN_TTL_S = float(os.environ.get("HTTPBIN_BIN_TTL_SECONDS", str(7 * 86400)))
-MAX_BINS = int(os.environ.get("HTTPBIN_MAX_BINS", "10000"))
 
 
 def bin_document(document: object) -> dict:
@@ -342,12 +341,15 @@ async def serve_metrics(request: web.Request) -> web.Response:
     return web.Response(body=metrics.exposition(), headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
-def create_app(db_path: str | None = None) -> web.Application:
+def create_app(db_path: str | None = None, settings: HttpbinSettings | None = None) -> web.Application:
+    """The app; `settings` default to what the environment says (HttpbinSettings.from_env)."""
+    settings = settings or HttpbinSettings.from_env()
     # auto_decompress off: aiohttp would otherwise decode a request body by its Content-Encoding (a bad gzip body
     # then failed as a 500, a br one arrived empty); httpbin echoes the bytes sent instead (endpoints.with_body).
     app = web.Application(client_max_size=http.MAX_REQUEST_BODY_BYTES, handler_args={"auto_decompress": False})
-    app[DOCUMENTS] = Documents(db.open_database(SERVICE, db_path, asynchronous=True), ttl_s=BIN_TTL_S,
-                               max_per_collection=MAX_BINS)
+    app[SETTINGS] = settings
+    app[DOCUMENTS] = Documents(db.open_database(SERVICE, db_path, asynchronous=True), ttl_s=settings.bin_ttl_s,
+                               max_per_collection=settings.max_bins)
     app.on_cleanup.append(_close_store)
     app.on_response_prepare.append(_add_server_timing)
     app.cleanup_ctx.append(_sample_loop_lag)

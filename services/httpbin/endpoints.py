@@ -9,7 +9,6 @@ import binascii
 import gzip
 import hmac
 import json
-import os
 import random
 import re
 import uuid
@@ -26,8 +25,10 @@ from aiohttp._cookie_helpers import parse_cookie_header  # what request.cookies 
 
 from services.common import http, proxy, semantics
 from stack import topology
+from stack.settings import HttpbinSettings
 
 PREFIX = topology.service("httpbin").route_prefix
+SETTINGS = web.AppKey("settings", HttpbinSettings)  # create_app puts them here; handlers read request.app[SETTINGS]
 # The id of the request being handled, set by app.guarded before any handler runs. A context variable rather
 # than request state: aiohttp runs each request in a task of its own (a context of its own), and setting one
 # costs a fraction of Request.__setitem__, which checks its key's type on every call.
@@ -274,7 +275,7 @@ def redirect_allowed(target: str, request: web.Request) -> bool:
         hostname = parts.hostname
     except ValueError:  # not a URL at all, e.g. "http://[zz]/"
         return False
-    extra = {h.strip().lower() for h in os.environ.get("REDIRECT_HOSTS", "").split(",") if h.strip()}
+    extra = request.app[SETTINGS].redirect_hosts
     return parts.scheme in ("http", "https") and hostname is not None and hostname in {own, *extra}
 
 

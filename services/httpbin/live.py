@@ -15,7 +15,16 @@ import time
 from aiohttp import WSMsgType, web
 
 from services.common import http
-from services.httpbin.endpoints import MAX_BYTES, MAX_DELAY, basics, header_value, reply, sandboxed, streaming
+from services.httpbin.endpoints import (
+    MAX_BYTES,
+    MAX_DELAY,
+    SETTINGS,
+    basics,
+    header_value,
+    reply,
+    sandboxed,
+    streaming,
+)
 
 _DURATION = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,9})?)(ms|s)?")
 MAX_EVENTS = 100
@@ -99,7 +108,7 @@ async def websocket_echo(request: web.Request) -> web.StreamResponse:
 async def hostname(request: web.Request) -> web.Response:
     """Which instance answered: the host (a container's id in Compose), the stack's instance number natively
     (its instances share the host), and the process."""
-    return reply({"hostname": socket.gethostname(), "instance": os.environ.get("STACK_INSTANCE", "1"),
+    return reply({"hostname": socket.gethostname(), "instance": request.app[SETTINGS].instance,
                   "pid": os.getpid()})
 
 

@@ -4,19 +4,14 @@ rules every unsafe request and every logged-in view share (refuse_cross_site, lo
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable, Mapping
 
 from flask import Response, request
 
 from services.common import http, proxy
-from services.web.store import SESSION_TTL
-from services.web.views import PREFIX, as_json, body, store
+from services.web.views import PREFIX, as_json, body, settings, store
 
 COOKIE = "sid"
-# The session cookie is Secure whenever the client reached nginx over TLS (client_scheme); 1 makes it Secure on
-# plain HTTP too, for a deployment where TLS ends in front of nginx.
-COOKIE_SECURE = os.environ.get("WEB_COOKIE_SECURE", "0") == "1"
 WWW_AUTHENTICATE = f'Cookie realm="web", form-action="{PREFIX}/login", cookie-name="{COOKIE}"'
 
 
@@ -41,8 +36,9 @@ def client_scheme() -> str:
 
 
 def _cookie_secure() -> bool:
-    """Secure (RFC 6265 §4.1.2.5: sent back over TLS only) whenever the client came over TLS."""
-    return COOKIE_SECURE or client_scheme() == "https"
+    """Secure (RFC 6265 §4.1.2.5: sent back over TLS only) whenever the client came over TLS, or always when the
+    settings say TLS ends in front of nginx (WebSettings.cookie_secure)."""
+    return settings().cookie_secure or client_scheme() == "https"
 
 
 def refuse_cross_site(headers: Mapping[str, str]) -> None:
@@ -100,8 +96,8 @@ def login() -> Response:
     token = store().open_session(user["id"], replacing=request.cookies.get(COOKIE))
     response = as_json(user)
     # The cookie carries only a random id; the session itself is a server-side row.
-    response.set_cookie(COOKIE, token, max_age=int(SESSION_TTL), path=PREFIX, httponly=True, samesite="Lax",
-                        secure=_cookie_secure())
+    response.set_cookie(COOKIE, token, max_age=int(settings().session_ttl_s), path=PREFIX, httponly=True,
+                        samesite="Lax", secure=_cookie_secure())
     return response
 
 

@@ -23,14 +23,14 @@ from services.web import accounts, cart, orders_views, upstream
 from services.web.accounts import WWW_AUTHENTICATE, refuse_cross_site
 from services.web.openapi import OPENAPI
 from services.web.store import SERVICE, Store
-from services.web.views import PREFIX, as_json, read_body, read_body_within
+from services.web.views import PREFIX, as_json, read_body, read_body_within, settings
 from stack import topology
+from stack.settings import WebSettings
 
 CLIENT_TIMEOUT_S = http.client_timeout_s()
 # Requests served per client socket: gunicorn's async and threaded workers keep the socket across keep-alive
 # requests (the sync worker closes it after each response, so it always reports 1).
 _requests_per_socket: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-SERVER_PROGRAM = topology.WEB_SERVERS[os.environ.get("WEB_SERVER") or topology.Site.web_server].program
 
 
 # ---------------------------------------------------------------- the benchmark endpoints
@@ -63,6 +63,11 @@ def stream(n: str) -> Response:
     return Response((http.stream_line(SERVICE, i) for i in range(count)), content_type=http.JSON)
 
 
+def server_program() -> str:
+    """The program serving this app (gunicorn, uwsgi, granian): how much it can tell about the connection."""
+    return topology.WEB_SERVERS[settings().server].program
+
+
 def _count_request_on_connection(environ: dict) -> None:
     sock = environ.get("gunicorn.socket")
     if sock is not None:
@@ -72,7 +77,7 @@ def _count_request_on_connection(environ: dict) -> None:
 def _tcp_peer(environ: dict) -> tuple[str, int] | None:
     """The other end of this TCP connection. Under uWSGI that is read off the connection's descriptor: behind
     uwsgi_pass, REMOTE_ADDR is the client nginx names in the packet, not nginx's connection."""
-    if SERVER_PROGRAM == "uwsgi":
+    if server_program() == "uwsgi":
         import uwsgi  # only inside uWSGI's processes
 
         with socket.socket(fileno=os.dup(uwsgi.connection_fd())) as sock:
@@ -87,7 +92,7 @@ def conn() -> Response:
     sock = environ.get("gunicorn.socket")
     if sock is not None:
         count: int | None = _requests_per_socket.get(sock, 1)
-    elif SERVER_PROGRAM == "uwsgi":
+    elif server_program() == "uwsgi":
         count = 1  # uWSGI serves one request per connection
     else:  # granian hands the app neither the connection nor the peer's port: it cannot be told
         count = None
@@ -162,10 +167,12 @@ def serve_metrics() -> Response:
     return Response(metrics.exposition(), content_type=metrics.CONTENT_TYPE)
 
 
-def create_app(config: dict | None = None) -> Flask:
+def create_app(config: dict | None = None, settings: WebSettings | None = None) -> Flask:
+    """The app; `settings` default to what the environment says (WebSettings.from_env)."""
     app = Flask(__name__)
+    app.extensions["settings"] = settings = settings or WebSettings.from_env()
     app.config.from_mapping({"MAX_CONTENT_LENGTH": semantics.MAX_BODY_BYTES, "DATABASE": None, **(config or {})})
-    app.extensions["store"] = Store(app.config["DATABASE"])
+    app.extensions["store"] = Store(app.config["DATABASE"], session_ttl_s=settings.session_ttl_s)
     for path, endpoint, view, methods in ROUTES:
         app.add_url_rule(PREFIX + path, endpoint, view, methods=methods)
     app.add_url_rule(metrics.PATH, "metrics", serve_metrics, methods=["GET"])  # outside the prefix: never proxied

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -19,9 +18,9 @@ from services.common import db
 from services.common.documents import Documents
 from services.common.http import Problem
 from services.common.idempotency import IdempotencyKeys
+from stack.settings import WEEK_S
 
 SERVICE = "web"
-SESSION_TTL = float(os.environ.get("WEB_SESSION_TTL_SECONDS", str(7 * 24 * 3600)))
 
 
 def now() -> str:
@@ -53,7 +52,8 @@ class Store:
     synchronous methods; each drives the store's coroutine to its end on a synchronous connection (db.run). Under
     gevent, scrypt and SQLite's lock waits run in the hub's threadpool; Postgres's queries are cooperative."""
 
-    def __init__(self, where: str | Path | None = None) -> None:
+    def __init__(self, where: str | Path | None = None, session_ttl_s: float = WEEK_S) -> None:
+        self.session_ttl_s = session_ttl_s  # WebSettings.session_ttl_s
         self.database = db.open_database(SERVICE, where)
         self.keys = IdempotencyKeys(self.database)
         self.documents = Documents(self.database, keys=self.keys)  # the carts
@@ -109,7 +109,7 @@ class Store:
                 await conn.execute("DELETE FROM sessions WHERE token_hash = ?", (_token_hash(replacing),))
             await conn.execute("DELETE FROM sessions WHERE expires < ?", (time.time(),))
             await conn.execute("INSERT INTO sessions (token_hash, user_id, expires) VALUES (?, ?, ?)",
-                               (_token_hash(token), user_id, time.time() + SESSION_TTL))
+                               (_token_hash(token), user_id, time.time() + self.session_ttl_s))
 
     def session_user(self, token: str | None) -> dict | None:
         return self.run(self._session_user(token)) if token else None

@@ -14,6 +14,7 @@ from services.common import http, semantics
 from services.common.idempotency import StoredResponse
 from services.web.store import Store
 from stack import topology
+from stack.settings import WebSettings
 
 PREFIX = topology.service("web").route_prefix
 
@@ -33,6 +34,11 @@ def send(stored: StoredResponse, replayed: bool = False) -> Response:
 
 def store() -> Store:
     return current_app.extensions["store"]
+
+
+def settings() -> WebSettings:
+    """The settings create_app was given."""
+    return current_app.extensions["settings"]
 
 
 def read_body_within(sock: socket.socket, seconds: float) -> None:
