@@ -65,8 +65,9 @@ trace-dns: setup  ## DNS over UDP, truncated (TC), then over TCP
 rawhttp: setup  ## HTTP/1.1 by hand on a raw socket: keep-alive, chunked (checked by h11), close: URL=...
 	@$(PY) -m wire.rawhttp $(URL)
 
-tcp-vs-udp: setup  ## the time service over TCP and over UDP, side by side
+tcp-vs-udp: setup  ## the time service over TCP and over UDP, side by side [FORMAT=svg|html: drawn from a capture, as root]
 	@$(PY) -m services.sockets.client compare
+	@$(if $(FORMAT),$(PY) -m wire.tcp_vs_udp --format $(FORMAT) $(if $(OUT),--out $(OUT)))
 
 loadtest: setup  ## Locust's web UI on http://127.0.0.1:8089 against the running stack (WORKERS=2)
 	@$(PY) -m loadtest ui

@@ -323,6 +323,23 @@ class TestNativeStack(StackContract, HttpSemanticsContract, MonitoringContract):
         with_web = [pair for pair in drawn if service in pair]
         assert len(with_web) >= 9 and all(":5353" in "".join(pair) for pair in set(drawn) - set(with_web)), drawn
 
+    @pytest.mark.skipif(os.geteuid() != 0, reason="capturing packets needs root (CI runs as root)")
+    def test_tcp_vs_udp_drawn_from_a_capture(self, stack, tmp_path):
+        """The picture `make tcp-vs-udp FORMAT=svg` draws: TCP's handshake, data and close against UDP's two
+        datagrams, each arrow a captured packet on its transport's lanes."""
+        picture = tmp_path / "tcp-vs-udp.svg"
+        result = subprocess.run([sys.executable, "-m", "wire.tcp_vs_udp", "--out", str(picture)], cwd=ROOT,
+                                env=stack.env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+        drawn = re.findall(r'<g class="packet"[^>]*data-kind="(\w+)">.*?fill="#[0-9a-f]+">([^<]+)</text></g>',
+                           picture.read_text(), re.DOTALL)
+        udp = [label for kind, label in drawn if label.startswith("datagram")]
+        tcp = [label for kind, label in drawn if not label.startswith("datagram")]
+        assert len(udp) == 2 and udp[0].startswith("datagram: TIME"), drawn  # one out, one back, nothing else
+        assert tcp[:3] == ["SYN", "SYN-ACK", "ACK"] and sum(label == "FIN-ACK" for label in tcp) == 2, tcp
+        assert any(label.startswith("TIME") for label in tcp) and len(tcp) >= 8, tcp
+        assert f"TCP: {len(tcp)} packets" in result.stdout and "UDP: 2 datagrams" in result.stdout
+
     @pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is not installed")
     def test_trace_without_capture_permission_says_so_and_goes_on(self, stack, tmp_path):
         without_capture = ["setpriv", "--bounding-set=-net_raw"]  # even root cannot open a packet socket then
@@ -585,7 +602,7 @@ def test_the_docs_shell_examples_do_what_their_comments_say(native_stack):
     not run say why."""
     everything = readme_examples.all_examples(ROOT)
     runnable = [example for example in everything if not readme_examples.skip_reason(example)]
-    env = {**native_stack.env, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"}  # README: activate first
+    env = {**native_stack.env, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"}  # the docs: activate first
     outcomes = readme_examples.run(runnable, native_stack.site, env, ROOT)
     broken = [(f"{example.document}:{example.line}", example.command[:120], wrong, output[-400:])
               for example, output, status in outcomes if (wrong := readme_examples.check(example, output, status))]
