@@ -118,7 +118,7 @@ def print_urls(site: Site, mode: str) -> None:
     print(f"\nThe stack is up ({mode} mode):")
     print(f"  landing page  {site.base_url}/")
     print(f"  over TLS      curl --cacert {site.tls.ca} --http2 {site.tls_base_url}/web/json   (HTTP/2; trust the CA "
-          "in a browser: README)")
+          "in a browser: docs/tls.md)")
     for service in site.http_services:
         server = WEB_SERVERS[site.web_server].describe if service.name == "web" else service.server
         print(f"  {service.name:<12}  {site.base_url}{service.prefix}json   ({service.framework}, {server};"

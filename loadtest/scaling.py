@@ -9,7 +9,7 @@ wrk drives each service's endpoint through nginx (64 connections) and the CPU ea
 processes: nginx, the service's instances together, and wrk itself. The figures are honest about the machine:
 on 2 cores wrk, nginx and the service share them, so more instances can only help until the cores are busy;
 the CPU columns show where they went. From the same run, the CPU seconds each tier spends per request, which
-is what README's capacity model multiplies out for N machines.
+is what the capacity model (docs/reports/measured.md) multiplies out for N machines.
 
 Bounded: every wrk run has a fixed duration; loopback only; the stack is stopped at the end whatever happens.
 """

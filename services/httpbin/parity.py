@@ -1,6 +1,7 @@
 """Where this httpbin answers differently from httpbin.org (the PyPI `httpbin` package, the maintained fork of the
-original) on purpose, and why. README's parity table lists these rows; tests/unit/test_httpbin_reference.py sends
-each request to both and checks that the difference is exactly this one, and that everything else matches."""
+original) on purpose, and why. docs/services.md's parity table lists these rows;
+tests/unit/test_httpbin_reference.py sends each request to both and checks that the difference is exactly this
+one, and that everything else matches."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from services.httpbin.endpoints import MAX_REDIRECTS
 
 @dataclass(frozen=True)
 class Difference:
-    request: str  # method and path (under the service's prefix here), as README's table shows it
+    request: str  # method and path (under the service's prefix here), as the docs' table shows it
     httpbin_org: str  # what the reference answers
     here: str
     why: str

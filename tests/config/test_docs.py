@@ -76,8 +76,10 @@ def test_the_readme_is_a_front_page_that_points_into_the_docs():
     missing = [link for link in links if not (ROOT / link).exists()]
     assert not missing, missing
     linked = {link.removeprefix("docs/") for link in links}
-    hand_written = [page for page in nav_pages() if (DOCS / page).exists()]
-    assert set(hand_written) - linked <= {"index.md"}, "a page the README's map leaves out"
+    # every page but the home page, and the reports' own pages (the reports index lists them)
+    topics = [page for page in nav_pages() if (DOCS / page).exists()
+              and (not page.startswith("reports/") or page == "reports/index.md")]
+    assert set(topics) - linked <= {"index.md"}, "a page the README's map leaves out"
 
 
 def test_every_page_is_in_the_nav_and_opens_with_who_it_is_for():

@@ -203,7 +203,7 @@ def test_the_dev_overlays_generated_secrets_are_the_ones_the_pods_mount(built):
         for variable in container(workload).get("env", []):
             if ref := variable.get("valueFrom", {}).get("secretKeyRef"):
                 referenced.add(ref["name"])
-    # nginx's certificate is the operator's to create (README: Kubernetes): a private key is never generated
+    # nginx's certificate is the operator's to create (docs/scaling.md: Kubernetes): a private key is never generated
     # into manifests.
     assert "nginx-tls" in referenced and "nginx-tls" not in secrets
     assert referenced - {"nginx-tls"} <= secrets, (referenced, secrets)

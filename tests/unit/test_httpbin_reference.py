@@ -316,9 +316,9 @@ async def test_digest_auth_handshake_like_httpbin_org(reference, ours, algorithm
     assert json.loads(their_reply.body) == json.loads(my_reply.body) == {"authenticated": True, "user": "ada"}
 
 
-def test_readme_lists_every_deliberate_difference():
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### Where it differs from httpbin.org"):]
+def test_the_docs_list_every_deliberate_difference():
+    page = (ROOT / "docs" / "services.md").read_text()
+    section = page[page.index("## Where it differs from httpbin.org"):]
     for difference in DELIBERATE:
         assert f"| `{difference.request}` |" in section, difference.request
     assert Path(__file__).name in section
