@@ -148,3 +148,22 @@ def test_pages_load_only_their_own_files_in_chromium(site):
 class QuietHandler(SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base class's name)
         pass
+
+
+# The study notes' terms and the stack's own that the pages use without explaining them where they stand.
+GLOSSARY_TERMS = ("TIME-WAIT", "CLOSE_WAIT", "uWSGI", "WSGI", "keep-alive", "chunked", "Content-Length", "epoll",
+                  "selectors", "io_uring", "idempotent", "safe", "cookie", "session", "TCP", "UDP", "OSI model",
+                  "three-way handshake", "four-way close", "reverse proxy", "upstream", "gevent", "ALPN", "HSTS",
+                  "Server-Timing", "request id", "problem+json", "backlog", "SO_REUSEPORT", "QUIC")
+
+
+def test_the_glossary_defines_the_terms_the_pages_lean_on():
+    text = (DOCS / "glossary.md").read_text()
+    terms = re.findall(r"^(\S.*)\n:   ", text, re.MULTILINE)
+    assert terms == sorted(terms, key=str.lower), "alphabetical, so a reader can find one"
+    defined = " | ".join(terms).lower()
+    missing = [term for term in GLOSSARY_TERMS if term.lower() not in defined]
+    assert not missing, missing
+    pages = " ".join(path.read_text() for path in DOCS.rglob("*.md") if path.name != "glossary.md").lower()
+    unused = [term for term in GLOSSARY_TERMS if term.lower() not in pages]
+    assert not unused, unused  # a term no page uses does not belong here
