@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from stack.topology import Site
+from stack.topology import WEB_SERVERS, Site
 
 WEEK_S = 7 * 24 * 3600
 
@@ -42,6 +42,11 @@ class WebSettings:
     session_ttl_s: float = WEEK_S  # WEB_SESSION_TTL_SECONDS
     cookie_secure: bool = False  # WEB_COOKIE_SECURE=1: for a deployment whose TLS ends in front of nginx
     server: str = Site.web_server  # WEB_SERVER: a key of stack.topology.WEB_SERVERS
+
+    def __post_init__(self) -> None:
+        # Checked here, at start: read per request, an unknown server was a 500 on every /web/conn.
+        if self.server not in WEB_SERVERS:
+            raise SystemExit(f"WEB_SERVER={self.server!r} is none of {', '.join(WEB_SERVERS)}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> WebSettings:

@@ -25,6 +25,11 @@ def test_a_setting_a_service_cannot_use_stops_it_naming_the_variable(value):
         WebSettings.from_env({"WEB_SESSION_TTL_SECONDS": value})
 
 
+def test_an_unknown_wsgi_server_stops_web_at_start_instead_of_failing_its_requests():
+    with pytest.raises(SystemExit, match="WEB_SERVER='tomcat' is none of gunicorn"):
+        WebSettings.from_env({"WEB_SERVER": "tomcat"})
+
+
 def test_web_follows_the_settings_it_was_given(tmp_path):
     credentials = {"email": "s@example.com", "password": "correct horse"}
     for secure in (False, True):
