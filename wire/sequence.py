@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from stack.topology import ROOT
 
 LANE_WIDTH = 230
 LEFT_MARGIN = 110  # the time labels
@@ -20,7 +23,8 @@ TOP = 92  # lane headers
 ROW = 30  # the least room between two arrows
 GAP_PX_PER_MS = 24  # extra room for a longer gap, up to GAP_CAP
 GAP_CAP = 120
-COLOURS = {"dns": "#f9a825", "control": "#3f51b5", "data": "#2e7d32", "tls": "#8e24aa", "close": "#c62828"}
+COLOURS = {"dns": "#f9a825", "datagram": "#f9a825", "control": "#3f51b5", "data": "#2e7d32", "tls": "#8e24aa",
+           "close": "#c62828"}
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ class Message:
     label: str  # what it is: "SYN", "GET /web/json", "HTTP/1.1 200 OK"
     size: int  # payload bytes (0 for a bare TCP segment)
     detail: str  # everything else, shown as its tooltip and in the HTML table
-    kind: str = "control"  # dns | control | data | tls | close
+    kind: str = "control"  # a key of COLOURS: dns | datagram | control | data | tls | close
     src: str = ""  # address:port on each side, for the reader and the tests
     dst: str = ""
 
@@ -195,3 +199,12 @@ def render(diagram: Diagram, form: str) -> str:
     if form == "html":
         return page(diagram)
     raise ValueError(f"no such picture format: {form!r} (svg or html)")
+
+
+def write(diagram: Diagram, form: str, out: Path | None, stem: str) -> Path:
+    """The picture in `form` at `out`, or by default at reports/<stem>.<form> (reports/ is where every tool's
+    output goes, and git ignores it)."""
+    path = out or ROOT / "reports" / f"{stem}.{form}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render(diagram, form))
+    return path

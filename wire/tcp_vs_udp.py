@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from services.sockets.client import ask_time
-from stack.topology import ROOT, STREAM_SERVICES, Site
+from stack.topology import STREAM_SERVICES, Site
 from wire import sequence
 from wire.capture import FIN, RST, Capture, CaptureUnavailable, Packet
 
@@ -49,7 +49,7 @@ def diagram_of(packets: list[Packet], tcp_local: tuple[str, int], udp_local: tup
             forward = packet.src == udp_local
             lanes = ("udp-client", "udp-server") if forward else ("udp-server", "udp-client")
             label = "datagram: " + packet.payload.decode("latin-1").strip()[:24]
-            kind, detail = "dns", f"one UDP datagram of {len(packet.payload)} bytes: no handshake, no close"
+            kind, detail = "datagram", f"one UDP datagram of {len(packet.payload)} bytes: no handshake, no close"
         else:
             continue
         diagram.messages.append(sequence.Message(packet.time, *lanes, label, len(packet.payload), detail, kind,
@@ -86,9 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                          timeout=2)
         time.sleep(0.05)  # the last ACK of the close
     diagram = diagram_of(capture.snapshot(), tcp.local, udp.local, server, t0)
-    path = args.out or ROOT / "reports" / f"tcp-vs-udp-{time.strftime('%Y%m%d-%H%M%S')}.{args.format}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(sequence.render(diagram, args.format))
+    path = sequence.write(diagram, args.format, args.out, f"tcp-vs-udp-{time.strftime('%Y%m%d-%H%M%S')}")
     for note in diagram.notes:
         print(note)
     print(f"The picture: {path}")

@@ -45,7 +45,7 @@ import dns.query
 import dns.rcode
 
 from deploy.stack import choose_mode, driver
-from stack.topology import HTTP_SERVICES, NGINX_PORT, ROOT, WEB_SERVERS, WEB_UWSGI_PORT, ZONE, Service, Site
+from stack.topology import HTTP_SERVICES, NGINX_PORT, WEB_SERVERS, WEB_UWSGI_PORT, ZONE, Service, Site
 from wire import sequence, uwsgi
 from wire.capture import ACK, FIN, RST, SYN, Capture, CaptureUnavailable, Packet
 from wire.rawhttp import (
@@ -621,13 +621,6 @@ def diagram_of(plan: Plan, rid: str, story: Story, seen: Exchange, packets: list
     return diagram
 
 
-def write_picture(diagram: sequence.Diagram, form: str, out: Path | None, rid: str) -> Path:
-    path = out or ROOT / "reports" / f"{rid}.{form}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(sequence.render(diagram, form))
-    return path
-
-
 def trace(plan: Plan, keep_alive: bool, form: str | None = None, out: Path | None = None) -> int:
     rid = f"trace-{secrets.token_hex(8)}"
     print(f"Tracing {plan.method} {plan.url}   ({plan.mode} stack, request id {rid})")
@@ -648,7 +641,7 @@ def trace(plan: Plan, keep_alive: bool, form: str | None = None, out: Path | Non
     packets = capture.snapshot() if capture else []
     tell(plan, rid, story, seen, packets, captured=capture is not None)
     if form:
-        path = write_picture(diagram_of(plan, rid, story, seen, packets), form, out, rid)
+        path = sequence.write(diagram_of(plan, rid, story, seen, packets), form, out, rid)
         print(f"\nThe picture: {path} ({form}: a lane per party, an arrow per packet, time running down)")
     return 0
 
@@ -669,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-d", "--data", help="a JSON request body")
     parser.add_argument("--format", choices=("text", "svg", "html"), default="text",
                         help="also draw the request as a sequence diagram (text: the story alone)")
-    parser.add_argument("--out", type=Path, help="where the picture goes (default: reports/<request id>.<format>)")
+    parser.add_argument("--out", type=Path, help="the picture's path (default: reports/<request id>.<format>)")
     args = parser.parse_args(argv)
     site = Site.from_env()
     plan = plan_of(args.url, args.method, args.data, site, choose_mode(None, site), args.tls)

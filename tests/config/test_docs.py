@@ -16,10 +16,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-import yaml
 
+from tests.e2e import readme_examples
 from tests.e2e.browser import chromium
-from tests.e2e.readme_examples import _nav_pages
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -38,7 +37,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def nav_pages() -> list[str]:
-    return _nav_pages(yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"])
+    return readme_examples.nav_pages(ROOT)
 
 
 class References(HTMLParser):

@@ -75,19 +75,23 @@ class Example:
     document: str = "README.md"
 
 
-def _nav_pages(entries: list) -> list[str]:
-    pages = []
-    for entry in entries:
-        value = next(iter(entry.values())) if isinstance(entry, dict) else entry
-        pages.extend(_nav_pages(value) if isinstance(value, list) else [value])
-    return pages
+def nav_pages(root: Path) -> list[str]:
+    """Every page mkdocs.yml's nav lists, in its order (a reader's order), as paths under docs/."""
+
+    def flatten(entries: list) -> list[str]:
+        pages = []
+        for entry in entries:
+            value = next(iter(entry.values())) if isinstance(entry, dict) else entry
+            pages.extend(flatten(value) if isinstance(value, list) else [value])
+        return pages
+
+    return flatten(yaml.safe_load((root / "mkdocs.yml").read_text())["nav"])
 
 
 def documents(root: Path) -> list[Path]:
-    """README.md, then every docs/ page in the order mkdocs.yml's nav lists them (a reader's order)."""
-    nav = yaml.safe_load((root / "mkdocs.yml").read_text())["nav"]
-    return [root / "README.md"] + [root / "docs" / page for page in _nav_pages(nav)
-                                   if (root / "docs" / page).exists()]
+    """README.md, then every hand-written docs/ page in the nav's order (the report pages a hook generates from
+    loadtest/ and iolab/ have no file under docs/)."""
+    return [root / "README.md"] + [root / "docs" / page for page in nav_pages(root) if (root / "docs" / page).exists()]
 
 
 def all_examples(root: Path) -> list[Example]:
