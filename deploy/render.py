@@ -139,6 +139,27 @@ def _pooled(upstream: str, servers: Mapping[str, WebServer]) -> bool:
 # Compose mounts nginx's certificate and key as secrets; Kubernetes from a kubernetes.io/tls Secret.
 COMPOSE_TLS = ("/run/secrets/tls_certificate", "/run/secrets/tls_key")
 KUBERNETES_TLS = ("/etc/stack/tls/tls.crt", "/etc/stack/tls/tls.key")
+# HTTP/3 needs nginx built with it (`nginx -V`): nginx.org's images and Debian's 1.30 are; Debian 12's 1.22 is not.
+HTTP3_MODULE_FLAG = "--with-http_v3_module"
+# Alt-Svc (RFC 7838) tells a client that came over TCP that the same origin answers HTTP/3 on a UDP port: the
+# port of the Host it used (the stack publishes UDP on the same number as its TLS port, in every mode), for a day.
+# Only on the HTTPS port: a plain-HTTP origin has no HTTP/3.
+# Not on an answer that came over HTTP/3 itself ($http3 is "h3" there).
+ALT_SVC_MAP = ('    map "$https:$http3:$http_host" $stack_alt_svc {\n'
+               "        \"~^on::.*:(?<port>[0-9]{1,5})$\" 'h3=\":$port\"; ma=86400';\n"
+               "        \"~^on::\" 'h3=\":443\"; ma=86400';\n"
+               '        default "";\n    }\n')
+NO_ALT_SVC_MAP = '    map $https $stack_alt_svc {\n        default "";\n    }\n'  # nginx without HTTP/3 has no $http3
+# The Host the client used ($http_host) when well-formed, else the name nginx matched. Over HTTP/3 nginx puts
+# :authority's name in $host and leaves $http_host empty (nginx ticket 2281) unless the client also sent Host: the
+# port it dropped is the published TLS port, the one the client's datagrams reached.
+FORWARDED_HOST_MAP = ('    map $http_host $forwarded_host {\n'
+                      '        "~^[A-Za-z0-9.-]+(:[0-9]{1,5})?$" $http_host;\n'
+                      '        default $host;\n    }\n')
+FORWARDED_HOST_MAP_HTTP3 = ('    map "$http3|$http_host" $forwarded_host {\n'
+                            '        "~^(h3)?\\|(?<given_host>[A-Za-z0-9.-]+(:[0-9]{1,5})?)$" $given_host;\n'
+                            '        "h3|" $host:@@PORT@@;\n'
+                            '        default $host;\n    }\n')
 # nginx 1.25.1 moved HTTP/2 from a `listen` parameter to its own directive (the old form is deprecated there).
 HTTP2_DIRECTIVE_SINCE = (1, 25, 1)
 
@@ -154,12 +175,33 @@ def nginx_version(nginx: str | None = None) -> tuple[int, ...]:
     return tuple(int(part) for part in found.group(1).split(".")) if found else (0,)
 
 
-def tls_values(listen: str, certificate: str, key: str, version: tuple[int, ...]) -> dict[str, str]:
-    """The template's TLS values: HTTPS on `listen`, with HTTP/2 offered by ALPN as this nginx version spells it."""
-    if version >= HTTP2_DIRECTIVE_SINCE:
-        return {"TLS_LISTEN": f"{listen} ssl", "HTTP2": "        http2 on;\n",
-                "TLS_CERTIFICATE": certificate, "TLS_KEY": key}
-    return {"TLS_LISTEN": f"{listen} ssl http2", "HTTP2": "", "TLS_CERTIFICATE": certificate, "TLS_KEY": key}
+def nginx_has_http3(nginx: str | None = None) -> bool:
+    """Whether this machine's nginx (native mode) was built with http_v3_module (Debian 12's 1.22 was not)."""
+    nginx = nginx or shutil.which("nginx") or "/usr/sbin/nginx"
+    try:
+        configure = subprocess.run([nginx, "-V"], capture_output=True, text=True).stderr
+    except OSError:
+        return False
+    return HTTP3_MODULE_FLAG in configure.split()
+
+
+def tls_values(listen: str, certificate: str, key: str, version: tuple[int, ...], http3: bool,
+               public_tls_port: int) -> dict[str, str]:
+    """The template's TLS values: HTTPS on `listen`, with HTTP/2 offered by ALPN as this nginx version spells it,
+    and with `http3` HTTP/3 over QUIC on the same port number in UDP, which clients reach at
+    `public_tls_port`."""
+    values = {"TLS_LISTEN": f"{listen} ssl", "HTTP2": "        http2 on;\n",
+              "TLS_CERTIFICATE": certificate, "TLS_KEY": key}
+    if version < HTTP2_DIRECTIVE_SINCE:
+        values.update(TLS_LISTEN=f"{listen} ssl http2", HTTP2="")
+    # QUIC: nginx's workers share the UDP port with reuseport (set once per address, on the default server):
+    # the kernel then hands each client's datagrams, by their addresses, to the one worker that holds its
+    # connection.
+    values["QUIC"] = f"{listen} quic" if http3 else ""
+    values["ALT_SVC"] = ALT_SVC_MAP if http3 else NO_ALT_SVC_MAP
+    values["FORWARDED_HOST"] = (FORWARDED_HOST_MAP_HTTP3.replace("@@PORT@@", str(public_tls_port)) if http3
+                                else FORWARDED_HOST_MAP)
+    return values
 
 
 def write_modules_conf(path: Path) -> None:
@@ -200,20 +242,22 @@ def user_directive() -> str:
 
 
 def edge_headers(indent: int) -> str:
-    """The headers nginx adds to every answer, its own and the services': HSTS (on the HTTPS port) and its
-    Server-Timing entries. Written into the server and into each location with an add_header of its own (one
+    """The headers nginx adds to every answer, its own and the services': HSTS and Alt-Svc (on the HTTPS port)
+    and its Server-Timing entries. Written into the server and into each location with an add_header of its own (one
     add_header in a location and nginx forgets the server's)."""
     pad = " " * indent
     return "".join(f"{pad}add_header {name} {value} always;\n" for name, value in (
         ("Strict-Transport-Security", "$strict_transport_security"),
+        ("Alt-Svc", "$stack_alt_svc"),
         ("Server-Timing", "$server_timing_edge"),
         ("Server-Timing", "$server_timing_upstream"),
     ))
 
 
-def _default_server(listen: str, http2: str, access_log: str) -> str:
-    """The catch-all server of one port (the template explains it)."""
-    return (f"    server {{\n        listen {listen} default_server;\n{http2}        server_name _;\n"
+def _default_server(listen: str, http2: str, access_log: str, quic: str = "") -> str:
+    """The catch-all server of one port (the template explains it), and of its QUIC twin when there is one."""
+    quic = f"        listen {quic} reuseport default_server;\n" if quic else ""
+    return (f"    server {{\n        listen {listen} default_server;\n{quic}{http2}        server_name _;\n"
             f"{edge_headers(8)}        access_log {access_log} stack;\n"
             "        location / {\n            return 444;\n        }\n"
             "        error_page 404 = @drop;  # /.problem asked for from outside: no answer either\n"
@@ -254,8 +298,8 @@ class EdgeValues:
     values: dict[str, str]
 
 
-def _orchestrated_edge(mode: str, servers: Mapping[str, WebServer], uwsgi: set[str],
-                       upstreams: Mapping[str, Sequence[str]] | None) -> EdgeValues:
+def _orchestrated_edge(mode: str, site: Site, servers: Mapping[str, WebServer], uwsgi: set[str],
+                       upstreams: Mapping[str, Sequence[str]] | None, http3: bool) -> EdgeValues:
     """Compose's and Kubernetes's: every upstream a name in the platform's DNS, re-resolved while running."""
     # Upstreams named in the stack's zone and re-resolved while running (`resolve`, nginx >= 1.27.3): a
     # recreated container with a new address is reached without a reload.
@@ -301,14 +345,16 @@ def _orchestrated_edge(mode: str, servers: Mapping[str, WebServer], uwsgi: set[s
         "STATUS_ALLOW": "".join(f"            allow {net};\n" for net in (
             "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")),
         # Both images carry nginx >= 1.27.3 (`resolve` above needs it).
+        # HTTP/3 in Compose (the nginx image's build keeps it only if its nginx has the module: nginx/http3.sh);
+        # not in Kubernetes, whose manifests publish no UDP port for it.
         **tls_values(str(NGINX_TLS_PORT), *(COMPOSE_TLS if mode == "compose" else KUBERNETES_TLS),
-                     version=HTTP2_DIRECTIVE_SINCE),
+                     version=HTTP2_DIRECTIVE_SINCE, http3=http3 and mode == "compose", public_tls_port=site.tls_port),
     }
     return EdgeValues(resolver, upstream_blocks, prometheus, stream_upstreams, stream_servers, values)
 
 
 def _native_edge(site: Site, servers: Mapping[str, WebServer], uwsgi: set[str],
-                 upstreams: Mapping[str, Sequence[str]] | None) -> EdgeValues:
+                 upstreams: Mapping[str, Sequence[str]] | None, http3: bool) -> EdgeValues:
     """Local processes: every instance on its own loopback address, files under the site's var/."""
     resolver = ""
     if upstreams is None:
@@ -338,7 +384,7 @@ def _native_edge(site: Site, servers: Mapping[str, WebServer], uwsgi: set[str],
             dict.fromkeys(["localhost", "127.0.0.1", site.public_host, ZONE, f"nginx.{ZONE}"])
         ),
         **tls_values(f"{site.public_host}:{site.tls_port}", str(site.tls.certificate), str(site.tls.key),
-                     nginx_version()),
+                     nginx_version(), http3=http3 and nginx_has_http3(), public_tls_port=site.tls_port),
         "STATUS_LISTEN": f"{site.address(NGINX)}:{NGINX_STATUS_PORT}",
         # The exporter connects from 127.0.0.1 whatever its own address (the kernel picks the source): loopback.
         "STATUS_ALLOW": "            allow 127.0.0.0/8;\n",
@@ -370,8 +416,9 @@ def _locations(routes: Mapping[str, str], servers: Mapping[str, WebServer], moni
 
 def nginx_conf(mode: str, site: Site | None = None, *, upstreams: Mapping[str, Sequence[str]] | None = None,
                routes: Mapping[str, str] | None = None, overrides: Mapping[str, str] | None = None,
-               servers: Mapping[str, WebServer] | None = None) -> str:
-    """The stack's nginx config for `mode`. `upstreams` (name -> host:port servers; native only) and `routes`
+               servers: Mapping[str, WebServer] | None = None, http3: bool = True) -> str:
+    """The stack's nginx config for `mode`, with HTTP/3 where `http3` and the mode's nginx offers it.
+    `upstreams` (name -> host:port servers; native only) and `routes`
     (location prefix -> upstream name) replace the services' own, `servers` says which upstreams run a
     WSGI server of WEB_SERVERS (its protocol and keep-alive; default: web's, WEB_SERVER), and `overrides`
     replace any template value: how make compare puts the stack's edge, unchanged otherwise, in front of one
@@ -383,9 +430,9 @@ def nginx_conf(mode: str, site: Site | None = None, *, upstreams: Mapping[str, S
     monitoring_api = routes is None and mode in MODES
     routes = routes if routes is not None else {s.prefix: s.name for s in HTTP_SERVICES if s.prefix}
     if mode in ("compose", "kubernetes"):
-        edge = _orchestrated_edge(mode, servers, uwsgi, upstreams)
+        edge = _orchestrated_edge(mode, site, servers, uwsgi, upstreams, http3)
     elif mode == "native":
-        edge = _native_edge(site, servers, uwsgi, upstreams)
+        edge = _native_edge(site, servers, uwsgi, upstreams, http3)
     else:
         raise ValueError(f"unknown mode {mode!r}; expected one of {RENDER_TARGETS}")
     values = edge.values
@@ -398,11 +445,12 @@ def nginx_conf(mode: str, site: Site | None = None, *, upstreams: Mapping[str, S
                   CONNECTIONS_PER_CLIENT=str(CONNECTIONS_PER_CLIENT))
     values.update(EDGE_HEADERS=edge_headers(8), LOCATION_EDGE_HEADERS=edge_headers(12), STATUS_PATH=NGINX_STATUS_PATH)
     values.update(RESOLVER=edge.resolver, UPSTREAMS=upstream_blocks, LOCATIONS=locations,
-                  PROBLEM_TITLES=_problem_titles(),
+                  PROBLEM_TITLES=_problem_titles(), PROBLEM_PATH=PROBLEM_PATH,
                   EDGE_ERRORS=_edge_errors(list(EDGE_ERRORS)),
                   # The catch-all servers answer only what they cannot parse; 404 there means "no answer".
                   DEFAULT_SERVERS=_default_server(values["LISTEN"], "", values["ACCESS_LOG"]) + "\n"
-                  + _default_server(values["TLS_LISTEN"], values["HTTP2"], values["ACCESS_LOG"]),
+                  + _default_server(values["TLS_LISTEN"], values["HTTP2"], values["ACCESS_LOG"], values["QUIC"]),
+                  QUIC_LISTEN=f"        listen {values['QUIC']};\n" if values["QUIC"] else "",
                   STREAM_UPSTREAMS=edge.stream_upstreams, STREAM_SERVERS=edge.stream_servers)
     values.update(overrides or {})
     return _fill(NGINX_TEMPLATE.read_text(), values)
@@ -584,6 +632,7 @@ def main() -> None:
     parser.add_argument("--mode", choices=RENDER_TARGETS, required=True)
     parser.add_argument("--nginx-out", type=Path, help="write nginx.conf here")
     parser.add_argument("--zone-out", type=Path, help="write the DNS zone (JSON) here")
+    parser.add_argument("--no-http3", action="store_true", help="nginx.conf without HTTP/3 (an nginx without it)")
     args = parser.parse_args()
     site = Site.from_env()
     if not (args.nginx_out or args.zone_out):
@@ -591,7 +640,7 @@ def main() -> None:
             parser.error(f"--nginx-out or --zone-out is required for {args.mode}")
         print(render_native(site))
     for path, text in (
-        (args.nginx_out, lambda: nginx_conf(args.mode, site)),
+        (args.nginx_out, lambda: nginx_conf(args.mode, site, http3=not args.no_http3)),
         (args.zone_out, lambda: json.dumps(zone(args.mode, site), indent=2) + "\n"),
     ):
         if path:

@@ -32,6 +32,8 @@ from deploy.render import (
     PROMETHEUS_API,
     STOP_GRACE_SECONDS,
     UPSTREAM_FAIL_TIMEOUT_S,
+    nginx_has_http3,
+    nginx_version,
     render_native,
 )
 from stack import credentials, topology
@@ -133,6 +135,12 @@ def print_urls(site: Site, mode: str) -> None:
         print(f"  Prometheus    http://{where}{PROMETHEUS_PREFIX}/   (every instance scraped; the landing page "
               "shows its numbers)")
     print("  one request   make trace URL=/web/json   (DNS, handshake, bytes, nginx, the service, the close)")
+    said = driver(mode, site).http3()
+    if said.startswith("HTTP/3: on"):
+        print(f"  over HTTP/3   make trace HTTP=3 URL=/web/json   (QUIC on udp {site.public_host}:{site.tls_port}; "
+              "docs/http3.md)")
+    else:
+        print(f"  {said}")
     print("  stop with     make down   (state: make ps, logs: make logs)\n")
 
 
@@ -358,6 +366,14 @@ class Native:
         except (OSError, ValueError):
             return f"{self.site.web_server} is not running"
         return web_server_line(environ, len(procs.descendants(master)))
+
+    def http3(self) -> str:
+        """One line: whether nginx offers HTTP/3 here, and why not when it does not."""
+        if nginx_has_http3():
+            return f"HTTP/3: on, over QUIC on udp {self.site.public_host}:{self.site.tls_port}"
+        version = ".".join(map(str, nginx_version()))
+        return (f"HTTP/3: off in native mode (this nginx, {version}, was built without http_v3_module: Debian 12's "
+                "is); the Compose stack (MODE=compose) offers it")
 
     def log_text(self, name: str) -> str:
         """What a program has logged so far: nginx is its access log, nginx-stream its stream log."""
@@ -630,6 +646,13 @@ class Compose:
         servers = [line for line in top.splitlines()[1:]
                    if "docker-init" not in line and "resource_tracker" not in line]
         return web_server_line(environ, max(len(servers) - 1, 0))
+
+    def http3(self) -> str:
+        """One line from the nginx image's build (nginx/http3.sh): whether its nginx offers HTTP/3."""
+        containers = self.containers(NGINX.name)
+        said = subprocess.run(["docker", "exec", containers[0], "cat", "/etc/stack/http3.txt"],
+                              capture_output=True, text=True) if containers else None
+        return said.stdout.strip() if said and not said.returncode else "HTTP/3: unknown (nginx is not running)"
 
     def containers(self, service: str) -> list[str]:
         """The ids of a service's running containers (its replicas) by their number (web-1, web-2, ...): the

@@ -121,13 +121,15 @@ def test_published_ports_are_loopback_only_and_match_the_topology():
     assert published == {
         ("nginx", NGINX_PORT, "tcp", "127.0.0.1"),
         ("nginx", NGINX_TLS_PORT, "tcp", "127.0.0.1"),
+        ("nginx", NGINX_TLS_PORT, "udp", "127.0.0.1"),  # HTTP/3 over QUIC, the same number
         *(("nginx", s.public_port, s.transport, "127.0.0.1") for s in STREAM_SERVICES),  # the stream proxy
         ("dns", DNS.port, "udp", "127.0.0.1"),
         ("dns", DNS.port, "tcp", "127.0.0.1"),
     }
     # Each published stream port can be moved (a second stack beside yours) by the variable the topology names.
     text = COMPOSE_FILE.read_text()
-    assert f'"127.0.0.1:${{STACK_TLS_PORT:-{NGINX_TLS_PORT}}}:{NGINX_TLS_PORT}"' in text
+    for transport in ("tcp", "udp"):  # HTTPS and HTTP/3 on one public number, the one Alt-Svc names
+        assert f'"127.0.0.1:${{STACK_TLS_PORT:-{NGINX_TLS_PORT}}}:{NGINX_TLS_PORT}/{transport}"' in text
     for service in STREAM_SERVICES:
         port = service.public_port
         mapping = f'"127.0.0.1:${{{service.port_env}:-{port}}}:{port}/{service.transport}"'

@@ -176,7 +176,8 @@ def test_access_log_records_timings_and_the_request_id(http_block):
 def test_default_server_drops_unknown_hosts(http_block):
     servers = [d["block"] for d in find(http_block, "server")]
     plain, tls = [s for s in servers if is_default_server(s)]  # one per port
-    assert "ssl" not in one(plain, "listen") and "ssl" in one(tls, "listen")
+    tcp_listen = [d["args"] for d in find(tls, "listen") if "quic" not in d["args"]]
+    assert "ssl" not in one(plain, "listen") and "ssl" in tcp_listen[0] and len(tcp_listen) == 1
     for default in (plain, tls):
         locations = {tuple(d["args"]): d["block"] for d in find(default, "location")}
         assert one(locations[("/",)], "return") == ["444"]
@@ -185,7 +186,7 @@ def test_default_server_drops_unknown_hosts(http_block):
     # HTTP/2 on the HTTPS port only: the plain port's default server (which decides before any Host is known)
     # never enables it, whichever way this nginx spells it.
     assert not find(plain, "http2") and "http2" not in one(plain, "listen")
-    assert find(tls, "http2") == [] and "http2" in one(tls, "listen") or one(tls, "http2") == ["on"]
+    assert find(tls, "http2") == [] and "http2" in tcp_listen[0] or one(tls, "http2") == ["on"]
 
 
 def test_nginx_answers_its_own_errors_with_problem_documents(http_block):
@@ -259,18 +260,92 @@ def test_compose_config_passes_nginx_t(tmp_path):
                         .replace(f"resolver {DNS.name}.{ZONE}:", "resolver 127.0.0.1:"))
         command = [NGINX, "-t", "-c", str(conf), "-e", "stderr"]
     elif docker_answers() and (image := usable_nginx_image()):
-        script = ROOT / "nginx" / "stream-module.sh"  # what the nginx image's build runs first
+        # What the nginx image's build runs: stream-module.sh, then http3.sh keeps the config its nginx can run
+        # (the one with HTTP/3, where it has the module), which nginx -t then reads.
+        (tmp_path / "nginx-tcp.conf").write_text(nginx_conf("compose", SITE, http3=False))
         command = ["docker", "run", "--rm", "--add-host", f"{DNS.name}.{ZONE}:127.0.0.1",
-                   "-v", f"{conf}:/etc/stack/nginx.conf:ro",
+                   "-v", f"{tmp_path}:/in:ro",
                    "-v", f"{certificate.certificate}:{COMPOSE_TLS[0]}:ro",
                    "-v", f"{certificate.key}:{COMPOSE_TLS[1]}:ro",
-                   "-v", f"{script}:/stream-module.sh:ro", image, "sh", "-c",
-                   f"sh /stream-module.sh {COMPOSE_MODULES_CONF} && nginx -t -c /etc/stack/nginx.conf -e stderr"]
+                   "-v", f"{ROOT / 'nginx'}:/scripts:ro", image, "sh", "-c",
+                   f"sh /scripts/stream-module.sh {COMPOSE_MODULES_CONF} && mkdir /tmp/stack "
+                   "&& cp /in/nginx.conf /in/nginx-tcp.conf /tmp/stack/ && sh /scripts/http3.sh /tmp/stack "
+                   "&& nginx -t -c /tmp/stack/nginx.conf -e stderr && nginx -V 2>&1"]
     else:
         pytest.skip(f"host nginx {nginx_version(NGINX)} predates `resolve`, and no Docker engine has an nginx image")
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr
+    if command[0] == "docker":
+        offers = "--with-http_v3_module" in result.stdout.split()
+        assert result.stdout.startswith("HTTP/3: on" if offers else "HTTP/3: off"), result.stdout
+
+
+# ---------------------------------------------------------------- HTTP/3
+
+def fake_nginx(tmp_path: Path, configure: str) -> dict[str, str]:
+    """A PATH whose `nginx -V` prints `configure`: http3.sh's two answers without two nginx builds."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nginx").write_text(f"#!/bin/sh\nprintf 'nginx version: nginx/9.9\\nconfigure arguments: "
+                                   f"{configure}\\n' >&2\n")
+    (bin_dir / "nginx").chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+@pytest.mark.parametrize("configure,offered", [("--with-http_ssl_module --with-http_v3_module", True),
+                                               ("--with-http_ssl_module --with-http_v2_module", False)])
+def test_the_nginx_image_keeps_the_config_its_nginx_can_run(tmp_path, configure, offered):
+    """nginx/http3.sh: with http_v3_module the HTTP/3 config stays; without it, the TCP-only one replaces it."""
+    stack_dir = tmp_path / "stack"
+    stack_dir.mkdir()
+    (stack_dir / "nginx.conf").write_text(nginx_conf("compose", SITE))
+    (stack_dir / "nginx-tcp.conf").write_text(nginx_conf("compose", SITE, http3=False))
+    result = subprocess.run(["sh", str(ROOT / "nginx" / "http3.sh"), str(stack_dir)], capture_output=True,
+                            text=True, env=fake_nginx(tmp_path, configure))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in stack_dir.iterdir()) == ["http3.txt", "nginx.conf"]
+    said = (stack_dir / "http3.txt").read_text()
+    assert said.startswith("HTTP/3: on" if offered else "HTTP/3: off") and "nginx/9.9" in said
+    assert (" quic" in (stack_dir / "nginx.conf").read_text()) == offered
+
+
+def test_http3_listens_on_the_tls_port_in_udp_once_per_address(tmp_path):
+    """Compose: every server on the TLS port also listens for QUIC there, reuseport once (on the catch-all),
+    Alt-Svc from the Host's port and the published port for HTTP/3's Host; without HTTP/3, no trace of it."""
+    path = tmp_path / "compose.conf"
+    path.write_text(nginx_conf("compose", SITE))
+    text = path.read_text()
+    quic_listens = re.findall(r"listen (\S+) quic( reuseport)?( default_server)?;", text)
+    assert sorted(quic_listens) == sorted([("8443", "", ""), ("8443", " reuseport", " default_server")])
+    assert 'map "$https:$http3:$http_host" $stack_alt_svc' in text and "h3=\":$port\"; ma=86400" in text
+    assert f'"h3|" $host:{SITE.tls_port};' in text
+    plain = nginx_conf("compose", SITE, http3=False)
+    assert " quic" not in plain and "$http3" not in plain and 'h3="' not in plain
+    native = nginx_conf("native", SITE)  # this host's nginx (Debian 12's 1.22) has no http_v3_module
+    assert (" quic" in native) == ("--with-http_v3_module" in subprocess.run(
+        [NGINX, "-V"], capture_output=True, text=True).stderr.split())
+    assert nginx_conf("kubernetes", SITE).count(" quic") == 0  # its manifests publish no UDP port for it
+
+
+def test_connection_specific_fields_are_refused_after_http1_only(tmp_path):
+    """The map the edge's 400 reads (RFC 9113 §8.2.2, RFC 9114 §4.2), matched as nginx matches it (PCRE)."""
+    text = nginx_conf("compose", SITE)
+    block = re.search(r'map "\$server_protocol\|[^"]+" \$stack_connection_field_after_http1 \{\n(.*?)\n    \}',
+                      text, re.DOTALL).group(1)
+    rules = [(re.compile(pattern), value) for pattern, value in re.findall(r'"~([^"]+)" (\d);', block)]
+
+    def refused(protocol: str, connection="", keep_alive="", proxy="", transfer="", upgrade="", te="") -> bool:
+        key = "|".join((protocol, connection, keep_alive, proxy, transfer, upgrade, te))
+        return next((value for pattern, value in rules if pattern.search(key)), "0") == "1"
+
+    for protocol in ("HTTP/2.0", "HTTP/3.0"):
+        assert not refused(protocol) and not refused(protocol, te="trailers")
+        assert refused(protocol, connection="close") and refused(protocol, te="gzip")
+        assert refused(protocol, upgrade="websocket") and refused(protocol, transfer="chunked")
+        assert refused(protocol, keep_alive="|") and refused(protocol, te="||trailers")  # a "|" in a value
+    assert not refused("HTTP/1.1", connection="keep-alive", upgrade="websocket", te="trailers")
+    assert f"    map $uri $stack_refuse_connection_field {{\n        volatile;\n        {PROBLEM_PATH} 0;" in text
 
 
 # ---------------------------------------------------------------- layer 4: the stream {} proxy
@@ -367,15 +442,33 @@ def test_gixy_finds_nothing_in_the_rendered_config(mode, tmp_path):
     assert result.returncode == 0, result.stderr
 
 
-def test_only_a_plain_host_and_port_is_forwarded(http_block):
-    (mapping,) = [m for m in find(http_block, "map") if m["args"] == ["$http_host", "$forwarded_host"]]
-    rules = {d["directive"]: d["args"] for d in mapping["block"]}
-    assert rules["default"] == ["$host"]
-    (pattern,) = [k for k in rules if k.startswith("~")]
+def test_only_a_plain_host_and_port_is_forwarded(http_block, mode):
+    """$forwarded_host: the client's Host when a plain name[:port], else the name nginx matched; over HTTP/3 (no
+    Host, only :authority, whose port nginx drops) the name with the published TLS port."""
+    (mapping,) = [m for m in find(http_block, "map") if m["args"][1:] == ["$forwarded_host"]]
+    http3 = mapping["args"][0] == "$http3|$http_host"
+    assert http3 == (mode == "compose")  # native: Debian 12's nginx has no HTTP/3 (and no $http3)
+
+    def forwarded(host: str, over_h3: bool = False) -> str:
+        """What nginx's map gives (exact keys, then regexes in order, then the default), with captures."""
+        key = f"{'h3' if over_h3 else ''}|{host}" if http3 else host
+        for rule in mapping["block"]:
+            name, value = rule["directive"], rule["args"][0]
+            value = value.replace("$http_host", host)
+            if name == key:
+                return value
+            if name.startswith("~") and (found := re.search(name[1:].replace("(?<", "(?P<"), key)):
+                return re.sub(r"\$(\w+)", lambda m: found.groupdict().get(m.group(1)) or m.group(0), value)
+        return one(mapping["block"], "default")[0]
+
     for good in ("localhost", "127.0.0.1:8080", "nginx.stack.internal"):
-        assert re.fullmatch(pattern[1:].strip("^$"), good), good
-    for bad in ("localhost:80@evil.example", "a b", "localhost:8080/x", "[::1]:8080"):
-        assert not re.fullmatch(pattern[1:].strip("^$"), bad), bad
+        assert forwarded(good) == good
+    for bad in ("localhost:80@evil.example", "a b", "localhost:8080/x", "[::1]:8080", ""):
+        assert forwarded(bad) == "$host", bad
+    if http3:
+        assert forwarded("", over_h3=True) == f"$host:{SITE.tls_port}"
+        assert forwarded("localhost:9443", over_h3=True) == "localhost:9443"  # a client that sent Host too
+        assert forwarded("localhost:80@evil.example", over_h3=True) == "$host"
     assert ["X-Forwarded-Host", "$forwarded_host"] in [d["args"] for d in find(http_block, "proxy_set_header")]
 
 
