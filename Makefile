@@ -56,8 +56,8 @@ logs:  ## follow every service's log
 urls:  ## print the stack's URLs
 	@$(PY) -m deploy urls
 
-trace: setup  ## follow one request through every hop: make trace URL=/catalog/json [TLS=1] [FORMAT=svg|html] (as root: with its packets)
-	@$(PY) -m wire.trace $(if $(TLS),--tls) $(if $(FORMAT),--format $(FORMAT)) $(if $(OUT),--out $(OUT)) $(URL)
+trace: setup  ## follow one request through every hop: make trace URL=/catalog/json [TLS=1|HTTP=3] [FORMAT=svg|html] (as root: with its packets)
+	@$(PY) -m wire.trace $(if $(TLS),--tls) $(if $(HTTP),--http $(HTTP)) $(if $(FORMAT),--format $(FORMAT)) $(if $(OUT),--out $(OUT)) $(URL)
 
 trace-dns: setup  ## DNS over UDP, truncated (TC), then over TCP
 	@$(PY) -m wire.dns_truncation
@@ -67,6 +67,7 @@ rawhttp: setup  ## HTTP/1.1 by hand on a raw socket: keep-alive, chunked (checke
 
 tcp-vs-udp: setup  ## the time service over TCP and over UDP, side by side [FORMAT=svg|html: drawn from a capture, as root]
 	@$(PY) -m services.sockets.client compare
+	@$(PY) -m wire.quic compare
 	@$(if $(FORMAT),$(PY) -m wire.tcp_vs_udp --format $(FORMAT) $(if $(OUT),--out $(OUT)))
 
 loadtest: setup  ## Locust's web UI on http://127.0.0.1:8089 against the running stack (WORKERS=2)

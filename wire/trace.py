@@ -34,6 +34,7 @@ import socket
 import ssl
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -241,6 +242,15 @@ def explain_nginx_line(line: str) -> str:
             f"Client connection #{connection}, request {number} on it.")
 
 
+def tell_nginx_line(plan: Plan, rid: str, story: Story) -> None:
+    """nginx's access line for this request id, and what its timings say."""
+    line = log_line(plan, "nginx", f"rid={rid}")
+    story.note(f"access line: {line}" if line else f"no access line with rid={rid} within {LOG_WAIT_S:g} s")
+    if line:
+        story.lines["nginx"] = line
+        story.note(explain_nginx_line(line))
+
+
 def upstream_connections(packets: list[Packet], rid: str, mine: tuple[tuple[str, int], tuple[str, int]]) \
         -> list[Connection]:
     """The other TCP connections that carried this request id: nginx's to the service (and, in Compose,
@@ -412,11 +422,7 @@ def tell(plan: Plan, rid: str, story: Story, seen: Exchange, packets: list[Packe
         story.section(4, "nginx: not on this path (the URL names the service's own port)")
     else:
         story.section(4, "nginx, the reverse proxy")
-        line = log_line(plan, "nginx", f"rid={rid}")
-        story.note(f"access line: {line}" if line else f"no access line with rid={rid} within {LOG_WAIT_S:g} s")
-        if line:
-            story.lines["nginx"] = line
-            story.note(explain_nginx_line(line))
+        tell_nginx_line(plan, rid, story)
     others = upstream_connections(packets, rid, (seen.local, seen.peer))
     for connection in others:
         verdict = ("a new connection: its SYN is in the capture" if connection.opened_here else
@@ -528,10 +534,10 @@ def packet_label(packet: Packet, connection: Connection, seen: Exchange) -> tupl
     return f"{packet.flag_names}: more of the message", "data"
 
 
-def server_timing(response: Response) -> dict[str, float]:
-    """Server-Timing's entries (name -> seconds), from every such header of the response."""
+def server_timing(headers: Iterable[tuple[str, str]]) -> dict[str, float]:
+    """Server-Timing's entries (name -> seconds), from every such header of a response."""
     entries: dict[str, float] = {}
-    for name, value in response.headers:
+    for name, value in headers:
         if name.lower() == "server-timing":
             for entry in value.split(","):
                 match = re.match(r"\s*([\w-]+).*?;\s*dur=([\d.]+)", entry)
@@ -604,7 +610,7 @@ def diagram_of(plan: Plan, rid: str, story: Story, seen: Exchange, packets: list
                              "close", endpoint(seen.local), peer)]
     diagram.messages.sort(key=lambda message: message.time)
 
-    timing = server_timing(seen.response)
+    timing = server_timing(seen.response.headers)
     # nginx's clock for a request starts at its first bytes, after any TLS handshake
     arrived = next((m.time for m in diagram.messages if m.target == "nginx" and m.size and
                     (m.kind == "data" or m.label.startswith("TLS application"))), None)
@@ -621,15 +627,21 @@ def diagram_of(plan: Plan, rid: str, story: Story, seen: Exchange, packets: list
     return diagram
 
 
+def open_capture(instead: str) -> Capture | None:
+    """A capture of this host's interfaces, saying so; None, saying why and what the story uses `instead`."""
+    try:
+        capture = Capture()
+    except CaptureUnavailable as reason:
+        print(f"Packets: not visible ({reason}); {instead}.")
+        return None
+    print("Packets: captured from this host's interfaces with an AF_PACKET socket; times are the kernel's.")
+    return capture
+
+
 def trace(plan: Plan, keep_alive: bool, form: str | None = None, out: Path | None = None) -> int:
     rid = f"trace-{secrets.token_hex(8)}"
     print(f"Tracing {plan.method} {plan.url}   ({plan.mode} stack, request id {rid})")
-    try:
-        capture: Capture | None = Capture()
-        print("Packets: captured from this host's interfaces with an AF_PACKET socket; times are the kernel's.")
-    except CaptureUnavailable as reason:
-        capture = None
-        print(f"Packets: not visible ({reason}); the steps come from the client's sockets and the logs.")
+    capture = open_capture("the steps come from the client's sockets and the logs")
     with capture or contextlib.nullcontext():
         story = Story(time.time())
         answer = ask_dns(plan, story)
@@ -658,6 +670,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("url", nargs="?", default="/web/json", help="a path on the stack, or an http:// URL")
     parser.add_argument("--tls", action="store_true", help="over HTTPS (nginx's TLS port, the stack's CA)")
     parser.add_argument("--keep-alive", action="store_true", help="no Connection: close; the client closes first")
+    parser.add_argument("--http", choices=("1.1", "3"), default="1.1",
+                        help="3: over HTTP/3 (QUIC on UDP), beside the same URL over TCP and TLS (wire/quic_trace.py)")
     parser.add_argument("-X", "--method")
     parser.add_argument("-d", "--data", help="a JSON request body")
     parser.add_argument("--format", choices=("text", "svg", "html"), default="text",
@@ -665,7 +679,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="the picture's path (default: reports/<request id>.<format>)")
     args = parser.parse_args(argv)
     site = Site.from_env()
-    plan = plan_of(args.url, args.method, args.data, site, choose_mode(None, site), args.tls)
+    plan = plan_of(args.url, args.method, args.data, site, choose_mode(None, site), args.tls or args.http == "3")
+    if args.http == "3":
+        if args.method not in (None, "GET") or args.data:
+            parser.error("the HTTP/3 trace sends a GET")
+        from wire import quic_trace  # it builds on this module's steps
+
+        return quic_trace.trace(plan, None if args.format == "text" else args.format, args.out)
     return trace(plan, args.keep_alive, None if args.format == "text" else args.format, args.out)
 
 

@@ -37,6 +37,10 @@ from stack import credentials
 from stack.topology import HTTP_SERVICES, ROOT, STREAM_SERVICES, ZONE, Site
 from tests.conftest import alongside
 
+# Header fields that exist only for an HTTP/1.1 connection: malformed in an HTTP/2 or HTTP/3 request.
+CONNECTION_SPECIFIC_FIELDS = [("connection", "close"), ("keep-alive", "timeout=5"), ("proxy-connection", "close"),
+                              ("transfer-encoding", "chunked"), ("upgrade", "websocket"), ("te", "gzip")]
+
 HEX32 = re.compile(r"[0-9a-f]{32}")
 
 
@@ -648,6 +652,42 @@ class StackContract:
             assert missing.headers["strict-transport-security"]  # nginx's own answers too
         plain = requests.get(stack.url("/web/json"), timeout=5)
         assert "Strict-Transport-Security" not in plain.headers  # only the HTTPS port says it
+
+    def h2_status(self, stack, fields: list[tuple[str, str]]) -> int | None:
+        """One HTTP/2 GET of /web/json with `fields` added as given (h2's own checks off: a client that does not
+        care), and the status nginx answers, or None when it reset the stream or ended the connection."""
+        import h2.config
+        import h2.connection
+        import h2.events
+
+        context = ssl.create_default_context(cafile=str(stack.site.tls.ca))
+        context.set_alpn_protocols(["h2"])
+        config = h2.config.H2Configuration(client_side=True, validate_outbound_headers=False,
+                                           normalize_outbound_headers=False)
+        connection = h2.connection.H2Connection(config)
+        with socket.create_connection((stack.site.public_host, stack.site.tls_port), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname="localhost") as sock:
+            connection.initiate_connection()
+            connection.send_headers(1, [(":method", "GET"), (":scheme", "https"),
+                                        (":authority", f"localhost:{stack.site.tls_port}"), (":path", "/web/json"),
+                                        *fields], end_stream=True)
+            sock.sendall(connection.data_to_send())
+            while data := sock.recv(65_535):
+                for event in connection.receive_data(data):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        return int(dict(event.headers)[b":status"])
+                    if isinstance(event, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
+                        return None
+                sock.sendall(connection.data_to_send())
+        return None
+
+    def test_connection_specific_fields_over_http2_are_a_400(self, stack):
+        """RFC 9113 §8.2.2: HTTP/2 has no Connection, Keep-Alive, Proxy-Connection, Transfer-Encoding or Upgrade,
+        and TE only as "trailers"; a request with one is malformed. (HTTP/3's twin: tests/e2e/http3_contract.py.)"""
+        for field in CONNECTION_SPECIFIC_FIELDS:
+            assert self.h2_status(stack, [field]) == 400, field
+        assert self.h2_status(stack, [("te", "trailers")]) == 200
+        assert self.h2_status(stack, []) == 200
 
     def test_plain_http_sent_to_the_tls_port_is_a_400_problem(self, stack):
         response = requests.get(f"http://{stack.site.public_host}:{stack.site.tls_port}/web/json", timeout=5)

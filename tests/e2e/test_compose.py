@@ -29,6 +29,7 @@ from deploy.stack import COMPOSE_FILE, MONITORING_PROFILE, Compose, compose_comm
 from stack.topology import DNS, HTTP_SERVICES, MONITORING_SERVICES, NGINX_EXPORTER, ROOT, SERVICES, ZONE
 from tests.conftest import require_docker_engine, site_on_free_ports
 from tests.e2e.contract import RunningStack, StackContract, bystander, ps_output
+from tests.e2e.http3_contract import Http3Contract
 from tests.e2e.http_contract import HttpSemanticsContract
 from tests.e2e.monitoring_contract import MonitoringContract
 
@@ -128,7 +129,7 @@ def compose_stack(tmp_path_factory):
     compose("down", "--volumes", "--remove-orphans")
 
 
-class TestComposeStack(StackContract, HttpSemanticsContract, MonitoringContract):
+class TestComposeStack(StackContract, HttpSemanticsContract, MonitoringContract, Http3Contract):
     # Each Compose restart waits on Docker's 2 s healthcheck interval: the native run covers every service.
     # Scaling out and in (`make up SCALE=...`): replicas added, then the surplus withheld from the stack's DNS,
     # let go by nginx and drained, each service's count checked, all under Locust's mix.

@@ -323,6 +323,28 @@ class TestNativeStack(StackContract, HttpSemanticsContract, MonitoringContract):
         with_web = [pair for pair in drawn if service in pair]
         assert len(with_web) >= 9 and all(":5353" in "".join(pair) for pair in set(drawn) - set(with_web)), drawn
 
+    def test_http3_is_off_natively_exactly_when_nginx_lacks_the_module_and_says_so(self, stack):
+        """Debian 12's nginx 1.22 has no http_v3_module: no QUIC listener, no Alt-Svc, and every HTTP/3 command
+        says why instead of failing somewhere later."""
+        configure = subprocess.run(["nginx", "-V"], capture_output=True, text=True).stderr
+        if "--with-http_v3_module" in configure.split():
+            pytest.skip("this nginx has HTTP/3: the Compose tests' Http3Contract covers that side")
+        said = stack.driver().http3()
+        assert said.startswith("HTTP/3: off in native mode") and "MODE=compose" in said, said
+        urls = stack.deploy("urls")
+        assert urls.stdout.count(said) == 1 and "make trace HTTP=3" not in urls.stdout, urls.stdout
+        https = requests.get(stack.site.tls_base_url + "/web/json", verify=str(stack.site.tls.ca), timeout=10)
+        assert https.status_code == 200 and "Alt-Svc" not in https.headers
+        assert " quic" not in (stack.site.var / "run" / "nginx.conf").read_text()
+        traced = subprocess.run([sys.executable, "-m", "wire.trace", "--http", "3", "/web/json"], cwd=ROOT,
+                                env=stack.env, capture_output=True, text=True, timeout=60)
+        assert traced.returncode == 2 and traced.stdout.strip() == said, traced.stdout + traced.stderr
+        compared = subprocess.run([sys.executable, "-m", "wire.quic", "compare"], cwd=ROOT, env=stack.env,
+                                  capture_output=True, text=True, timeout=60)
+        assert compared.returncode == 0, compared.stdout + compared.stderr
+        assert re.search(r"TCP: 2 round trips before the request", compared.stdout), compared.stdout
+        assert f"UDP: no HTTP/3 answer (recv(): [Errno 111] Connection refused): {said}" in compared.stdout
+
     @pytest.mark.skipif(os.geteuid() != 0, reason="capturing packets needs root (CI runs as root)")
     def test_tcp_vs_udp_drawn_from_a_capture(self, stack, tmp_path):
         """The picture `make tcp-vs-udp FORMAT=svg` draws: TCP's handshake, data and close against UDP's two
