@@ -248,7 +248,8 @@ def fetch(url: str, ca: Path, *, connect_to: tuple[str, int] | None = None, requ
     peer = connect_to or (socket.gethostbyname(host), port)
     if path is None:
         path = ((parts.path or "/") + (f"?{parts.query}" if parts.query else "")).encode()
-    headers = [(b":method", method), (b":scheme", b"https"), (b":authority", f"{host}:{port}".encode()),
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # an IPv6 literal keeps its brackets
+    headers = [(b":method", method), (b":scheme", b"https"), (b":authority", authority.encode()),
                (b":path", path), (b"user-agent", USER_AGENT.encode()), (b"accept", b"*/*")]
     if request_id:
         headers.append((b"x-request-id", request_id.encode()))
