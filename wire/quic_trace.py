@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.stack import driver
-from stack.topology import ROOT, WEB_SERVERS
+from stack.topology import NGINX_TLS_PORT, ROOT, WEB_SERVERS
 from wire import quic, sequence
-from wire.capture import SYN, Packet
+from wire.capture import ACK, SYN, Packet
 from wire.trace import (
     Connection,
     Exchange,
@@ -289,9 +289,39 @@ def side_by_side(sides: list[Side]) -> list[str]:
     return lines
 
 
+def tcp_hops(tcp: Exchange, tcp_rid: str, packets: list[Packet], first_hop: str) \
+        -> list[tuple[Connection, str, str]]:
+    """The HTTPS request's TCP connections, with the lanes each joins: the client's, Docker's own to nginx's TLS
+    port (found by its SYN during the exchange: its bytes are TLS, so no request id shows), and nginx's to the
+    service (whose HTTP/1.1 carries the id; its lane is "service")."""
+    hops = [(Connection(tcp.local, tcp.peer, packets), "client", first_hop)]
+    if first_hop == "docker":
+        hops += [(Connection(p.src, p.dst, packets), "docker", "nginx") for p in packets
+                 if p.transport == "tcp" and p.has(SYN) and not p.has(ACK) and p.dst[1] == NGINX_TLS_PORT
+                 and p.dst != tcp.peer and tcp.connect_started - 0.05 <= p.time <= tcp.closed]
+    return hops + [(c, "nginx", "service") for c in upstream_connections(packets, tcp_rid, (tcp.local, tcp.peer))]
+
+
+def tcp_messages(connection: Connection, client_lane: str, server_lane: str, tcp: Exchange | None) \
+        -> list[sequence.Message]:
+    """One TCP connection's packets as arrows between two lanes."""
+    messages = []
+    for packet in connection.packets:
+        forward = packet.src == connection.client
+        what, kind = packet_label(packet, connection, tcp) if tcp else (packet.flag_names, "data")
+        if client_lane == "docker" and packet.payload:  # Docker's copy of the client's TLS bytes
+            what, kind = "TLS records, relayed", "tls"
+        messages.append(sequence.Message(
+            packet.time, client_lane if forward else server_lane, server_lane if forward else client_lane,
+            f"TCP {what}", len(packet.payload), connection.describe(packet), kind, endpoint(packet.src),
+            endpoint(packet.dst)))
+    return messages
+
+
 def diagram_of(plan: Plan, rid: str, story: Story, seen: quic.Exchange, packets: list[Packet],
-               tcp: Exchange | None) -> sequence.Diagram:
-    """The HTTP/3 request as a sequence diagram: the client's datagrams, Docker's relay, nginx's TCP upstream."""
+               tcp: Exchange | None, tcp_rid: str = "") -> sequence.Diagram:
+    """The request as a sequence diagram: first over HTTPS (TCP, its SYN to its FIN), then over HTTP/3 (the
+    client's datagrams, Docker's relay of each, nginx's TCP upstream), on the same lanes and time axis."""
     relayed = relays(packets, seen)
     lanes = [sequence.Lane("client", "client (this trace)", f"udp {endpoint(seen.local)}")]
     if story.lookup:
@@ -304,7 +334,8 @@ def diagram_of(plan: Plan, rid: str, story: Story, seen: quic.Exchange, packets:
         lanes.append(sequence.Lane(plan.service.name, f"{plan.service.name}: {plan.service.framework}",
                                    "HTTP/1.1 from nginx's pool"))
     first_hop = "docker" if relayed else "nginx"
-    diagram = sequence.Diagram(f"HTTP/3 GET {plan.url} — request id {rid}", story.t0, lanes)
+    diagram = sequence.Diagram(f"GET {plan.url} over HTTPS (TCP), then over HTTP/3 (QUIC) — request id {rid}",
+                               story.t0, lanes)
     if story.lookup:
         lookup = story.lookup
         diagram.messages += [
@@ -328,22 +359,25 @@ def diagram_of(plan: Plan, rid: str, story: Story, seen: quic.Exchange, packets:
         diagram.messages.append(sequence.Message(packet.time, source, target, what, len(packet.payload),
                                                  "relayed: " + datagram_text(datagram, roles), kind,
                                                  endpoint(packet.src), endpoint(packet.dst)))
-    for connection in upstream_connections(packets, rid, (seen.local, seen.peer)):
-        if connection.server[1] == plan.site.public_port:
-            continue
-        for packet in connection.packets:
-            forward = packet.src == connection.client
-            what, kind = packet_label(packet, connection, tcp) if tcp else (packet.flag_names, "data")
-            diagram.messages.append(sequence.Message(
-                packet.time, "nginx" if forward else service_lane or "nginx",
-                service_lane or "nginx" if forward else "nginx", what, len(packet.payload),
-                connection.describe(packet), kind, endpoint(packet.src), endpoint(packet.dst)))
+    # TCP: the HTTPS request's connections, then nginx's to the service for the HTTP/3 one (a pooled connection
+    # that carried both requests is drawn once)
+    hops = tcp_hops(tcp, tcp_rid, packets, first_hop) if tcp else []
+    hops += [(c, "nginx", "service") for c in upstream_connections(packets, rid, (seen.local, seen.peer))]
+    drawn: set[frozenset] = set()
+    for connection, client_lane, server_lane in hops:
+        if frozenset((connection.client, connection.server)) not in drawn:
+            drawn.add(frozenset((connection.client, connection.server)))
+            server_lane = service_lane or "nginx" if server_lane == "service" else server_lane
+            diagram.messages += tcp_messages(connection, client_lane, server_lane, tcp)
     diagram.messages.sort(key=lambda message: message.time)
-    timing = server_timing(seen.headers)
-    arrived = next((m.time for m in diagram.messages if m.target == "nginx" and m.kind == "data"), None)
+    timing = server_timing(seen.headers)  # the HTTP/3 request's: its spans start at its own first bytes
+    after = seen.datagrams[0].time if seen.datagrams else 0.0
+    arrived = next((m.time for m in diagram.messages if m.target == "nginx" and m.kind == "data" and m.time >= after),
+                   None)
     if arrived is not None and "edge" in timing:
         diagram.spans.append(sequence.Span("nginx", arrived, timing["edge"], "nginx (edge)"))
-    reached = next((m.time for m in diagram.messages if m.target == service_lane and m.kind == "data"), None)
+    reached = next((m.time for m in diagram.messages if m.target == service_lane and m.kind == "data"
+                    and m.time >= after), None)
     if service_lane and reached is not None and "app" in timing:
         diagram.spans.append(sequence.Span(service_lane, reached, timing["app"], "app"))
     diagram.notes = [f"{program}: {line}" for program, line in story.lines.items()]
@@ -382,7 +416,7 @@ def trace(plan: Plan, form: str | None = None, out: Path | None = None) -> int:
                "network each round trip is the distance there and back: at 50 ms, TCP + TLS 1.3 waits 100 ms "
                "before the request leaves, QUIC 50 ms")
     if form:
-        path = sequence.write(diagram_of(plan, rid, story, seen, packets, tcp), form, out, rid)
+        path = sequence.write(diagram_of(plan, rid, story, seen, packets, tcp, tcp_rid), form, out, rid)
         qlog = path.with_suffix(".qlog")
         qlog.write_text(json.dumps(seen.qlog, indent=1))
         print(f"\nThe picture: {path} ({form}: a lane per party, an arrow per datagram and packet)")

@@ -16,7 +16,7 @@ from aioquic.h3.events import HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import QuicEvent
 
-from stack.topology import free_port
+from stack.topology import Site, free_port
 from wire import quic, quic_trace
 from wire.capture import ACK, PSH, SYN, Packet
 
@@ -146,3 +146,63 @@ def test_the_story_s_small_words():
     assert quic_trace.frames_text(packet) == "ack, stream x2, padding"
     assert list(quic._messages(b"\x01\x00\x00\x02ab\x02\x00\x00\x05abc")) == [("ClientHello", 6)]  # the rest: partial
     assert quic.packets_of(b"") == [] and quic.packets_of(b"\x00garbage") == []
+
+
+def test_the_picture_draws_the_https_request_then_the_http3_one_each_packet_once():
+    """Compose's shape: the client's TCP connection and datagrams reach Docker's port proxy, which opens its own
+    TCP connection and sends its own datagrams to nginx's container; nginx's HTTP/1.1 to web carries each id."""
+    from wire.rawhttp import Response
+    from wire.trace import Exchange, Story, plan_of
+
+    site = Site(net="127.0.42", public_host="127.0.0.1", public_port=8080, var=Path("/nonexistent"))
+    rid, tcp_rid = "trace-h3", "trace-tcp"
+    client_tcp, proxy = ("127.0.0.1", 40000), ("127.0.0.1", 8443)
+    proxy_side, nginx = ("172.18.0.1", 50000), ("172.18.0.12", 8443)
+    client_udp, proxy_udp = ("127.0.0.1", 41000), ("172.18.0.1", 52000)
+    upstream, web = ("172.18.0.12", 47000), ("172.18.0.7", 8001)
+
+    def tcp_packet(t, src, dst, flags, payload=b""):
+        return Packet(t, "lo", "tcp", src, dst, payload, flags, 1, 1, 64)
+
+    def udp(t, src, dst, payload):
+        return Packet(t, "lo", "udp", src, dst, payload)
+
+    hello, flight, request, answer = b"\x00hello", b"\x00flight", b"\x00request", b"\x00answer"
+    packets = [
+        tcp_packet(1.000, client_tcp, proxy, SYN), tcp_packet(1.001, proxy, client_tcp, SYN | ACK),
+        tcp_packet(1.002, proxy_side, nginx, SYN), tcp_packet(1.003, nginx, proxy_side, SYN | ACK),
+        tcp_packet(1.004, client_tcp, proxy, PSH | ACK, b"\x16\x03\x01clienthello"),
+        tcp_packet(1.005, proxy_side, nginx, PSH | ACK, b"\x16\x03\x01clienthello"),
+        tcp_packet(1.010, upstream, web, PSH | ACK, f"GET /web/json HTTP/1.1\r\nX-Request-ID: {tcp_rid}\r\n".encode()),
+        tcp_packet(1.020, client_tcp, proxy, ACK | 1),  # FIN-ACK
+        tcp_packet(1.021, ("127.0.0.1", 40999), proxy, SYN),  # someone else: not drawn
+        udp(2.000, client_udp, proxy, hello), udp(2.001, proxy_udp, nginx, hello),
+        udp(2.002, nginx, proxy_udp, flight), udp(2.003, proxy, client_udp, flight),
+        udp(2.004, client_udp, proxy, request), udp(2.005, proxy_udp, nginx, request),
+        tcp_packet(2.006, upstream, web, PSH | ACK, f"GET /web/json HTTP/1.1\r\nX-Request-ID: {rid}\r\n".encode()),
+        tcp_packet(2.007, web, upstream, PSH | ACK, b"HTTP/1.1 200 OK\r\n"),  # the same pooled connection
+        udp(2.008, nginx, proxy_udp, answer), udp(2.009, proxy, client_udp, answer),
+    ]
+    plan = plan_of("/web/json", None, None, site, "compose", tls=True)
+    seen_tcp = Exchange(b"GET", Response("HTTP/1.1", 200, "OK", [], framing=""), client_tcp, proxy, 1.0, 1.001,
+                        1.006, 1.015, None, 1.02)
+    seen_tcp.tls = None
+    frames = [{"frame_type": "crypto"}]
+    seen = quic.Exchange("u", client_udp, proxy, 2.0, [
+        quic.Datagram(2.0, True, hello, [quic.Packet("Initial", 0, 6, frames)], ["ClientHello"]),
+        quic.Datagram(2.003, False, flight, [quic.Packet("Initial", 0, 7, frames)], ["ServerHello", "Finished"]),
+        quic.Datagram(2.004, True, request, [quic.Packet("1-RTT", 1, 8, [{"frame_type": "stream", "stream_id": 0}])],
+                      ["Finished"]),
+        quic.Datagram(2.009, False, answer, [quic.Packet("1-RTT", 1, 7, [{"frame_type": "stream", "stream_id": 0}])]),
+    ], [], headers=[("server-timing", "app;dur=0.5"), ("server-timing", 'edge;desc="nginx";dur=4')])
+    diagram = quic_trace.diagram_of(plan, rid, Story(1.0), seen, packets, seen_tcp, tcp_rid)
+    assert [lane.key for lane in diagram.lanes] == ["client", "docker", "nginx", "web"]
+    drawn = sorted((m.time, m.src, m.dst) for m in diagram.messages)
+    expected = sorted((p.time, f"{p.src[0]}:{p.src[1]}", f"{p.dst[0]}:{p.dst[1]}") for p in packets
+                      if p.src[1] != 40999)
+    assert drawn == expected  # every packet of both requests, once, and no stranger's
+    labels = [m.label for m in sorted(diagram.messages, key=lambda m: m.time)]
+    assert labels[0] == "TCP SYN" and "TCP TLS records, relayed" in labels
+    assert "Initial: ClientHello" in labels and "1-RTT: Finished, HEADERS (the request)" in labels
+    # nginx's and the app's spans are the HTTP/3 request's: they start at its own bytes, not the HTTPS one's
+    assert {(s.lane, s.start) for s in diagram.spans} == {("nginx", 2.005), ("web", 2.006)}
