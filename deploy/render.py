@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import functools
 import grp
 import io
 import json
@@ -164,25 +165,26 @@ FORWARDED_HOST_MAP_HTTP3 = ('    map "$http3|$http_host" $forwarded_host {\n'
 HTTP2_DIRECTIVE_SINCE = (1, 25, 1)
 
 
-def nginx_version(nginx: str | None = None) -> tuple[int, ...]:
-    """The version of this machine's nginx (native mode), e.g. (1, 22, 1); (0,) when there is none."""
+@functools.cache
+def nginx_build(nginx: str | None = None) -> str:
+    """What this machine's nginx (native mode) says of its build (`nginx -V`: its version, then its configure
+    arguments); "" when there is none. Read once per process: the binary does not change under it."""
     nginx = nginx or shutil.which("nginx") or "/usr/sbin/nginx"
     try:
-        banner = subprocess.run([nginx, "-v"], capture_output=True, text=True).stderr
+        return subprocess.run([nginx, "-V"], capture_output=True, text=True).stderr
     except OSError:
-        return (0,)
-    found = re.search(r"nginx/(\d+(?:\.\d+)*)", banner)
+        return ""
+
+
+def nginx_version(nginx: str | None = None) -> tuple[int, ...]:
+    """The version of this machine's nginx, e.g. (1, 22, 1); (0,) when there is none."""
+    found = re.search(r"nginx/(\d+(?:\.\d+)*)", nginx_build(nginx))
     return tuple(int(part) for part in found.group(1).split(".")) if found else (0,)
 
 
 def nginx_has_http3(nginx: str | None = None) -> bool:
-    """Whether this machine's nginx (native mode) was built with http_v3_module (Debian 12's 1.22 was not)."""
-    nginx = nginx or shutil.which("nginx") or "/usr/sbin/nginx"
-    try:
-        configure = subprocess.run([nginx, "-V"], capture_output=True, text=True).stderr
-    except OSError:
-        return False
-    return HTTP3_MODULE_FLAG in configure.split()
+    """Whether this machine's nginx was built with http_v3_module (Debian 12's 1.22 was not)."""
+    return HTTP3_MODULE_FLAG in nginx_build(nginx).split()
 
 
 def tls_values(listen: str, certificate: str, key: str, version: tuple[int, ...], http3: bool,

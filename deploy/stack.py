@@ -115,6 +115,17 @@ def wait_healthy(site: Site, mode: str, timeout: float = UP_TIMEOUT) -> dict[str
         time.sleep(0.3)
 
 
+HTTP3_ON = "HTTP/3: on"  # how nginx/http3.sh's line begins when the image's nginx has the module
+
+
+@dataclasses.dataclass(frozen=True)
+class Http3:
+    """Whether this stack's nginx offers HTTP/3, and the one line that says so (or why not)."""
+
+    offered: bool
+    said: str
+
+
 def print_urls(site: Site, mode: str) -> None:
     host, port = site.dns_endpoint(mode)
     print(f"\nThe stack is up ({mode} mode):")
@@ -135,12 +146,12 @@ def print_urls(site: Site, mode: str) -> None:
         print(f"  Prometheus    http://{where}{PROMETHEUS_PREFIX}/   (every instance scraped; the landing page "
               "shows its numbers)")
     print("  one request   make trace URL=/web/json   (DNS, handshake, bytes, nginx, the service, the close)")
-    said = driver(mode, site).http3()
-    if said.startswith("HTTP/3: on"):
+    http3 = driver(mode, site).http3()
+    if http3.offered:
         print(f"  over HTTP/3   make trace HTTP=3 URL=/web/json   (QUIC on udp {site.public_host}:{site.tls_port}; "
               "docs/http3.md)")
     else:
-        print(f"  {said}")
+        print(f"  {http3.said}")
     print("  stop with     make down   (state: make ps, logs: make logs)\n")
 
 
@@ -367,13 +378,13 @@ class Native:
             return f"{self.site.web_server} is not running"
         return web_server_line(environ, len(procs.descendants(master)))
 
-    def http3(self) -> str:
-        """One line: whether nginx offers HTTP/3 here, and why not when it does not."""
+    def http3(self) -> Http3:
+        """Whether nginx offers HTTP/3 here, and why not when it does not."""
         if nginx_has_http3():
-            return f"HTTP/3: on, over QUIC on udp {self.site.public_host}:{self.site.tls_port}"
+            return Http3(True, f"HTTP/3: on, over QUIC on udp {self.site.public_host}:{self.site.tls_port}")
         version = ".".join(map(str, nginx_version()))
-        return (f"HTTP/3: off in native mode (this nginx, {version}, was built without http_v3_module: Debian 12's "
-                "is); the Compose stack (MODE=compose) offers it")
+        return Http3(False, f"HTTP/3: off in native mode (this nginx, {version}, was built without http_v3_module: "
+                            "Debian 12's is); the Compose stack (MODE=compose) offers it")
 
     def log_text(self, name: str) -> str:
         """What a program has logged so far: nginx is its access log, nginx-stream its stream log."""
@@ -647,12 +658,15 @@ class Compose:
                    if "docker-init" not in line and "resource_tracker" not in line]
         return web_server_line(environ, max(len(servers) - 1, 0))
 
-    def http3(self) -> str:
-        """One line from the nginx image's build (nginx/http3.sh): whether its nginx offers HTTP/3."""
+    def http3(self) -> Http3:
+        """What the nginx image's build wrote (nginx/http3.sh): whether its nginx offers HTTP/3."""
         containers = self.containers(NGINX.name)
-        said = subprocess.run(["docker", "exec", containers[0], "cat", "/etc/stack/http3.txt"],
+        read = subprocess.run(["docker", "exec", containers[0], "cat", "/etc/stack/http3.txt"],
                               capture_output=True, text=True) if containers else None
-        return said.stdout.strip() if said and not said.returncode else "HTTP/3: unknown (nginx is not running)"
+        if not read or read.returncode:
+            return Http3(False, "HTTP/3: unknown (nginx is not running)")
+        said = read.stdout.strip()
+        return Http3(said.startswith(HTTP3_ON), said)
 
     def containers(self, service: str) -> list[str]:
         """The ids of a service's running containers (its replicas) by their number (web-1, web-2, ...): the

@@ -57,15 +57,17 @@ class WirePacket:
     length: int  # bytes, header included
 
 
-def packets_of(datagram: bytes, cid_length: int = 0) -> list[WirePacket]:
+def packets_of(datagram: bytes) -> list[WirePacket]:
     """The QUIC packets coalesced in one datagram (RFC 9000 §12.2), from their headers alone. A datagram that
-    is not QUIC (garbage, a truncated header) gives what could be read before it went wrong."""
+    is not QUIC (garbage, a truncated header) gives what could be read before it went wrong. A 1-RTT packet
+    runs to the datagram's end; its connection id's length is known only to the endpoint it names, and is not
+    needed for that."""
     found: list[WirePacket] = []
     buf = Buffer(data=datagram)
     while not buf.eof():
         start = buf.tell()
         try:
-            header = pull_quic_header(buf, host_cid_length=cid_length)
+            header = pull_quic_header(buf, host_cid_length=0)
         except (ValueError, BufferReadError):
             break
         found.append(WirePacket(PACKET_NAMES[header.packet_type], header.packet_length))
@@ -229,7 +231,7 @@ def _attach_qlog(datagrams: list[Datagram], qlog: dict) -> None:
     for sent in (True, False):
         queue = iter(logged[sent])
         for datagram in (d for d in datagrams if d.sent == sent):
-            for wire in packets_of(datagram.payload, cid_length=8):
+            for wire in packets_of(datagram.payload):
                 packet = next(queue, None)
                 if packet is None or packet.kind != wire.kind:
                     return  # out of step (a packet the client could not decrypt was dropped): keep what matched
@@ -238,11 +240,12 @@ def _attach_qlog(datagrams: list[Datagram], qlog: dict) -> None:
 
 def fetch(url: str, ca: Path, *, connect_to: tuple[str, int] | None = None, request_id: str | None = None,
           method: bytes = b"GET", path: bytes | None = None, extra_headers: Sequence[tuple[bytes, bytes]] = (),
-          body: bytes = b"", close_after: bool = True) -> Exchange:
+          body: bytes = b"", end_stream: bool = True, timeout: float = TIMEOUT_S, close_after: bool = True) -> Exchange:
     """`method` `url` over HTTP/3 on a new QUIC connection that trusts only the CA file `ca`, then close it with
     CONNECTION_CLOSE (H3_NO_ERROR). `connect_to`: the UDP address to send to (default: the URL's host and
-    port); `path` and `extra_headers`: sent as given, bytes a client controls (generated-input tests). Never
-    raises for the network: a failure is the Exchange's `error`."""
+    port); `path` and `extra_headers`: sent as given, bytes a client controls (generated-input tests);
+    `end_stream=False` leaves the request unfinished (a client that stalls mid-body). Never raises for the
+    network: a failure is the Exchange's `error`."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 443
     peer = connect_to or (socket.gethostbyname(host), port)
@@ -283,7 +286,7 @@ def fetch(url: str, ca: Path, *, connect_to: tuple[str, int] | None = None, requ
         seen.started = time.time()
         quic.connect(peer, now=seen.started)
         flush()
-        deadline = seen.started + TIMEOUT_S
+        deadline = seen.started + timeout
         stream_id: int | None = None
         ended = False
         while not ended and time.time() < deadline:
@@ -308,9 +311,9 @@ def fetch(url: str, ca: Path, *, connect_to: tuple[str, int] | None = None, requ
                     schedule = quic.tls.key_schedule
                     seen.cipher = schedule.cipher_suite.name if schedule else None
                     stream_id = quic.get_next_available_stream_id()
-                    h3.send_headers(stream_id, headers, end_stream=not body)
+                    h3.send_headers(stream_id, headers, end_stream=end_stream and not body)
                     if body:
-                        h3.send_data(stream_id, body, end_stream=True)
+                        h3.send_data(stream_id, body, end_stream=end_stream)
                     seen.request_sent = now
                 elif isinstance(event, StreamReset) and event.stream_id == stream_id:
                     seen.error = f"the server reset the request's stream (error {event.error_code:#x})"
@@ -331,7 +334,7 @@ def fetch(url: str, ca: Path, *, connect_to: tuple[str, int] | None = None, requ
         status = dict(seen.headers).get(":status")
         seen.status = int(status) if status and status.isdigit() else None
         if seen.status is None and seen.error is None:
-            seen.error = f"no response within {TIMEOUT_S:g} s"
+            seen.error = f"no response within {timeout:g} s"
         if close_after:
             seen.close_code = ErrorCode.H3_NO_ERROR
             quic.close(error_code=ErrorCode.H3_NO_ERROR, reason_phrase="done")
@@ -405,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("url", nargs="?", default=f"https://{site.public_host}:{site.tls_port}/web/json")
     args = parser.parse_args(argv)
     if args.command == "compare":
-        return compare(args.url, site.tls.ca, driver(choose_mode(None, site), site).http3())
+        return compare(args.url, site.tls.ca, driver(choose_mode(None, site), site).http3().said)
     seen = fetch(args.url, site.tls.ca)
     if seen.status is None:
         print(f"no HTTP/3 answer from {args.url}: {seen.error}", file=sys.stderr)

@@ -39,6 +39,7 @@ from wire.trace import (
     Plan,
     Story,
     ask_dns,
+    dns_messages,
     endpoint,
     exchange,
     label,
@@ -121,9 +122,9 @@ def datagram_text(datagram: quic.Datagram, streams: dict[int, str]) -> str:
     parts = [f"{packet.kind} #{packet.number} ({packet.length} B): {frames_text(packet)}"
              for packet in datagram.packets]
     if not parts:  # qlog out of step: what the headers alone say
-        parts = [f"{p.kind} ({p.length} B)" for p in quic.packets_of(datagram.payload, cid_length=8)]
+        parts = [f"{p.kind} ({p.length} B)" for p in quic.packets_of(datagram.payload)]
     text = " | ".join(parts)
-    spare = len(datagram.payload) - sum(p.length for p in quic.packets_of(datagram.payload, cid_length=8))
+    spare = len(datagram.payload) - sum(p.length for p in quic.packets_of(datagram.payload))
     if spare > 0:  # a client pads its Initial datagrams to 1200 bytes: a server answers at most 3x what it got
         text += f" + {spare} B of zeros after the packets"
     if datagram.tls:
@@ -182,17 +183,13 @@ def tell_tcp(plan: Plan, story: Story, tcp: Exchange, packets: list[Packet]) -> 
                    "ClientHello → ServerHello…Finished)")
     alt_svc = next((value for name, value in tcp.response.headers if name.lower() == "alt-svc"), None)
     story.note(f"HTTP/1.1 {tcp.response.status}; Alt-Svc: {alt_svc or '(none: this nginx offers no HTTP/3)'}")
-    first = packets_first(mine, tcp)
+    first = mine.packets[0].time if mine.packets else tcp.connect_started
     # The client's own time for the response's first byte: TLS 1.3's session tickets come first on the wire,
     # in records that look like the response's.
     return Side("HTTP/1.1, TLS 1.3, TCP", trips, (request_at - first) * 1000,
                 ((tcp.first_byte_at or tcp.closed) - first) * 1000,
                 len(mine.packets), sum(len(p.payload) for p in mine.packets),
                 "FIN each way; TIME_WAIT kept by the side that closed first")
-
-
-def packets_first(connection: Connection, seen: Exchange) -> float:
-    return connection.packets[0].time if connection.packets else seen.connect_started
 
 
 def alt_svc_port(tcp: Exchange | None, default: int) -> int:
@@ -336,13 +333,7 @@ def diagram_of(plan: Plan, rid: str, story: Story, seen: quic.Exchange, packets:
     first_hop = "docker" if relayed else "nginx"
     diagram = sequence.Diagram(f"GET {plan.url} over HTTPS (TCP), then over HTTP/3 (QUIC) — request id {rid}",
                                story.t0, lanes)
-    if story.lookup:
-        lookup = story.lookup
-        diagram.messages += [
-            sequence.Message(lookup.sent, "client", "dns", f"DNS query {lookup.question}", lookup.query_bytes,
-                             "UDP", "dns", "client", endpoint(lookup.server)),
-            sequence.Message(lookup.received, "dns", "client", f"DNS answer {lookup.answer}"[:58],
-                             lookup.answer_bytes, "UDP", "dns", endpoint(lookup.server), "client")]
+    diagram.messages += dns_messages(story.lookup, packets)
     roles = stream_roles(seen)
     by_payload = {d.payload: d for d in seen.datagrams}
     for datagram in seen.datagrams:
@@ -386,9 +377,9 @@ def diagram_of(plan: Plan, rid: str, story: Story, seen: quic.Exchange, packets:
 
 def trace(plan: Plan, form: str | None = None, out: Path | None = None) -> int:
     """The whole story; 0 when the HTTP/3 request was answered, 2 when this stack's nginx offers no HTTP/3."""
-    said = driver(plan.mode, plan.site).http3()
-    if not said.startswith("HTTP/3: on"):
-        print(said)
+    http3 = driver(plan.mode, plan.site).http3()
+    if not http3.offered:
+        print(http3.said)
         return 2
     rid, tcp_rid = f"trace-{secrets.token_hex(8)}", f"trace-{secrets.token_hex(8)}"
     print(f"Tracing GET {plan.url} over HTTP/3   ({plan.mode} stack, request id {rid}; over TCP first: {tcp_rid})")

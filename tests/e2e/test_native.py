@@ -329,8 +329,9 @@ class TestNativeStack(StackContract, HttpSemanticsContract, MonitoringContract):
         configure = subprocess.run(["nginx", "-V"], capture_output=True, text=True).stderr
         if "--with-http_v3_module" in configure.split():
             pytest.skip("this nginx has HTTP/3: the Compose tests' Http3Contract covers that side")
-        said = stack.driver().http3()
-        assert said.startswith("HTTP/3: off in native mode") and "MODE=compose" in said, said
+        http3 = stack.driver().http3()
+        said = http3.said
+        assert not http3.offered and said.startswith("HTTP/3: off in native mode") and "MODE=compose" in said, said
         urls = stack.deploy("urls")
         assert urls.stdout.count(said) == 1 and "make trace HTTP=3" not in urls.stdout, urls.stdout
         https = requests.get(stack.site.tls_base_url + "/web/json", verify=str(stack.site.tls.ca), timeout=10)
