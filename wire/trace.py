@@ -546,6 +546,29 @@ def server_timing(headers: Iterable[tuple[str, str]]) -> dict[str, float]:
     return entries
 
 
+def dns_messages(lookup: Lookup | None, packets: list[Packet]) -> list[sequence.Message]:
+    """The DNS question and answer between the "client" and "dns" lanes: the captured datagrams, or without a
+    capture the client's own clock."""
+    if lookup is None:
+        return []
+    captured = [p for p in packets if p.transport == "udp" and lookup.server in (p.src, p.dst)]
+    messages = []
+    for packet in captured:
+        asked = packet.dst == lookup.server
+        messages.append(sequence.Message(
+            packet.time, "client" if asked else "dns", "dns" if asked else "client",
+            f"DNS {'query ' + lookup.question if asked else 'answer ' + lookup.answer}"[:60], len(packet.payload),
+            f"UDP {endpoint(packet.src)} → {endpoint(packet.dst)}, {len(packet.payload)} bytes", "dns",
+            endpoint(packet.src), endpoint(packet.dst)))
+    if not captured:
+        messages += [
+            sequence.Message(lookup.sent, "client", "dns", f"DNS query {lookup.question}", lookup.query_bytes,
+                             "UDP, timed by the client", "dns", "client", endpoint(lookup.server)),
+            sequence.Message(lookup.received, "dns", "client", f"DNS answer {lookup.answer}"[:60],
+                             lookup.answer_bytes, "UDP, timed by the client", "dns", endpoint(lookup.server), "client")]
+    return messages
+
+
 def diagram_of(plan: Plan, rid: str, story: Story, seen: Exchange, packets: list[Packet]) -> sequence.Diagram:
     """The request as a sequence diagram: every packet of every connection that carried it, DNS included."""
     mine = Connection(seen.local, seen.peer, packets)
@@ -567,21 +590,7 @@ def diagram_of(plan: Plan, rid: str, story: Story, seen: Exchange, packets: list
     first_hop = "docker" if proxied_by_docker else (service_lane if plan.direct else "nginx")
     diagram = sequence.Diagram(f"{plan.method} {plan.url} — request id {rid}", story.t0, lanes)
 
-    lookup = story.lookup
-    dns_packets = [p for p in packets if p.transport == "udp" and lookup and lookup.server in (p.src, p.dst)]
-    for packet in dns_packets:
-        asked = packet.dst == lookup.server
-        diagram.messages.append(sequence.Message(
-            packet.time, "client" if asked else "dns", "dns" if asked else "client",
-            f"DNS {'query ' + lookup.question if asked else 'answer ' + lookup.answer}"[:60], len(packet.payload),
-            f"UDP {endpoint(packet.src)} → {endpoint(packet.dst)}, {len(packet.payload)} bytes", "dns",
-            endpoint(packet.src), endpoint(packet.dst)))
-    if lookup and not dns_packets:  # no capture: the client's own clock
-        diagram.messages += [
-            sequence.Message(lookup.sent, "client", "dns", f"DNS query {lookup.question}", lookup.query_bytes,
-                             "UDP, timed by the client", "dns", "client", endpoint(lookup.server)),
-            sequence.Message(lookup.received, "dns", "client", f"DNS answer {lookup.answer}"[:60],
-                             lookup.answer_bytes, "UDP, timed by the client", "dns", endpoint(lookup.server), "client")]
+    diagram.messages += dns_messages(story.lookup, packets)
 
     hops = [(mine, "client", first_hop)]
     for connection in others:

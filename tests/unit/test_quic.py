@@ -78,12 +78,12 @@ def test_fetch_speaks_http3_and_keeps_every_datagram_with_its_packets_and_tls_me
     assert seen.alpn == "h3" and seen.cipher and ("x-request-id", "r-1") in seen.request_headers
     first = seen.datagrams[0]
     assert first.sent and first.tls == ["ClientHello"] and len(first.payload) >= 1200  # padded: anti-amplification
-    assert [p.kind for p in quic.packets_of(first.payload, cid_length=8)] == ["Initial"]
+    assert [p.kind for p in quic.packets_of(first.payload)] == ["Initial"]
     server_flight = [name for d in seen.datagrams if not d.sent for name in d.tls]
     assert server_flight[:5] == ["ServerHello", "EncryptedExtensions", "Certificate", "CertificateVerify", "Finished"]
     # every datagram's packets, as its headers say, got their frames from the qlog, in step
     for datagram in seen.datagrams:
-        assert [p.kind for p in datagram.packets] == [p.kind for p in quic.packets_of(datagram.payload, 8)]
+        assert [p.kind for p in datagram.packets] == [p.kind for p in quic.packets_of(datagram.payload)]
     request = next(d for d in seen.datagrams if d.sent and 0 in d.stream_ids())
     assert "Finished" in request.tls  # the client's Finished and the request leave together
     assert seen.round_trips_before_request() == 1
