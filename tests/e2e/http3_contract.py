@@ -7,6 +7,7 @@ Initial, a handshake abandoned halfway, any request head) costs nginx its servic
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import re
@@ -84,8 +85,8 @@ class Http3Contract:
         configure = subprocess.run(["docker", "exec", stack.container(NGINX.name), "nginx", "-V"],
                                    capture_output=True, text=True, check=True).stderr
         assert "--with-http_v3_module" in configure.split()  # the images Compose uses (nginx.org's, the stand-in)
-        said = stack.driver().http3()
-        assert said.startswith("HTTP/3: on") and "has http_v3_module" in said, said
+        http3 = stack.driver().http3()
+        assert http3.offered and http3.said.startswith("HTTP/3: on") and "has http_v3_module" in http3.said, http3
         urls = stack.deploy("urls")
         assert urls.returncode == 0 and urls.stdout.count("over HTTP/3   make trace HTTP=3") == 1, urls.stdout
 
@@ -218,6 +219,25 @@ class Http3Contract:
                     assert sock.recv(65_535)  # the server's Initial and Handshake: then silence from here
         for _ in range(10):
             self.assert_serving(stack)
+
+    def test_a_body_too_large_is_a_413_and_one_that_never_comes_holds_up_nobody(self, stack):
+        """Bodies over HTTP/3 meet the same edge as over TCP: past client_max_body_size a 413 problem document;
+        a client that sends its head and stalls has its stream reset when nginx's body timeout ends (over HTTP/3
+        nginx resets rather than answering 408), and everyone else is served meanwhile."""
+        ca = stack.site.tls.ca
+        large = quic.fetch(self.url(stack, "/httpbin/post"), ca, method=b"POST", body=b"x" * 1_100_000,
+                           extra_headers=[(b"content-type", b"application/octet-stream")])
+        assert large.status == 413 and json.loads(large.body)["status"] == 413, (large.status, large.error)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            stalled = pool.submit(quic.fetch, self.url(stack, "/httpbin/post"), ca, method=b"POST",
+                                  extra_headers=[(b"content-length", b"100")], end_stream=False, timeout=20)
+            started = time.monotonic()
+            while not stalled.done() and time.monotonic() - started < 5:
+                self.assert_serving(stack)
+            assert not stalled.done()  # still waiting for its body while the others were served
+            answer = stalled.result(timeout=30)
+        assert answer.status is None and "reset the request's stream" in (answer.error or ""), answer.error
+        assert time.monotonic() - started >= 5
 
     def test_connection_specific_fields_over_http3_are_a_400(self, stack):
         """RFC 9114 §4.2: an HTTP/3 request with a field that exists only for an HTTP/1.1 connection is
